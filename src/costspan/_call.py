@@ -1,0 +1,477 @@
+"""One instrumented SDK call: its span, from request to priced response.
+
+Nothing here imports ``openai``: this is the pure part of the instrumentation, shared by the sync and async
+patches in ``_patch.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from costspan import semconv
+from costspan.attribution import Attributor, CostspanRefusal
+from costspan.config import Settings
+from costspan.metrics import METRIC_ATTRIBUTION_KEYS, CallMetrics
+from costspan.pricing import STANDARD_TIERS, Cost, Pricer, as_utc, provider_price_id
+from costspan.usage import ResponseSummary, StreamSummary, Usage
+
+logger = logging.getLogger("costspan")
+
+# POST endpoints that bill, by path: (gen_ai.operation.name, openai.api.type).
+_ENDPOINTS: Mapping[str, tuple[str, str | None]] = {
+    "/chat/completions": ("chat", "chat_completions"),
+    "/responses": ("chat", "responses"),
+    "/embeddings": ("embeddings", None),
+    "/completions": ("text_completion", None),
+    "/batches": ("batch", None),
+    "/moderations": ("moderation", None),
+    "/fine_tuning/jobs": ("fine_tuning", None),
+    "/videos": ("generate_content", None),
+}
+_ENDPOINT_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("/images/", "generate_content"),
+    ("/audio/", "generate_content"),
+)
+# Streams whose usage can be requested with stream_options.include_usage.
+_USAGE_INJECTABLE = frozenset({"/chat/completions", "/completions"})
+
+
+def classify_endpoint(path: str) -> tuple[str, str | None] | None:
+    """(operation, api type) for a billable POST path; None for paths that do not bill."""
+    found = _ENDPOINTS.get(path)
+    if found is not None:
+        return found
+    for prefix, operation in _ENDPOINT_PREFIXES:
+        if path.startswith(prefix):
+            return operation, None
+    return None
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the request says, read from the SDK's request options before anything is sent."""
+
+    endpoint: str
+    operation: str
+    api_type: str | None
+    provider: str
+    model: str | None
+    stream: bool
+    service_tier: str | None
+    prompt_cache_key: str | None
+    max_output_tokens: int | None
+    server_address: str | None
+    server_port: int | None
+    body: Mapping[str, Any]
+
+
+def read_request(
+    path: str, body: Mapping[str, Any], *, stream: bool, provider: str, base_url: str | None
+) -> RequestInfo | None:
+    classified = classify_endpoint(path)
+    if classified is None:
+        return None
+    operation, api_type = classified
+    address = port = None
+    if base_url:
+        parts = urlsplit(base_url)
+        address = parts.hostname  # never the userinfo: credentials stay out of telemetry
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    max_tokens = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens")
+    model = body.get("model")
+    tier = body.get("service_tier")
+    cache_key = body.get("prompt_cache_key")
+    return RequestInfo(
+        endpoint=path,
+        operation=operation,
+        api_type=api_type,
+        provider=provider,
+        model=model if isinstance(model, str) else None,
+        stream=stream or body.get("stream") is True,
+        service_tier=tier if isinstance(tier, str) else None,
+        prompt_cache_key=cache_key if isinstance(cache_key, str) else None,
+        max_output_tokens=max_tokens if type(max_tokens) is int else None,
+        server_address=address,
+        server_port=port,
+        body=body,
+    )
+
+
+def wants_usage_injection(request: RequestInfo) -> bool:
+    if not request.stream or request.endpoint not in _USAGE_INJECTABLE:
+        return False
+    options = request.body.get("stream_options")
+    return not (isinstance(options, Mapping) and options.get("include_usage") is True)
+
+
+def with_usage_requested(body: Mapping[str, Any]) -> dict[str, Any]:
+    options = body.get("stream_options")
+    merged = dict(options) if isinstance(options, Mapping) else {}
+    merged["include_usage"] = True
+    return {**body, "stream_options": merged}
+
+
+class CallGuard(Protocol):
+    """Runs before a request is sent (e.g. a budget check).
+
+    ``admit`` may raise a ``CostspanRefusal`` to refuse the call; it returns a callback that is given the
+    final ``Cost`` (``None`` when the call failed) so that reservations settle.
+    """
+
+    def admit(self, request: RequestInfo, attribution: Mapping[str, str]) -> Callable[[Cost | None], None] | None: ...
+
+
+class Telemetry:
+    """Everything one ``instrument()`` call configured: tracer, metrics, prices, attribution, guards."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        metrics: CallMetrics,
+        pricer: Pricer,
+        attributor: Attributor,
+        settings: Settings,
+        guards: tuple[CallGuard, ...] = (),
+    ) -> None:
+        self.tracer = tracer
+        self.metrics = metrics
+        self.pricer = pricer
+        self.attributor = attributor
+        self.settings = settings
+        self.guards = guards
+
+    def start(self, request: RequestInfo) -> Call:
+        """Open the span and run attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
+        start_ns = time.time_ns()
+        attributes: dict[str, Any] = {
+            semconv.GEN_AI_OPERATION_NAME: request.operation,
+            semconv.GEN_AI_PROVIDER_NAME: request.provider,
+            semconv.GEN_AI_REQUEST_STREAM: request.stream,
+        }
+        if request.model:
+            attributes[semconv.GEN_AI_REQUEST_MODEL] = request.model
+        if request.api_type:
+            attributes[semconv.OPENAI_API_TYPE] = request.api_type
+        if request.service_tier:
+            attributes[semconv.OPENAI_REQUEST_SERVICE_TIER] = request.service_tier
+        if request.prompt_cache_key:
+            attributes[semconv.COSTSPAN_PROMPT_CACHE_KEY] = request.prompt_cache_key
+        if request.max_output_tokens is not None:
+            attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] = request.max_output_tokens
+        if request.server_address:
+            attributes[semconv.SERVER_ADDRESS] = request.server_address
+            attributes[semconv.SERVER_PORT] = request.server_port
+        name = f"{request.operation} {request.model}" if request.model else request.operation
+        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
+        call = Call(self, span, request, start_ns)
+        try:
+            attribution, missing = self.attributor.collect()
+            if attribution:
+                span.set_attributes(attribution)
+            if missing:
+                span.set_attribute(semconv.COSTSPAN_ATTRIBUTION_MISSING, missing)
+            call.attribution = attribution
+            if self.settings.capture_content:
+                _record_input_content(span, request.body)
+            for guard in self.guards:
+                settle = _admit(guard, request, attribution)
+                if settle is not None:
+                    call.settlements.append(settle)
+        except CostspanRefusal as refusal:
+            call.refuse(refusal)
+            raise
+        return call
+
+
+def _admit(
+    guard: CallGuard, request: RequestInfo, attribution: Mapping[str, str]
+) -> Callable[[Cost | None], None] | None:
+    try:
+        return guard.admit(request, attribution)
+    except CostspanRefusal:
+        raise
+    except Exception:
+        logger.exception("costspan: call guard %r failed; the call goes on", guard)
+        return None
+
+
+def _record_input_content(span: Any, body: Mapping[str, Any]) -> None:
+    content = body.get("messages", body.get("input", body.get("prompt")))
+    if content is not None:
+        span.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, json.dumps(content, default=str))
+
+
+def _output_content(body: Any) -> str | None:
+    output_text = getattr(body, "output_text", None)
+    if isinstance(output_text, str):
+        return json.dumps([{"role": "assistant", "content": output_text}])
+    choices = getattr(body, "choices", None)
+    if not choices:
+        return None
+    messages = []
+    for choice in choices:
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
+        messages.append({"role": "assistant", "content": text})
+    return json.dumps(messages, default=str)
+
+
+class Call:
+    """The span of one SDK call, ended exactly once by ``finish``, ``fail`` or ``refuse``."""
+
+    __slots__ = ("attribution", "finished", "request", "settlements", "span", "start_ns", "telemetry")
+
+    def __init__(self, telemetry: Telemetry, span: Any, request: RequestInfo, start_ns: int) -> None:
+        self.telemetry = telemetry
+        self.span = span
+        self.request = request
+        self.start_ns = start_ns
+        self.attribution: dict[str, str] = {}
+        self.settlements: list[Callable[[Cost | None], None]] = []
+        self.finished = False
+
+    def _claim(self) -> bool:
+        if self.finished:
+            return False
+        self.finished = True
+        return True
+
+    def refuse(self, refusal: CostspanRefusal) -> None:
+        if not self._claim():
+            return
+        span = self.span
+        span.set_attribute(semconv.COSTSPAN_REFUSED, type(refusal).__name__)
+        span.set_attribute(semconv.ERROR_TYPE, type(refusal).__name__)
+        span.set_attribute(semconv.COSTSPAN_PRICING_STATUS, semconv.STATUS_NO_USAGE)
+        span.set_status(Status(StatusCode.ERROR, str(refusal)))
+        self._settle(None)
+        span.end()
+
+    def fail(self, exc: BaseException, summary: ResponseSummary | None = None) -> None:
+        """The SDK raised: record the error. A stream that fails midway may still have reported usage."""
+        if not self._claim():
+            return
+        try:
+            status_code = getattr(exc, "status_code", None)
+            error_type = str(status_code) if isinstance(status_code, int) else type(exc).__qualname__
+            self.span.set_attribute(semconv.ERROR_TYPE, error_type)
+            self.span.set_status(Status(StatusCode.ERROR, error_type))
+            self._complete(summary, None, error_type=error_type)
+        except Exception:
+            logger.exception("costspan: failed to record an OpenAI error")
+            self.span.end()
+
+    def finish(
+        self,
+        summary: ResponseSummary | None,
+        request_id: str | None,
+        *,
+        incomplete: bool = False,
+        output_content: str | None = None,
+    ) -> None:
+        if not self._claim():
+            return
+        try:
+            if output_content is not None:
+                self.span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_content)
+            self._complete(summary, request_id, incomplete=incomplete)
+        except Exception:
+            logger.exception("costspan: failed to complete a span; the call was not affected")
+            self.span.end()
+
+    def finish_body(self, body: Any, summary: ResponseSummary, request_id: str | None) -> None:
+        """Finish from a whole (non-streamed) response body."""
+        content = None
+        if self.telemetry.settings.capture_content:
+            content = _output_content(body)
+        self.finish(summary, request_id, output_content=content)
+
+    def _settle(self, cost: Cost | None) -> None:
+        for settle in self.settlements:
+            try:
+                settle(cost)
+            except Exception:
+                logger.exception("costspan: settling a call guard failed")
+
+    def _complete(
+        self,
+        summary: ResponseSummary | None,
+        request_id: str | None,
+        *,
+        incomplete: bool = False,
+        error_type: str | None = None,
+    ) -> None:
+        end_ns = time.time_ns()
+        telemetry = self.telemetry
+        request = self.request
+        span = self.span
+        attributes: dict[str, Any] = {}
+        usage: Usage | None = None
+        response_model = tier = None
+        if summary is not None:
+            usage = summary.usage
+            response_model = summary.model
+            tier = summary.service_tier
+            if response_model:
+                attributes[semconv.GEN_AI_RESPONSE_MODEL] = response_model
+            if summary.response_id:
+                attributes[semconv.GEN_AI_RESPONSE_ID] = summary.response_id
+            if summary.finish_reasons:
+                attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = summary.finish_reasons
+            if tier:
+                attributes[semconv.OPENAI_RESPONSE_SERVICE_TIER] = tier
+            if summary.batch_id:
+                attributes[semconv.COSTSPAN_BATCH_ID] = summary.batch_id
+        if request_id:
+            attributes[semconv.COSTSPAN_REQUEST_ID] = request_id
+        if usage is not None:
+            _usage_attributes(usage, attributes)
+
+        if incomplete and usage is None:
+            cost = Cost(semconv.STATUS_INCOMPLETE)
+        elif error_type is not None and usage is None:
+            cost = Cost(semconv.STATUS_NO_USAGE)
+        else:
+            if tier is None and request.service_tier not in STANDARD_TIERS:
+                tier = request.service_tier  # the response did not say; bill what was asked for
+            cost = telemetry.pricer.price(
+                usage,
+                response_model or request.model,
+                at=as_utc(self.start_ns),
+                provider=provider_price_id(request.provider),
+                service_tier=tier,
+            )
+        _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
+        span.set_attributes(attributes)
+        self._settle(cost)
+
+        metric_base: dict[str, Any] = {
+            semconv.GEN_AI_OPERATION_NAME: request.operation,
+            semconv.GEN_AI_PROVIDER_NAME: request.provider,
+        }
+        if request.model:
+            metric_base[semconv.GEN_AI_REQUEST_MODEL] = request.model
+        if response_model:
+            metric_base[semconv.GEN_AI_RESPONSE_MODEL] = response_model
+        if request.server_address:
+            metric_base[semconv.SERVER_ADDRESS] = request.server_address
+        if error_type:
+            metric_base[semconv.ERROR_TYPE] = error_type
+        attribution = self.attribution
+        metric_attribution = {k: attribution[k] for k in METRIC_ATTRIBUTION_KEYS if k in attribution}
+        if telemetry.settings.metrics_customer_id and "customer_id" in attribution:
+            metric_attribution["customer_id"] = attribution["customer_id"]
+        telemetry.metrics.record(
+            metric_base,
+            metric_attribution,
+            (end_ns - self.start_ns) / 1e9,
+            usage.input_tokens if usage else None,
+            usage.output_tokens if usage else None,
+            float(cost.total) if cost.total is not None else None,
+        )
+        span.end(end_time=end_ns)
+
+
+def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:
+    attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+    attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+    attributes[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+    attributes[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+    attributes[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+    for name, value in (
+        (semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS, usage.input_audio_tokens),
+        (semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS, usage.output_audio_tokens),
+        (semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS, usage.input_image_tokens),
+        (semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS, usage.output_image_tokens),
+        (semconv.COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS, usage.prediction_accepted_tokens),
+        (semconv.COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS, usage.prediction_rejected_tokens),
+    ):
+        if value:
+            attributes[name] = value
+
+
+def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> None:
+    attributes[semconv.COSTSPAN_PRICING_STATUS] = cost.status
+    if cost.source:
+        attributes[semconv.COSTSPAN_PRICING_SOURCE] = cost.source
+    if cost.version:
+        attributes[semconv.COSTSPAN_PRICING_VERSION] = cost.version
+    if cost.model_id:
+        attributes[semconv.COSTSPAN_PRICING_MODEL] = cost.model_id
+    if cost.note:
+        attributes[semconv.COSTSPAN_PRICING_NOTE] = cost.note
+    if cost.total is None:
+        return
+    amount = float(cost.total)
+    attributes[semconv.GEN_AI_USAGE_COST_AMOUNT] = amount
+    attributes[semconv.GEN_AI_USAGE_COST_CURRENCY] = "USD"
+    attributes[semconv.GEN_AI_USAGE_COST_SOURCE] = "local"
+    attributes[semconv.COSTSPAN_COST_INPUT] = float(cost.input)
+    attributes[semconv.COSTSPAN_COST_CACHE_READ] = float(cost.cache_read)
+    attributes[semconv.COSTSPAN_COST_CACHE_WRITE] = float(cost.cache_write)
+    attributes[semconv.COSTSPAN_COST_OUTPUT] = float(cost.output)
+    if compat:
+        attributes[semconv.GEN_AI_USAGE_COST_COMPAT] = amount
+
+
+class StreamObserver:
+    """Watches a stream's items for the span; shared by the sync and async stream proxies."""
+
+    __slots__ = ("broken", "call", "hide_usage_chunk", "request_id", "state", "texts")
+
+    def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
+        self.call = call
+        self.hide_usage_chunk = hide_usage_chunk
+        self.request_id = request_id
+        self.state = StreamSummary()
+        self.broken = False
+        self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
+
+    def hides(self, item: Any) -> bool:
+        """Record an item; True when it is the usage-only chunk costspan asked for, to be kept from the user."""
+        if self.broken:
+            return False
+        try:
+            usage_only = self.state.add(item)
+            if self.texts is not None:
+                self._collect_text(item)
+            return usage_only and self.hide_usage_chunk
+        except Exception:
+            self.broken = True
+            logger.exception("costspan: could not read a stream item; this stream's usage is not recorded")
+            return False
+
+    def _collect_text(self, item: Any) -> None:
+        assert self.texts is not None
+        delta = getattr(item, "delta", None)
+        if isinstance(delta, str):  # Responses API text delta events
+            self.texts.append(delta)
+            return
+        for choice in getattr(item, "choices", None) or ():
+            text = getattr(getattr(choice, "delta", None), "content", None) or getattr(choice, "text", None)
+            if isinstance(text, str):
+                self.texts.append(text)
+
+    def _content(self) -> str | None:
+        if self.texts is None:
+            return None
+        return json.dumps([{"role": "assistant", "content": "".join(self.texts)}])
+
+    def done(self) -> None:
+        self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+
+    def abandon(self) -> None:
+        """The user closed the stream, or dropped it, before its end."""
+        if not self.call.finished:
+            self.call.finish(self.state.summary, self.request_id, incomplete=True, output_content=self._content())
+
+    def error(self, exc: BaseException) -> None:
+        self.call.fail(exc, self.state.summary)

@@ -1,0 +1,276 @@
+"""The patch layer: wraps the OpenAI client's request method and the objects it returns.
+
+Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` (as OpenInference does) sees every call of every
+resource, including ``parse``, the ``stream()`` helpers, ``with_raw_response`` and ``with_streaming_response``, and
+keeps the SDK's own retries inside one span. The sync and async wrappers differ only by ``await``; all the work is
+in ``_call.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import wrapt
+from openai._legacy_response import LegacyAPIResponse
+from openai._models import BaseModel
+from openai._response import APIResponse, AsyncAPIResponse
+from openai._streaming import AsyncStream, Stream
+
+from costspan._call import (
+    Call,
+    StreamObserver,
+    Telemetry,
+    read_request,
+    wants_usage_injection,
+    with_usage_requested,
+)
+from costspan.attribution import CostspanRefusal
+from costspan.usage import summarize_response
+
+logger = logging.getLogger("costspan")
+
+try:  # AzureOpenAI shares the request path; only the provider name differs.
+    from openai.lib.azure import BaseAzureClient
+
+    _AZURE: tuple[type, ...] = (BaseAzureClient,)
+except ImportError:  # pragma: no cover - every supported SDK has it
+    _AZURE = ()
+
+
+def _begin(
+    telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Call | None, tuple[Any, ...], dict[str, Any], bool]:
+    """Start the call's span. Returns the (possibly rewritten) arguments, and whether usage was injected.
+
+    Only a ``CostspanRefusal`` escapes; any other failure here leaves the call uninstrumented.
+    """
+    try:
+        options = args[1] if len(args) > 1 else kwargs["options"]
+        if options.method.lower() != "post":
+            return None, args, kwargs, False
+        body = options.json_data if isinstance(options.json_data, Mapping) else {}
+        provider = "azure.ai.openai" if isinstance(client, _AZURE) else "openai"
+        request = read_request(
+            options.url,
+            body,
+            stream=bool(kwargs.get("stream")),
+            provider=provider,
+            base_url=str(client.base_url),
+        )
+        if request is None:
+            return None, args, kwargs, False
+        injected = telemetry.settings.stream_usage and wants_usage_injection(request)
+        if injected:
+            options = _copy_options(options, with_usage_requested(body))
+            if len(args) > 1:
+                args = (args[0], options, *args[2:])
+            else:
+                kwargs = {**kwargs, "options": options}
+    except Exception:
+        logger.exception("costspan: could not read an OpenAI request; this call is not instrumented")
+        return None, args, kwargs, False
+    try:
+        call = telemetry.start(request)
+    except CostspanRefusal:
+        raise
+    except Exception:
+        logger.exception("costspan: could not start a span; this call is not instrumented")
+        return None, args, kwargs, False
+    return call, args, kwargs, injected
+
+
+def _copy_options(options: Any, json_data: dict[str, Any]) -> Any:
+    if hasattr(options, "model_copy"):
+        return options.model_copy(update={"json_data": json_data})
+    return options.copy(update={"json_data": json_data})  # pydantic v1
+
+
+def wrap_sync_request(telemetry: Telemetry) -> Any:
+    def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call, args, kwargs, injected = _begin(telemetry, instance, args, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return observe(call, result, injected)
+
+    return request
+
+
+def wrap_async_request(telemetry: Telemetry) -> Any:
+    async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call, args, kwargs, injected = _begin(telemetry, instance, args, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return observe(call, result, injected)
+
+    return request
+
+
+def observe(call: Call, result: Any, injected: bool) -> Any:
+    """Hand back what the SDK returned, finishing the span now or watching the object that will finish it."""
+    if call.finished:
+        return result
+    try:
+        if isinstance(result, Stream):
+            return SyncStreamProxy(result, StreamObserver(call, injected, _header_request_id(result.response)))
+        if isinstance(result, AsyncStream):
+            return AsyncStreamProxy(result, StreamObserver(call, injected, _header_request_id(result.response)))
+        if isinstance(result, LegacyAPIResponse) and not call.request.stream:
+            # with_raw_response: the body is read already; parse() caches, so the user's own parse() is free.
+            parsed = result.parse()
+            call.finish_body(parsed, summarize_response(parsed), _header_request_id(result))
+            return result
+        if isinstance(result, (LegacyAPIResponse, APIResponse)):
+            return SyncRawResponseProxy(result, call, injected)
+        if isinstance(result, AsyncAPIResponse):
+            return AsyncRawResponseProxy(result, call, injected)
+        request_id = getattr(result, "_request_id", None) if isinstance(result, BaseModel) else None
+        call.finish_body(result, summarize_response(result), request_id)
+    except Exception:
+        logger.exception("costspan: could not read an OpenAI response; the call was not affected")
+        call.finish(None, None)
+    return result
+
+
+def _header_request_id(response: Any) -> str | None:
+    try:
+        value = response.headers.get("x-request-id")
+        return value if isinstance(value, str) else None
+    except Exception:
+        return None
+
+
+class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+    """The user's ``Stream``, unchanged but for the usage-only chunk costspan asked for."""
+
+    def __init__(self, stream: Any, observer: StreamObserver) -> None:
+        super().__init__(stream)
+        self._self_observer = observer
+        weakref.finalize(self, observer.abandon)
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        observer = self._self_observer
+        while True:
+            try:
+                item = self.__wrapped__.__next__()
+            except StopIteration:
+                observer.done()
+                raise
+            except BaseException as exc:
+                observer.error(exc)
+                raise
+            if not observer.hides(item):
+                return item
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._self_observer.abandon()
+        self.__wrapped__.close()
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+    """The user's ``AsyncStream``, unchanged but for the usage-only chunk costspan asked for."""
+
+    def __init__(self, stream: Any, observer: StreamObserver) -> None:
+        super().__init__(stream)
+        self._self_observer = observer
+        weakref.finalize(self, observer.abandon)
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        observer = self._self_observer
+        while True:
+            try:
+                item = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                observer.done()
+                raise
+            except BaseException as exc:
+                observer.error(exc)
+                raise
+            if not observer.hides(item):
+                return item
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._self_observer.abandon()
+        await self.__wrapped__.close()
+
+
+def _finish_unparsed(call: Call, raw_response: Any) -> None:
+    """A raw response closed or dropped without ``parse()``: use its body if it was read, else no usage."""
+    if call.finished:
+        return
+    body = None
+    try:
+        if not call.request.stream:
+            body = json.loads(raw_response.content)
+    except Exception:
+        body = None
+    request_id = _header_request_id(raw_response)
+    if body is None:
+        call.finish(None, request_id, incomplete=call.request.stream)
+    else:
+        call.finish_body(body, summarize_response(body), request_id)
+
+
+class SyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+    """``with_raw_response`` (streamed) and ``with_streaming_response``: the span ends when the body is parsed."""
+
+    def __init__(self, response: Any, call: Call, injected: bool) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_injected = injected
+        weakref.finalize(self, _finish_unparsed, call, getattr(response, "http_response", response))
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return observe(self._self_call, self.__wrapped__.parse(*args, **kwargs), self._self_injected)
+
+    def close(self) -> None:
+        self.__wrapped__.close()
+        _finish_unparsed(self._self_call, getattr(self.__wrapped__, "http_response", self.__wrapped__))
+
+
+class AsyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+    """The async form of ``SyncRawResponseProxy``."""
+
+    def __init__(self, response: Any, call: Call, injected: bool) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_injected = injected
+        weakref.finalize(self, _finish_unparsed, call, getattr(response, "http_response", response))
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return observe(self._self_call, await self.__wrapped__.parse(*args, **kwargs), self._self_injected)
+
+    async def close(self) -> None:
+        await self.__wrapped__.close()
+        _finish_unparsed(self._self_call, getattr(self.__wrapped__, "http_response", self.__wrapped__))

@@ -1,0 +1,546 @@
+"""A stand-in for the OpenAI API on loopback, speaking its wire format (JSON and SSE streams).
+
+``costspan demo`` runs against it, and the tests drive the real ``openai`` SDK against it. Usage is realistic and
+deterministic: it follows from the request, so a test can compute the expected dollars by hand. A test may also
+script the exact usage, status or service tier of the next responses with ``FakeOpenAI.script``.
+
+Run it alone with ``python -m costspan.fakeopenai --port 8899``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# Request model -> the dated snapshot the API reports back, as the real API does.
+SNAPSHOTS = {
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-5": "gpt-5-2025-08-07",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
+    "o3": "o3-2025-04-16",
+}
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+@dataclass
+class Scripted:
+    """One scripted answer: the usage object to return, an HTTP status, a service tier."""
+
+    usage: dict[str, Any] | None = None
+    status: int = 200
+    service_tier: str | None = None
+    model: str | None = None
+    omit_usage: bool = False
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class _State:
+    script: deque[Scripted] = field(default_factory=deque)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text_of(part.get("text") or part.get("content") or "") for part in content)
+    if isinstance(content, dict):
+        return _text_of(content.get("content") or content.get("text") or "")
+    return ""
+
+
+def prompt_tokens_for(body: dict[str, Any]) -> int:
+    """Deterministic prompt size: 1 token per 4 characters plus 7 per message (roughly the real tokenizer)."""
+    if "messages" in body:
+        messages = body["messages"]
+        return sum(len(_text_of(m.get("content"))) // 4 + 7 for m in messages) + 3
+    prompt = body.get("input", body.get("prompt", ""))
+    if isinstance(prompt, list):
+        return sum(len(_text_of(p)) // 4 + 7 for p in prompt) + 3
+    return len(_text_of(prompt)) // 4 + 3
+
+
+def _completion_text(body: dict[str, Any]) -> str:
+    limit = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens") or 48
+    words = ["Here", "is", "a", "concise", "answer", "from", "the", "stand-in", "model."]
+    return " ".join(words[i % len(words)] for i in range(min(int(limit), 48)))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-stream (an abandoned stream) are expected here
+
+
+class FakeOpenAI:
+    """A threaded HTTP server on 127.0.0.1. Use as a context manager; ``base_url`` is what the SDK needs."""
+
+    def __init__(self, port: int = 0, latency_s: float = 0.0) -> None:
+        self.state = _State()
+        self.latency_s = latency_s
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = _QuietServer(("127.0.0.1", port), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.state.received
+
+    def script(self, *answers: Scripted) -> None:
+        with self.state.lock:
+            self.state.script.extend(answers)
+
+    def next_scripted(self) -> Scripted:
+        with self.state.lock:
+            return self.state.script.popleft() if self.state.script else Scripted()
+
+    def start(self) -> FakeOpenAI:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="fakeopenai", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # --- plumbing --------------------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fake = self.fake
+        with fake.state.lock:
+            fake.state.received.append(Received(self.path, headers, body))
+        if fake.latency_s:
+            time.sleep(fake.latency_s)
+        scripted = fake.next_scripted()
+        if scripted.status != 200:
+            self._json(
+                {"error": {"message": "scripted failure", "type": "server_error", "code": None}},
+                scripted.status,
+            )
+            return
+        path = self.path.split("?")[0]
+        if path.startswith("/openai/deployments/"):  # Azure: /openai/deployments/{name}/chat/completions
+            deployment, _, rest = path[len("/openai/deployments/") :].partition("/")
+            body.setdefault("model", deployment)
+            path = "/v1/" + rest
+        routes = {
+            "/v1/chat/completions": self._chat,
+            "/v1/responses": self._responses,
+            "/v1/embeddings": self._embeddings,
+            "/v1/completions": self._legacy_completions,
+            "/v1/images/generations": self._images,
+            "/v1/batches": self._batches,
+        }
+        route = routes.get(path)
+        if route is None:
+            self._json({"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}}, 404)
+            return
+        route(body, scripted)
+
+    def _headers_common(self, status: int, content_type: str, length: int | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("x-request-id", f"req_fake_{next(self.fake.state.ids):06d}")
+        if length is not None:
+            self.send_header("content-length", str(length))
+        else:
+            self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+
+    def _json(self, payload: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(payload).encode()
+        self._headers_common(status, "application/json", len(data))
+        self.wfile.write(data)
+
+    def _sse(self, events: Iterator[tuple[str | None, dict[str, Any] | str]]) -> None:
+        self._headers_common(200, "text/event-stream")
+        for event, data in events:
+            text = data if isinstance(data, str) else json.dumps(data)
+            frame = (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
+            chunk = frame.encode()
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    # --- answers ---------------------------------------------------------------------------------------
+    def _model(self, body: dict[str, Any], scripted: Scripted) -> str:
+        requested = str(body.get("model") or "gpt-4o-mini")
+        return scripted.model or SNAPSHOTS.get(requested, requested)
+
+    def _tier(self, body: dict[str, Any], scripted: Scripted) -> str:
+        if scripted.service_tier:
+            return scripted.service_tier
+        requested = body.get("service_tier")
+        return "default" if requested in (None, "auto") else str(requested)
+
+    def _chat_usage(self, body: dict[str, Any], scripted: Scripted, completion_tokens: int) -> dict[str, Any]:
+        if scripted.usage is not None:
+            return scripted.usage
+        prompt = prompt_tokens_for(body)
+        cached = (prompt // 128) * 128 if body.get("prompt_cache_key") and prompt >= 1024 else 0
+        reasoning = completion_tokens * 3 if str(body.get("model", "")).startswith(REASONING_PREFIXES) else 0
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens + reasoning,
+            "total_tokens": prompt + completion_tokens + reasoning,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def _chat(self, body: dict[str, Any], scripted: Scripted) -> None:
+        text = _completion_text(body)
+        words = text.split(" ")
+        usage = self._chat_usage(body, scripted, len(words))
+        model = self._model(body, scripted)
+        tier = self._tier(body, scripted)
+        created = int(time.time())
+        cid = f"chatcmpl-fake{next(self.fake.state.ids):06d}"
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text, "refusal": None}
+            payload: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "service_tier": tier,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            }
+            if not scripted.omit_usage:
+                payload["usage"] = usage
+            self._json(payload)
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            data: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": tier,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+            if include_usage:
+                data["usage"] = None
+            return data
+
+        def events() -> Iterator[tuple[str | None, dict[str, Any] | str]]:
+            yield None, chunk({"role": "assistant", "content": ""}, None)
+            for i, word in enumerate(words):
+                yield None, chunk({"content": word if i == 0 else " " + word}, None)
+            yield None, chunk({}, "stop")
+            if include_usage and not scripted.omit_usage:
+                yield (
+                    None,
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "service_tier": tier,
+                        "system_fingerprint": "fp_fake",
+                        "choices": [],
+                        "usage": usage,
+                    },
+                )
+            yield None, "[DONE]"
+
+        self._sse(events())
+
+    def _responses_usage(self, body: dict[str, Any], scripted: Scripted, output_tokens: int) -> dict[str, Any]:
+        if scripted.usage is not None:
+            return scripted.usage
+        chat = self._chat_usage(body, scripted, output_tokens)
+        return {
+            "input_tokens": chat["prompt_tokens"],
+            "input_tokens_details": {
+                "cached_tokens": chat["prompt_tokens_details"]["cached_tokens"],
+                "cache_write_tokens": 0,
+            },
+            "output_tokens": chat["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": chat["completion_tokens_details"]["reasoning_tokens"]},
+            "total_tokens": chat["total_tokens"],
+        }
+
+    def _responses(self, body: dict[str, Any], scripted: Scripted) -> None:
+        text = _completion_text(body)
+        words = text.split(" ")
+        rid = f"resp_fake{next(self.fake.state.ids):06d}"
+        item_id = f"msg_fake{next(self.fake.state.ids):06d}"
+        model = self._model(body, scripted)
+        base: dict[str, Any] = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": model,
+            "service_tier": self._tier(body, scripted),
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "output": [],
+            "status": "in_progress",
+        }
+        message = {
+            "id": item_id,
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        final = {**base, "status": "completed", "output": [message]}
+        if not scripted.omit_usage:
+            final["usage"] = self._responses_usage(body, scripted, len(words))
+        if not body.get("stream"):
+            self._json(final)
+            return
+
+        def events() -> Iterator[tuple[str | None, dict[str, Any] | str]]:
+            seq = itertools.count()
+            yield (
+                "response.created",
+                {"type": "response.created", "sequence_number": next(seq), "response": base},
+            )
+            in_progress = {**message, "status": "in_progress", "content": []}
+            part = {"type": "output_text", "text": "", "annotations": []}
+            where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+            yield (
+                "response.output_item.added",
+                {
+                    "type": "response.output_item.added",
+                    "sequence_number": next(seq),
+                    "output_index": 0,
+                    "item": in_progress,
+                },
+            )
+            yield (
+                "response.content_part.added",
+                {
+                    "type": "response.content_part.added",
+                    "sequence_number": next(seq),
+                    **where,
+                    "part": part,
+                },
+            )
+            for i, word in enumerate(words):
+                yield (
+                    "response.output_text.delta",
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": item_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word if i == 0 else " " + word,
+                        "logprobs": [],
+                    },
+                )
+            yield (
+                "response.output_text.done",
+                {
+                    "type": "response.output_text.done",
+                    "sequence_number": next(seq),
+                    **where,
+                    "text": text,
+                    "logprobs": [],
+                },
+            )
+            yield (
+                "response.content_part.done",
+                {
+                    "type": "response.content_part.done",
+                    "sequence_number": next(seq),
+                    **where,
+                    "part": {**part, "text": text},
+                },
+            )
+            yield (
+                "response.output_item.done",
+                {
+                    "type": "response.output_item.done",
+                    "sequence_number": next(seq),
+                    "output_index": 0,
+                    "item": message,
+                },
+            )
+            yield (
+                "response.completed",
+                {
+                    "type": "response.completed",
+                    "sequence_number": next(seq),
+                    "response": final,
+                },
+            )
+
+        self._sse(events())
+
+    def _embeddings(self, body: dict[str, Any], scripted: Scripted) -> None:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        prompt = sum(len(_text_of(i)) // 4 + 1 for i in items)
+        usage = scripted.usage or {"prompt_tokens": prompt, "total_tokens": prompt}
+        self._json(
+            {
+                "object": "list",
+                "model": self._model(body, scripted),
+                "data": [{"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2]} for i in range(len(items))],
+                "usage": usage,
+            }
+        )
+
+    def _legacy_completions(self, body: dict[str, Any], scripted: Scripted) -> None:
+        text = _completion_text(body)
+        words = text.split(" ")
+        usage = scripted.usage or {
+            "prompt_tokens": prompt_tokens_for(body),
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens_for(body) + len(words),
+        }
+        cid = f"cmpl-fake{next(self.fake.state.ids):06d}"
+        model = self._model(body, scripted)
+        if not body.get("stream"):
+            self._json(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
+                    "usage": usage,
+                }
+            )
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def events() -> Iterator[tuple[str | None, dict[str, Any] | str]]:
+            for i, word in enumerate(words):
+                last = i == len(words) - 1
+                yield (
+                    None,
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "text": " " + word,
+                                "finish_reason": "length" if last else None,
+                                "logprobs": None,
+                            }
+                        ],
+                    },
+                )
+            if include_usage:
+                yield (
+                    None,
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    },
+                )
+            yield None, "[DONE]"
+
+        self._sse(events())
+
+    def _images(self, body: dict[str, Any], scripted: Scripted) -> None:
+        prompt = len(_text_of(body.get("prompt"))) // 4 + 3
+        usage = scripted.usage or {
+            "input_tokens": prompt,
+            "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0},
+            "output_tokens": 1056,
+            "total_tokens": prompt + 1056,
+        }
+        self._json({"created": int(time.time()), "data": [{"b64_json": "aW1hZ2U="}], "usage": usage})
+
+    def _batches(self, body: dict[str, Any], scripted: Scripted) -> None:
+        now = int(time.time())
+        self._json(
+            {
+                "id": f"batch_fake{next(self.fake.state.ids):06d}",
+                "object": "batch",
+                "endpoint": body.get("endpoint", "/v1/chat/completions"),
+                "input_file_id": body.get("input_file_id", "file-fake"),
+                "completion_window": body.get("completion_window", "24h"),
+                "status": "validating",
+                "created_at": now,
+                "metadata": body.get("metadata"),
+            }
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the loopback OpenAI stand-in.")
+    parser.add_argument("--port", type=int, default=8899)
+    args = parser.parse_args()
+    with FakeOpenAI(port=args.port) as fake:
+        print(f"OpenAI stand-in listening; set OPENAI_BASE_URL={fake.base_url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``CostspanInstrumentor``: turns every OpenAI SDK call into a priced, attributed CLIENT span.
+
+Loaded by ``opentelemetry-instrument`` through the ``opentelemetry_instrumentor`` entry point ``costspan``, or
+used directly::
+
+    CostspanInstrumentor().instrument(tracer_provider=..., meter_provider=...)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from costspan import __version__
+from costspan._call import Telemetry
+from costspan.attribution import Attributor
+from costspan.config import Settings
+from costspan.metrics import CallMetrics
+from costspan.pricing import Pricer, packaged_prices
+
+logger = logging.getLogger("costspan")
+
+_INSTRUMENTS = ("openai >= 1.40",)
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
+
+
+class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instrument the OpenAI SDK (``OpenAI``, ``AsyncOpenAI`` and the Azure clients).
+
+    Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``, ``guards`` (call guards such as
+    budgets), ``price_layers`` (extra price sources tried before the packaged data), and any ``Settings`` field
+    (``attribution_keys``, ``required_keys``, ``on_missing``, ``stream_usage``, ``pricing_file``,
+    ``cost_compat``, ``metrics_customer_id``, ``capture_content``), which win over their environment variables.
+    """
+
+    telemetry: Telemetry | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _INSTRUMENTS
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from openai._base_client import AsyncAPIClient, SyncAPIClient
+
+        from costspan._patch import wrap_async_request, wrap_sync_request
+
+        settings = Settings.load(**{k: v for k, v in kwargs.items() if k in Settings.__dataclass_fields__})
+        tracer_provider = kwargs.get("tracer_provider")
+        tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
+        meter = metrics.get_meter(__name__, __version__, kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
+        telemetry = Telemetry(
+            tracer=tracer,
+            metrics=CallMetrics(meter),
+            pricer=Pricer([*(kwargs.get("price_layers") or ()), packaged_prices()]),
+            attributor=Attributor(settings, tracer_provider),
+            settings=settings,
+            guards=tuple(kwargs.get("guards") or ()),
+        )
+        self.telemetry = telemetry
+        wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry))
+        wrap_function_wrapper(AsyncAPIClient, "request", wrap_async_request(telemetry))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        from openai._base_client import AsyncAPIClient, SyncAPIClient
+
+        unwrap(SyncAPIClient, "request")
+        unwrap(AsyncAPIClient, "request")
+        self.telemetry = None

@@ -1,0 +1,344 @@
+"""Cost of one call, from dated prices.
+
+The price data is `genai-prices`. Its own ``calc_price`` costs ~70 µs a call, too slow for the request path, so
+this module resolves a model's price once per (model, UTC day, service tier, batch) into a ``PriceSheet`` and
+computes each call with a few integer and Decimal operations. ``tests/test_pricing_reference.py`` checks
+that the result equals genai-prices' own calculation.
+
+Rules that matter for money (see README, "How cost is computed"):
+- Cached reads and cache writes are parts of the input count, billed at their own rates where the model has one.
+- Reasoning tokens are part of output. They are priced separately only if the model has a reasoning rate, and
+  are never added on top.
+- Tiered prices (e.g. above 272K input tokens) switch for the whole request, as the provider bills it.
+- A model the data does not know is ``unknown_model`` with no amount; never a neighbour's price.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from functools import lru_cache
+from typing import Protocol
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices.types import (
+    ModelInfo,
+    ModelPrice,
+    PriceVariant,
+    Provider,
+    TieredPrices,
+    TimeOfDateConstraint,
+)
+from genai_prices.units import _get_registry  # the unit hierarchy; no public accessor exists
+
+from costspan import semconv
+from costspan.usage import Usage
+
+logger = logging.getLogger(__name__)
+
+_ZERO = Decimal(0)
+
+# Service tiers billed at the standard rate. "auto" only appears on requests; responses say what ran.
+STANDARD_TIERS = frozenset({None, "", "default", "auto", "standard"})
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The priced outcome of one call. ``total`` is None unless ``status`` is ``priced``."""
+
+    status: str
+    total: Decimal | None = None
+    input: Decimal = _ZERO  # uncached input, all modalities
+    cache_read: Decimal = _ZERO
+    cache_write: Decimal = _ZERO
+    output: Decimal = _ZERO
+    source: str | None = None  # which price data priced it: "genai-prices" or "override:<file>"
+    version: str | None = None  # that data's version, so stored events can be re-priced later
+    model_id: str | None = None  # the price-data model the name resolved to
+    note: str | None = None
+
+
+# --- the unit hierarchy, from genai-prices' registry --------------------------------------------------------
+
+# Our Usage field -> genai-prices usage key.
+_USAGE_KEYS: Mapping[str, str] = {
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "cache_read_tokens": "cache_read_tokens",
+    "cache_write_tokens": "cache_write_tokens",
+    "reasoning_tokens": "output_reasoning_tokens",
+    "input_audio_tokens": "input_audio_tokens",
+    "output_audio_tokens": "output_audio_tokens",
+    "input_image_tokens": "input_image_tokens",
+    "output_image_tokens": "output_image_tokens",
+}
+
+
+def usage_counts(usage: Usage) -> dict[str, int]:
+    """The usage as genai-prices usage keys (zero counts left out)."""
+    counts = {}
+    for ours, theirs in _USAGE_KEYS.items():
+        value = getattr(usage, ours)
+        if value:
+            counts[theirs] = value
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class _PricedUnit:
+    usage_key: str
+    price: Decimal | TieredPrices
+    per: int
+    bucket: str  # input / cache_read / cache_write / output / other
+    descendants: tuple[int, ...]  # indices (into PriceSheet.units) of more specific priced units
+
+
+def _bucket(dimensions: Mapping[str, str]) -> str:
+    token_type = dimensions.get("token_type")
+    if token_type in ("cache_read", "cache_write"):
+        return token_type
+    direction = dimensions.get("direction")
+    return direction if direction in ("input", "output") else "other"
+
+
+class PriceSheet:
+    """A resolved ``ModelPrice``, precompiled so that pricing a call is a handful of arithmetic steps."""
+
+    __slots__ = ("model_price", "tiered", "units")
+
+    def __init__(self, model_price: ModelPrice) -> None:
+        registry = _get_registry()
+        priced = []
+        for key, value in model_price.__dict__.items():
+            if key.startswith("_") or value is None:
+                continue
+            try:
+                unit = registry.unit_for_price_key(key)
+            except KeyError:
+                continue
+            priced.append((unit, value))
+        # Most specific first, as genai-prices' decomposition does, so descendants are computed before parents.
+        priced.sort(key=lambda pair: (-len(pair[0].dimensions), pair[0].usage_key))
+        units: list[_PricedUnit] = []
+        for i, (unit, value) in enumerate(priced):
+            descendants = tuple(
+                j
+                for j, (other, _) in enumerate(priced)
+                if j != i and unit.dimensions.items() <= other.dimensions.items()
+            )
+            units.append(_PricedUnit(unit.usage_key, value, unit.per, _bucket(unit.dimensions), descendants))
+        self.units = tuple(units)
+        self.tiered = any(isinstance(u.price, TieredPrices) for u in units)
+        self.model_price = model_price
+
+    def cost(self, counts: Mapping[str, int]) -> dict[str, Decimal] | None:
+        """Dollars per bucket for these usage counts; None when the counts contradict each other."""
+        leaves = [0] * len(self.units)
+        total_input = counts.get("input_tokens", 0)
+        buckets = {"input": _ZERO, "cache_read": _ZERO, "cache_write": _ZERO, "output": _ZERO, "other": _ZERO}
+        for i, unit in enumerate(self.units):
+            leaf = counts.get(unit.usage_key, 0)
+            for j in unit.descendants:
+                leaf -= leaves[j]
+            if leaf < 0:
+                return None
+            leaves[i] = leaf
+            if not leaf:
+                continue
+            price = unit.price
+            if isinstance(price, TieredPrices):
+                rate = price.base
+                for tier in reversed(price.tiers):
+                    if total_input > tier.start:
+                        rate = tier.price
+                        break
+            else:
+                rate = price
+            buckets[unit.bucket] += rate * leaf / unit.per
+        return buckets
+
+    def rate(self, price_key: str, input_tokens: int = 0) -> Decimal | None:
+        """The per-million rate for a price key at this prompt size (for budgets and `costspan price`)."""
+        price = getattr(self.model_price, price_key, None)
+        if price is None:
+            return None
+        if isinstance(price, TieredPrices):
+            rate: Decimal = price.base
+            for tier in reversed(price.tiers):
+                if input_tokens > tier.start:
+                    return tier.price
+            return rate
+        return price if isinstance(price, Decimal) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPrice:
+    sheet: PriceSheet
+    source: str
+    version: str
+    model_id: str
+    tier_known: bool
+
+
+class PriceSource(Protocol):
+    """A layer of prices. The override file is one; the packaged genai-prices data is the last."""
+
+    def resolve(
+        self, model: str, provider: str, at: datetime, service_tier: str | None, batch: bool
+    ) -> ResolvedPrice | None: ...
+
+
+def _has_variant(variants: Iterable[PriceVariant] | None, key: str, value: str, at: datetime) -> bool:
+    return any(v.when.get(key) == value and (v.constraint is None or v.constraint.active(at)) for v in variants or ())
+
+
+class PackagedPrices:
+    """Prices shipped in the installed ``genai-prices`` package."""
+
+    def __init__(self) -> None:
+        snapshot = data_snapshot.get_snapshot()
+        self._providers: dict[str, Provider] = {p.id: p for p in snapshot.providers}
+        self._all = list(snapshot.providers)
+        self.source = "genai-prices"
+        self.version = genai_prices.__version__
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], ModelInfo | None] = {}
+        self._sheets: dict[tuple[str, str, date, str | None, bool], ResolvedPrice] = {}
+
+    def find_model(self, model: str, provider: str) -> ModelInfo | None:
+        key = (provider, model)
+        try:
+            return self._models[key]
+        except KeyError:
+            pass
+        found = None
+        provider_info = self._providers.get(provider)
+        if provider_info is not None:
+            found = provider_info.find_model(model, all_providers=self._all)
+        with self._lock:
+            self._models[key] = found
+        return found
+
+    def resolve(
+        self, model: str, provider: str, at: datetime, service_tier: str | None, batch: bool
+    ) -> ResolvedPrice | None:
+        info = self.find_model(model, provider)
+        if info is None:
+            return None
+        tier = None if service_tier in STANDARD_TIERS else service_tier
+        cache_key = (provider, info.id, at.astimezone(timezone.utc).date(), tier, batch)
+        cached = self._sheets.get(cache_key)
+        if cached is not None:
+            return cached
+        context: dict[str, str] = {}
+        tier_known = True
+        if tier is not None:
+            tier_known = _has_variant(info.price_variants, "service_tier", tier, at)
+            if tier_known:
+                context["service_tier"] = tier
+        if batch:
+            context["processing"] = "batch"
+        resolved = ResolvedPrice(
+            PriceSheet(info.get_prices(at, context or None)), self.source, self.version, info.id, tier_known
+        )
+        if not _time_of_day_priced(info):  # a time-of-day price must not be cached for the whole day
+            with self._lock:
+                self._sheets[cache_key] = resolved
+        return resolved
+
+
+def _time_of_day_priced(info: ModelInfo) -> bool:
+    prices = info.prices if isinstance(info.prices, list) else []
+    return any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices) or any(
+        isinstance(v.constraint, TimeOfDateConstraint) for v in info.price_variants or ()
+    )
+
+
+class Pricer:
+    """Prices calls from an ordered list of price layers; the first layer that knows the model wins."""
+
+    def __init__(self, layers: Iterable[PriceSource] | None = None) -> None:
+        self.layers: tuple[PriceSource, ...] = tuple(layers) if layers is not None else (packaged_prices(),)
+        self._warned: set[str] = set()
+
+    def resolve(
+        self, model: str, provider: str, at: datetime, service_tier: str | None = None, batch: bool = False
+    ) -> ResolvedPrice | None:
+        for layer in self.layers:
+            resolved = layer.resolve(model, provider, at, service_tier, batch)
+            if resolved is not None:
+                return resolved
+        return None
+
+    def price(
+        self,
+        usage: Usage | None,
+        model: str | None,
+        *,
+        at: datetime,
+        provider: str = "openai",
+        service_tier: str | None = None,
+        batch: bool = False,
+    ) -> Cost:
+        if usage is None:
+            return Cost(semconv.STATUS_NO_USAGE)
+        resolved = self.resolve(model, provider, at, service_tier, batch) if model else None
+        if resolved is None:
+            self._warn_unknown(model or "<none>")
+            return Cost(semconv.STATUS_UNKNOWN_MODEL)
+        if not resolved.tier_known:
+            return Cost(
+                semconv.STATUS_UNKNOWN_TIER,
+                source=resolved.source,
+                version=resolved.version,
+                model_id=resolved.model_id,
+                note=f"no {service_tier!r} service-tier price for {resolved.model_id}",
+            )
+        buckets = resolved.sheet.cost(usage_counts(usage))
+        if buckets is None:
+            return Cost(
+                semconv.STATUS_INCOMPLETE,
+                source=resolved.source,
+                version=resolved.version,
+                model_id=resolved.model_id,
+                note="usage parts exceed their totals",
+            )
+        return Cost(
+            semconv.STATUS_PRICED,
+            total=sum(buckets.values(), _ZERO),
+            input=buckets["input"] + buckets["other"],
+            cache_read=buckets["cache_read"],
+            cache_write=buckets["cache_write"],
+            output=buckets["output"],
+            source=resolved.source,
+            version=resolved.version,
+            model_id=resolved.model_id,
+        )
+
+    def _warn_unknown(self, model: str) -> None:
+        if model not in self._warned:
+            self._warned.add(model)
+            logger.warning(
+                "costspan: no price known for model %r; its spans carry pricing status unknown_model and no "
+                "amount. Add it to a pricing override file (see `costspan price --help`).",
+                model,
+            )
+
+
+@lru_cache(maxsize=1)
+def packaged_prices() -> PackagedPrices:
+    return PackagedPrices()
+
+
+def provider_price_id(provider_name: str) -> str:
+    """genai-prices provider id for a ``gen_ai.provider.name``."""
+    return "azure" if provider_name == "azure.ai.openai" else "openai"
+
+
+def as_utc(timestamp_ns: int) -> datetime:
+    return datetime.fromtimestamp(timestamp_ns / 1e9, tz=timezone.utc)

@@ -1,0 +1,207 @@
+"""Pure functions that turn the OpenAI SDK's response shapes into one normalized ``Usage``.
+
+Invariants, whatever the shape:
+- ``input_tokens`` is the whole prompt: cached reads and cache writes are parts of it, not additions.
+- ``output_tokens`` is the whole completion: reasoning, audio and prediction tokens are parts of it and are
+  never added on top (OpenAI already counts them inside ``completion_tokens`` / ``output_tokens``).
+- A missing or malformed usage object gives ``None`` ("no usage"), never an exception.
+
+Each function accepts SDK pydantic objects or the plain dicts of the wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    prediction_accepted_tokens: int = 0
+    prediction_rejected_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    """What the response says about itself, whatever endpoint produced it."""
+
+    model: str | None = None
+    response_id: str | None = None
+    service_tier: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    batch_id: str | None = None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _count(obj: Any, name: str, *, required: bool = False) -> int:
+    value = _get(obj, name)
+    if value is None:
+        if required:
+            raise _Malformed(name)
+        return 0
+    # bool is an int subclass; a bool token count is a malformed payload, not 1.
+    if type(value) is not int or value < 0:
+        raise _Malformed(name)
+    return value
+
+
+def _check_parts(usage: Usage) -> Usage:
+    if usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens:
+        raise _Malformed("cached tokens exceed input tokens")
+    if usage.reasoning_tokens > usage.output_tokens:
+        raise _Malformed("reasoning tokens exceed output tokens")
+    return usage
+
+
+def _chat_usage(usage: Any) -> Usage:
+    """Chat Completions, legacy Completions and Embeddings (``prompt_tokens``/``completion_tokens``)."""
+    prompt = _get(usage, "prompt_tokens_details")
+    completion = _get(usage, "completion_tokens_details")
+    return Usage(
+        input_tokens=_count(usage, "prompt_tokens", required=True),
+        output_tokens=_count(usage, "completion_tokens"),  # absent for embeddings
+        cache_read_tokens=_count(prompt, "cached_tokens"),
+        cache_write_tokens=_count(prompt, "cache_write_tokens"),
+        input_audio_tokens=_count(prompt, "audio_tokens"),
+        input_image_tokens=_count(prompt, "image_tokens"),
+        reasoning_tokens=_count(completion, "reasoning_tokens"),
+        output_audio_tokens=_count(completion, "audio_tokens"),
+        prediction_accepted_tokens=_count(completion, "accepted_prediction_tokens"),
+        prediction_rejected_tokens=_count(completion, "rejected_prediction_tokens"),
+    )
+
+
+def _responses_usage(usage: Any) -> Usage:
+    """Responses API, Images and audio transcription (``input_tokens``/``output_tokens``)."""
+    # Responses says input_tokens_details; transcription says input_token_details.
+    details = _get(usage, "input_tokens_details") or _get(usage, "input_token_details")
+    output = _get(usage, "output_tokens_details")
+    return Usage(
+        input_tokens=_count(usage, "input_tokens", required=True),
+        output_tokens=_count(usage, "output_tokens"),
+        cache_read_tokens=_count(details, "cached_tokens"),
+        cache_write_tokens=_count(details, "cache_write_tokens"),
+        input_audio_tokens=_count(details, "audio_tokens"),
+        input_image_tokens=_count(details, "image_tokens"),
+        reasoning_tokens=_count(output, "reasoning_tokens"),
+        output_image_tokens=_count(output, "image_tokens"),
+    )
+
+
+def normalize_usage(usage: Any) -> Usage | None:
+    """Normalize any OpenAI usage object; ``None`` when it is missing or malformed."""
+    if usage is None:
+        return None
+    try:
+        if _get(usage, "prompt_tokens") is not None:
+            return _check_parts(_chat_usage(usage))
+        if _get(usage, "input_tokens") is not None:
+            return _check_parts(_responses_usage(usage))
+    except _Malformed:
+        return None
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def summarize_response(body: Any) -> ResponseSummary:
+    """Summarize a parsed (non-streamed) response body of any endpoint."""
+    summary = ResponseSummary(
+        model=_str_or_none(_get(body, "model")),
+        response_id=_str_or_none(_get(body, "id")),
+        service_tier=_str_or_none(_get(body, "service_tier")),
+        usage=normalize_usage(_get(body, "usage")),
+    )
+    object_type = _get(body, "object")
+    if object_type == "batch":
+        summary.batch_id = summary.response_id
+    elif object_type == "response":
+        summary.finish_reasons = _responses_finish_reasons(body)
+    else:
+        choices = _get(body, "choices")
+        if isinstance(choices, list):
+            summary.finish_reasons = [r for c in choices if (r := _str_or_none(_get(c, "finish_reason")))]
+    return summary
+
+
+def _responses_finish_reasons(response: Any) -> list[str]:
+    status = _get(response, "status")
+    if status == "incomplete":
+        reason = _str_or_none(_get(_get(response, "incomplete_details"), "reason"))
+        return [reason or "incomplete"]
+    return [status] if isinstance(status, str) else []
+
+
+# Responses API stream events that carry the final response object (and its usage).
+_RESPONSES_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class StreamSummary:
+    """Accumulates a ``ResponseSummary`` from stream items (chat/legacy chunks or Responses events).
+
+    ``add`` runs once per chunk on the user's iteration path, so it touches only a few attributes.
+    """
+
+    __slots__ = ("items", "summary")
+
+    def __init__(self) -> None:
+        self.summary = ResponseSummary()
+        self.items = 0
+
+    def add(self, item: Any) -> bool:
+        """Record one item; return True when it is a usage-only chunk (no choices, usage set)."""
+        self.items += 1
+        summary = self.summary
+        event_type = getattr(item, "type", None)
+        if isinstance(event_type, str) and event_type.startswith("response."):
+            response = getattr(item, "response", None)
+            if response is not None:
+                if event_type in _RESPONSES_TERMINAL_EVENTS:
+                    final = summarize_response(response)
+                    final.batch_id = summary.batch_id
+                    self.summary = final
+                elif summary.model is None:
+                    summary.model = _str_or_none(getattr(response, "model", None))
+                    summary.response_id = _str_or_none(getattr(response, "id", None))
+            return False
+        if summary.model is None:
+            summary.model = _str_or_none(getattr(item, "model", None))
+            summary.response_id = _str_or_none(getattr(item, "id", None))
+        tier = getattr(item, "service_tier", None)
+        if tier is not None:
+            summary.service_tier = tier
+        choices = getattr(item, "choices", None)
+        if choices:
+            for choice in choices:
+                reason = getattr(choice, "finish_reason", None)
+                if reason:
+                    summary.finish_reasons.append(reason)
+        usage = getattr(item, "usage", None)
+        if usage is not None:
+            summary.usage = normalize_usage(usage)
+            return not choices
+        return False
