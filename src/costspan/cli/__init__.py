@@ -1,0 +1,44 @@
+"""The ``costspan`` command. Each subcommand lives in its own module with a ``register(subparsers)`` function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Subcommand modules under costspan.cli, in the order `costspan --help` lists them.
+SUBCOMMANDS: tuple[str, ...] = ()
+
+DESCRIPTION = """\
+See which feature, route, customer and environment spent your LLM money.
+
+Start with `costspan demo`: it runs an instrumented app against a local OpenAI stand-in and prints the
+spend report. Every subcommand has its own --help with examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="costspan", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"costspan.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `costspan report | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

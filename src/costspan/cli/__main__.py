@@ -1,0 +1,5 @@
+import sys
+
+from costspan.cli import main
+
+sys.exit(main())
