@@ -80,10 +80,18 @@ def prompt_tokens_for(body: dict[str, Any]) -> int:
     return len(_text_of(prompt)) // 4 + 3
 
 
+def _wants_json(body: dict[str, Any]) -> bool:
+    """Structured output was asked for (chat ``response_format`` or Responses ``text.format``)."""
+    chat_format = body.get("response_format") or {}
+    text_format = (body.get("text") or {}).get("format") or {}
+    return "json_schema" in (chat_format.get("type"), text_format.get("type"))
+
+
 def _completion_text(body: dict[str, Any]) -> str:
     limit = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens") or 48
     words = ["Here", "is", "a", "concise", "answer", "from", "the", "stand-in", "model."]
-    return " ".join(words[i % len(words)] for i in range(min(int(limit), 48)))
+    text = " ".join(words[i % len(words)] for i in range(min(int(limit), 48)))
+    return json.dumps({"answer": text}) if _wants_json(body) else text
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -147,6 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # --- plumbing --------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._json({"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}}, 404)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""

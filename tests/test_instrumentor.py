@@ -1,0 +1,651 @@
+"""Every covered SDK surface, sync and async, through the real SDK and a real loopback HTTP server.
+
+Expected dollars are computed by hand from genai-prices 0.2.3 (OpenAI list prices as of 2026-11):
+- gpt-4.1: $2.00 input, $0.50 cached input, $8.00 output per million tokens
+- gpt-5: $1.25 input, $0.125 cached input, $10.00 output per million
+- text-embedding-3-small: $0.02 input per million
+- gpt-3.5-turbo-instruct: $1.50 input, $2.00 output per million
+- gpt-image-1: $5.00 text input, $10.00 image input, $40.00 output per million
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from opentelemetry import baggage, context
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import BaseModel
+
+from costspan import MissingAttributionError, semconv
+from costspan.fakeopenai import FakeOpenAI, Scripted
+from tests.conftest import Pipeline, make_pipeline
+
+CHAT_USAGE = {
+    "prompt_tokens": 1200,
+    "completion_tokens": 300,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"cached_tokens": 1024},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+# (1200 - 1024) * 2.00 + 1024 * 0.50 + 300 * 8.00 = 352 + 512 + 2400 = 3264 micro-dollars
+CHAT_COST = 0.003264
+
+RESPONSES_USAGE = {
+    "input_tokens": 2000,
+    "input_tokens_details": {"cached_tokens": 1500, "cache_write_tokens": 0},
+    "output_tokens": 800,
+    "output_tokens_details": {"reasoning_tokens": 600},
+    "total_tokens": 2800,
+}
+# gpt-5: 500 * 1.25 + 1500 * 0.125 + 800 * 10.00 = 625 + 187.5 + 8000 = 8812.5 micro-dollars.
+# The 600 reasoning tokens are inside the 800 output tokens: adding them again would bill 6000 more.
+RESPONSES_COST = 0.0088125
+
+MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
+
+
+def run(maybe_awaitable: Any) -> Any:
+    if asyncio.iscoroutine(maybe_awaitable):
+        return asyncio.run(maybe_awaitable)
+    return maybe_awaitable
+
+
+def attrs(pipeline: Pipeline) -> dict[str, Any]:
+    return dict(pipeline.span().attributes or {})
+
+
+def assert_chat_priced(pipeline: Pipeline, *, stream: bool) -> dict[str, Any]:
+    span = pipeline.span()
+    a = dict(span.attributes or {})
+    assert span.kind is SpanKind.CLIENT
+    assert span.name == "chat gpt-4.1"
+    assert a[semconv.GEN_AI_OPERATION_NAME] == "chat"
+    assert a[semconv.GEN_AI_PROVIDER_NAME] == "openai"
+    assert a[semconv.OPENAI_API_TYPE] == "chat_completions"
+    assert a[semconv.GEN_AI_REQUEST_MODEL] == "gpt-4.1"
+    assert a[semconv.GEN_AI_RESPONSE_MODEL] == "gpt-4.1-2025-04-14"
+    assert a[semconv.GEN_AI_REQUEST_STREAM] is stream
+    assert a[semconv.GEN_AI_RESPONSE_ID].startswith("chatcmpl-fake")
+    assert a[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert a[semconv.SERVER_ADDRESS] == "127.0.0.1"
+    assert isinstance(a[semconv.SERVER_PORT], int)
+    assert a[semconv.COSTSPAN_REQUEST_ID].startswith("req_fake_")
+    assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 1200
+    assert a[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 1024
+    assert a[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 300
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "priced"
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(CHAT_COST, abs=1e-12)
+    assert a[semconv.GEN_AI_USAGE_COST_CURRENCY] == "USD"
+    assert a[semconv.GEN_AI_USAGE_COST_SOURCE] == "local"
+    assert a[semconv.COSTSPAN_COST_INPUT] == pytest.approx(0.000352, abs=1e-12)
+    assert a[semconv.COSTSPAN_COST_CACHE_READ] == pytest.approx(0.000512, abs=1e-12)
+    assert a[semconv.COSTSPAN_COST_OUTPUT] == pytest.approx(0.0024, abs=1e-12)
+    assert a[semconv.COSTSPAN_PRICING_SOURCE] == "genai-prices"
+    assert a[semconv.COSTSPAN_PRICING_VERSION]
+    assert semconv.GEN_AI_USAGE_COST_COMPAT not in a
+    return a
+
+
+@pytest.fixture(params=["sync", "async"])
+def any_client(request: pytest.FixtureRequest, fake_openai: FakeOpenAI) -> Any:
+    cls = openai.OpenAI if request.param == "sync" else openai.AsyncOpenAI
+    return cls(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0)
+
+
+def call_and_consume(make: Callable[[], Any]) -> list[Any]:
+    async def both() -> list[Any]:
+        stream = await make()
+        return [item async for item in stream]
+
+    result = make()
+    if asyncio.iscoroutine(result):
+        result.close()
+        return asyncio.run(both())
+    return list(result)
+
+
+# --- chat.completions ----------------------------------------------------------------------------------
+
+
+def test_chat_create(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    response = run(any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES))
+    assert response.usage.prompt_tokens == 1200
+    assert_chat_priced(pipeline, stream=False)
+
+
+def test_chat_stream_without_usage_requests_it_and_hides_the_extra_chunk(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    chunks = call_and_consume(
+        lambda: any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    )
+    # The user sees exactly the stream they asked for: content chunks only, no usage-only chunk.
+    assert all(chunk.choices for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert fake_openai.received[-1].body["stream_options"] == {"include_usage": True}
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_chat_stream_with_user_requested_usage_is_untouched(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    chunks = call_and_consume(
+        lambda: any_client.chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.prompt_tokens == 1200
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_stream_usage_injection_can_be_turned_off(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    pipeline = make_pipeline(stream_usage=False)
+    try:
+        list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
+        assert "stream_options" not in fake_openai.received[-1].body
+        assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+    finally:
+        pipeline.instrumentor.uninstrument()
+
+
+def test_chat_stream_helper(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    with client.chat.completions.stream(model="gpt-4.1", messages=MESSAGES) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    assert events
+    assert final.choices[0].message.content
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_async_chat_stream_helper(
+    pipeline: Pipeline, async_client: openai.AsyncOpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+
+    async def go() -> None:
+        async with async_client.chat.completions.stream(model="gpt-4.1", messages=MESSAGES) as stream:
+            async for _ in stream:
+                pass
+
+    asyncio.run(go())
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_chat_with_raw_response(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    raw = run(any_client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES))
+    assert raw.headers["x-request-id"].startswith("req_fake_")
+    assert raw.parse().usage.completion_tokens == 300
+    assert_chat_priced(pipeline, stream=False)
+
+
+def test_chat_with_streaming_response(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    with client.chat.completions.with_streaming_response.create(model="gpt-4.1", messages=MESSAGES) as response:
+        assert response.parse().usage.prompt_tokens == 1200
+    assert_chat_priced(pipeline, stream=False)
+
+
+def test_async_chat_with_streaming_response_read_raw(
+    pipeline: Pipeline, async_client: openai.AsyncOpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """The user reads the bytes instead of parse(): the span still gets the usage from the body."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+
+    async def go() -> bytes:
+        async with async_client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MESSAGES
+        ) as response:
+            return await response.read()
+
+    assert b"chatcmpl-fake" in asyncio.run(go())
+    assert_chat_priced(pipeline, stream=False)
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def test_chat_parse(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    completion = run(any_client.chat.completions.parse(model="gpt-4.1", messages=MESSAGES, response_format=Answer))
+    assert completion.choices[0].message.parsed.answer.startswith("Here is")
+    assert_chat_priced(pipeline, stream=False)
+
+
+# --- responses -----------------------------------------------------------------------------------------
+
+
+def assert_responses_priced(pipeline: Pipeline, *, stream: bool) -> None:
+    a = attrs(pipeline)
+    assert pipeline.span().name == "chat gpt-5"
+    assert a[semconv.OPENAI_API_TYPE] == "responses"
+    assert a[semconv.GEN_AI_RESPONSE_MODEL] == "gpt-5-2025-08-07"
+    assert a[semconv.GEN_AI_RESPONSE_ID].startswith("resp_fake")
+    assert a[semconv.GEN_AI_REQUEST_STREAM] is stream
+    assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 2000
+    assert a[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 1500
+    assert a[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 800
+    assert a[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] == 600
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(RESPONSES_COST, abs=1e-12)
+
+
+def test_responses_create(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=RESPONSES_USAGE))
+    response = run(any_client.responses.create(model="gpt-5", input="Summarize my tickets"))
+    assert response.output_text.startswith("Here is")
+    assert_responses_priced(pipeline, stream=False)
+    assert attrs(pipeline)[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("completed",)
+
+
+def test_responses_create_stream(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=RESPONSES_USAGE))
+    events = call_and_consume(lambda: any_client.responses.create(model="gpt-5", input="hi", stream=True))
+    assert events[-1].type == "response.completed"
+    assert "stream_options" not in fake_openai.received[-1].body  # Responses streams always carry usage
+    assert_responses_priced(pipeline, stream=True)
+
+
+def test_responses_stream_helper(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=RESPONSES_USAGE))
+    with client.responses.stream(model="gpt-5", input="hi") as stream:
+        for _ in stream:
+            pass
+        assert stream.get_final_response().usage.output_tokens == 800
+    assert_responses_priced(pipeline, stream=True)
+
+
+def test_async_responses_stream_helper(
+    pipeline: Pipeline, async_client: openai.AsyncOpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Scripted(usage=RESPONSES_USAGE))
+
+    async def go() -> None:
+        async with async_client.responses.stream(model="gpt-5", input="hi") as stream:
+            async for _ in stream:
+                pass
+
+    asyncio.run(go())
+    assert_responses_priced(pipeline, stream=True)
+
+
+def test_responses_parse(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=RESPONSES_USAGE))
+    response = run(any_client.responses.parse(model="gpt-5", input="hi", text_format=Answer))
+    assert response.output_parsed.answer.startswith("Here is")
+    assert_responses_priced(pipeline, stream=False)
+
+
+# --- embeddings, legacy completions, images, batches --------------------------------------------------
+
+
+def test_embeddings(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage={"prompt_tokens": 1000, "total_tokens": 1000}))
+    run(any_client.embeddings.create(model="text-embedding-3-small", input=["a", "b"]))
+    a = attrs(pipeline)
+    assert pipeline.span().name == "embeddings text-embedding-3-small"
+    assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 1000
+    assert a[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == 0
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.00002, abs=1e-15)  # 1000 * $0.02 / 1M
+
+
+LEGACY_USAGE = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
+LEGACY_COST = 0.00025  # 100 * $1.50 / 1M + 50 * $2.00 / 1M = 0.00015 + 0.0001
+
+
+def test_legacy_completions(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=LEGACY_USAGE))
+    run(any_client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi"))
+    a = attrs(pipeline)
+    assert a[semconv.GEN_AI_OPERATION_NAME] == "text_completion"
+    assert a[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("length",)
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(LEGACY_COST, abs=1e-15)
+
+
+def test_legacy_completions_stream(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=LEGACY_USAGE))
+    chunks = call_and_consume(
+        lambda: any_client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True)
+    )
+    assert all(chunk.choices for chunk in chunks)
+    assert attrs(pipeline)[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(LEGACY_COST, abs=1e-15)
+
+
+def test_images_generate(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    usage = {
+        "input_tokens": 50,
+        "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+        "output_tokens": 1056,
+        "total_tokens": 1106,
+    }
+    fake_openai.script(Scripted(usage=usage))
+    client.images.generate(model="gpt-image-1", prompt="a cat in a hat")
+    a = attrs(pipeline)
+    assert a[semconv.GEN_AI_OPERATION_NAME] == "generate_content"
+    # 50 * $5.00 / 1M + 1056 * $40.00 / 1M = 0.00025 + 0.04224
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.04249, abs=1e-12)
+
+
+def test_batch_create_is_tagged(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    batch = client.batches.create(input_file_id="file-abc", endpoint="/v1/chat/completions", completion_window="24h")
+    a = attrs(pipeline)
+    assert a[semconv.COSTSPAN_BATCH_ID] == batch.id
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+
+
+def test_azure_client_reports_azure_provider(pipeline: Pipeline, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    azure = openai.AzureOpenAI(
+        azure_endpoint=fake_openai.root_url, api_key="k", api_version="2025-01-01", max_retries=0
+    )
+    azure.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert fake_openai.received[-1].path.startswith("/openai/deployments/gpt-4.1/chat/completions")
+    a = attrs(pipeline)
+    assert a[semconv.GEN_AI_PROVIDER_NAME] == "azure.ai.openai"
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(CHAT_COST, abs=1e-12)
+
+
+def test_get_requests_are_not_spans(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.models.list()
+    assert pipeline.spans() == []
+
+
+# --- attribution -----------------------------------------------------------------------------------------
+
+
+def test_baggage_is_copied_onto_the_span(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    ctx = context.get_current()
+    for key, value in {
+        "feature": "support-chat",
+        "route": "/api/v1/chat/answer",
+        "customer_id": "cust_4291",
+        "environment": "prod",
+        "unrelated": "x",
+    }.items():
+        ctx = baggage.set_baggage(key, value, ctx)
+    token = context.attach(ctx)
+    try:
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    finally:
+        context.detach(token)
+    a = attrs(pipeline)
+    assert a["feature"] == "support-chat"
+    assert a["route"] == "/api/v1/chat/answer"
+    assert a["customer_id"] == "cust_4291"
+    assert a["environment"] == "prod"
+    assert "unrelated" not in a
+    assert semconv.COSTSPAN_ATTRIBUTION_MISSING not in a
+
+
+def test_missing_keys_are_recorded_by_default(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert attrs(pipeline)[semconv.COSTSPAN_ATTRIBUTION_MISSING] == ("feature", "route", "customer_id", "environment")
+
+
+def test_strict_mode_refuses_before_sending(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    pipeline = make_pipeline(on_missing="raise", required_keys=["feature", "customer_id"])
+    try:
+        with costspan_attribute(feature="search"), pytest.raises(MissingAttributionError, match="customer_id"):
+            client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        assert fake_openai.received == []
+        a = attrs(pipeline)
+        assert a[semconv.COSTSPAN_REFUSED] == "MissingAttributionError"
+        assert pipeline.span().status.status_code is StatusCode.ERROR
+    finally:
+        pipeline.instrumentor.uninstrument()
+
+
+def costspan_attribute(**values: str) -> Any:
+    from costspan import attribute
+
+    return attribute(**values)
+
+
+def test_attribute_decorator_on_async_function(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
+    from costspan import attribute
+
+    @attribute(feature="nightly-summarize", route="cron:nightly-summarize", customer_id="system")
+    async def job() -> None:
+        await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+
+    asyncio.run(job())
+    a = attrs(pipeline)
+    assert (a["feature"], a["route"], a["customer_id"]) == ("nightly-summarize", "cron:nightly-summarize", "system")
+
+
+def test_environment_falls_back_to_the_resource(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from costspan.instrumentor import CostspanInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"deployment.environment.name": "staging"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = CostspanInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        (span,) = exporter.get_finished_spans()
+        assert (span.attributes or {})["environment"] == "staging"
+    finally:
+        instrumentor.uninstrument()
+
+
+# --- errors, retries, bad input ---------------------------------------------------------------------------
+
+
+def test_api_error_reaches_the_caller_unchanged(pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(status=500))
+    with pytest.raises(openai.InternalServerError) as caught:
+        run(any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES))
+    assert caught.value.status_code == 500
+    span = pipeline.span()
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})[semconv.ERROR_TYPE] == "500"
+    assert (span.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+
+
+def test_sdk_retries_stay_inside_one_span(fake_openai: FakeOpenAI, pipeline: Pipeline) -> None:
+    fake_openai.script(Scripted(status=500), Scripted(usage=CHAT_USAGE))
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key="k", max_retries=1)
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert len(fake_openai.received) == 2
+    assert_chat_priced(pipeline, stream=False)
+
+
+def test_connection_error_is_recorded(pipeline: Pipeline) -> None:
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert attrs(pipeline)[semconv.ERROR_TYPE] == "APIConnectionError"
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": 3, "total_tokens": -2},
+        {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 50}},
+        {"prompt_tokens": 10, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": 9}},
+    ],
+    ids=["negative", "cached-exceeds-input", "reasoning-exceeds-output"],
+)
+def test_malformed_usage_is_no_usage(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI, usage: dict[str, Any]
+) -> None:
+    fake_openai.script(Scripted(usage=usage))
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    a = attrs(pipeline)
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+    assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+
+
+def test_missing_usage_is_no_usage(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(omit_usage=True))
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+
+
+def test_unknown_model_is_never_guessed(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE), Scripted(usage=CHAT_USAGE))
+    client.chat.completions.create(model="gpt-4.1-turbo-imaginary", messages=MESSAGES)
+    client.chat.completions.create(model="gpt-4.1-turbo-imaginary", messages=MESSAGES)
+    for span in pipeline.spans():
+        a = dict(span.attributes or {})
+        assert a[semconv.COSTSPAN_PRICING_STATUS] == "unknown_model"
+        assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+        assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 1200
+    warnings = [r for r in caplog.records if "gpt-4.1-turbo-imaginary" in r.getMessage()]
+    assert len(warnings) == 1  # one warning per model, not per call
+
+
+def test_a_bug_inside_costspan_never_reaches_the_caller(
+    pipeline: Pipeline, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    telemetry = pipeline.instrumentor.telemetry
+    assert telemetry is not None
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug in pricing")
+
+    monkeypatch.setattr(telemetry.pricer, "price", broken)
+    response = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert response.choices[0].message.content
+    assert len(pipeline.spans()) == 1  # the span still ended
+
+
+def test_a_bug_in_stream_reading_never_reaches_the_caller(
+    pipeline: Pipeline, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from costspan.usage import StreamSummary
+
+    def broken(self: Any, item: Any) -> bool:
+        raise RuntimeError("bug in stream reading")
+
+    monkeypatch.setattr(StreamSummary, "add", broken)
+    chunks = list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
+    assert chunks
+    assert len(pipeline.spans()) == 1
+
+
+# --- streams the user abandons ------------------------------------------------------------------------
+
+
+def test_abandoned_stream_ends_incomplete(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    next(iter(stream))
+    stream.close()
+    a = attrs(pipeline)
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+    assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+
+
+def test_dropped_stream_does_not_leak_its_span(pipeline: Pipeline, client: openai.OpenAI) -> None:
+    def start_and_drop() -> None:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        next(iter(stream))
+
+    start_and_drop()
+    gc.collect()
+    assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+
+
+def test_async_abandoned_stream(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
+    async def go() -> None:
+        stream = await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async with stream:
+            async for _ in stream:
+                break
+
+    asyncio.run(go())
+    assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+
+
+# --- privacy ---------------------------------------------------------------------------------------------
+
+
+def test_no_content_headers_or_keys_by_default(pipeline: Pipeline, fake_openai: FakeOpenAI) -> None:
+    client = openai.OpenAI(
+        base_url=fake_openai.base_url.replace("http://", "http://user:pw@"), api_key="sk-secret-123", max_retries=0
+    )
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    flat = repr(sorted((pipeline.span().attributes or {}).items()))
+    for secret in ("sk-secret-123", "pw", "reset my password", "Here is", "authorization"):
+        assert secret not in flat
+    headers = fake_openai.received[-1].headers
+    assert "traceparent" not in headers and "baggage" not in headers
+
+
+def test_content_capture_is_opt_in(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    pipeline = make_pipeline(capture_content=True)
+    try:
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
+        for span in pipeline.spans():
+            a = dict(span.attributes or {})
+            assert "reset my password" in a[semconv.GEN_AI_INPUT_MESSAGES]
+            assert "Here is a concise answer" in a[semconv.GEN_AI_OUTPUT_MESSAGES]
+    finally:
+        pipeline.instrumentor.uninstrument()
+
+
+def test_cost_compat_attribute_is_opt_in(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    pipeline = make_pipeline(cost_compat=True)
+    try:
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        assert attrs(pipeline)[semconv.GEN_AI_USAGE_COST_COMPAT] == pytest.approx(CHAT_COST, abs=1e-12)
+    finally:
+        pipeline.instrumentor.uninstrument()
+
+
+# --- metrics, lifecycle ------------------------------------------------------------------------------------
+
+
+def test_metrics(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    with costspan_attribute(feature="support-chat", customer_id="cust_1", environment="prod", route="/r"):
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    (cost,) = pipeline.metric_points(semconv.METRIC_OPERATION_COST)
+    assert cost.sum == pytest.approx(CHAT_COST, abs=1e-12)
+    assert cost.attributes["feature"] == "support-chat"
+    assert "customer_id" not in cost.attributes
+    tokens = {
+        p.attributes[semconv.GEN_AI_TOKEN_TYPE]: p.sum for p in pipeline.metric_points(semconv.METRIC_TOKEN_USAGE)
+    }
+    assert tokens == {"input": 1200, "output": 300}
+    (duration,) = pipeline.metric_points(semconv.METRIC_OPERATION_DURATION)
+    assert duration.count == 1
+
+
+def test_uninstrument_restores_the_sdk(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    pipeline = make_pipeline()
+    pipeline.instrumentor.uninstrument()
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert type(stream) is openai.Stream
+    assert pipeline.spans() == []
+
+
+def test_async_stream_is_a_proper_async_iterator(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
+    async def go() -> list[Any]:
+        stream = await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        assert isinstance(stream, openai.AsyncStream)  # the proxy still passes isinstance checks
+        return [chunk async for chunk in stream]
+
+    assert asyncio.run(go())
