@@ -96,6 +96,7 @@ def _completion_text(body: dict[str, Any]) -> str:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # hundreds of concurrent clients in the concurrency tests and the demo
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that hang up mid-stream (an abandoned stream) are expected here
