@@ -73,18 +73,20 @@ class RequestInfo:
     body: Mapping[str, Any]
 
 
+def server_of(base_url: str) -> tuple[str | None, int | None]:
+    """(host, port) of a base URL; never its userinfo, so credentials stay out of telemetry."""
+    parts = urlsplit(base_url)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def read_request(
-    path: str, body: Mapping[str, Any], *, stream: bool, provider: str, base_url: str | None
+    path: str, body: Mapping[str, Any], *, stream: bool, provider: str, server: tuple[str | None, int | None]
 ) -> RequestInfo | None:
     classified = classify_endpoint(path)
     if classified is None:
         return None
     operation, api_type = classified
-    address = port = None
-    if base_url:
-        parts = urlsplit(base_url)
-        address = parts.hostname  # never the userinfo: credentials stay out of telemetry
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+    address, port = server
     max_tokens = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens")
     model = body.get("model")
     tier = body.get("service_tier")
@@ -348,6 +350,7 @@ class Call:
                 at=as_utc(self.start_ns),
                 provider=provider_price_id(request.provider),
                 service_tier=tier,
+                batch=summary is not None and summary.batch_id is not None,  # a Batch object's usage: batch rates
             )
         _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
         span.set_attributes(attributes)

@@ -22,7 +22,8 @@ from costspan._call import Telemetry
 from costspan.attribution import Attributor
 from costspan.config import Settings
 from costspan.metrics import CallMetrics
-from costspan.pricing import Pricer, packaged_prices
+from costspan.pricing import Pricer
+from costspan.pricing_overrides import price_layers
 
 logger = logging.getLogger("costspan")
 
@@ -56,7 +57,7 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         telemetry = Telemetry(
             tracer=tracer,
             metrics=CallMetrics(meter),
-            pricer=Pricer([*(kwargs.get("price_layers") or ()), packaged_prices()]),
+            pricer=Pricer([*(kwargs.get("price_layers") or ()), *price_layers(settings.pricing_file)]),
             attributor=Attributor(settings, tracer_provider),
             settings=settings,
             guards=tuple(kwargs.get("guards") or ()),

@@ -92,10 +92,20 @@ def usage_counts(usage: Usage) -> dict[str, int]:
 @dataclass(frozen=True, slots=True)
 class _PricedUnit:
     usage_key: str
-    price: Decimal | TieredPrices
-    per: int
+    price_key: str
+    # Price per single unit (the per-million price shifted by six places: exact in Decimal). For tiered prices,
+    # (threshold, rate) pairs from the highest threshold down, ending with (-1, base rate).
+    rate: Decimal | None
+    tiers: tuple[tuple[int, Decimal], ...]
     bucket: str  # input / cache_read / cache_write / output / other
     descendants: tuple[int, ...]  # indices (into PriceSheet.units) of more specific priced units
+
+
+def _per_unit(price: Decimal | TieredPrices, per: int) -> tuple[Decimal | None, tuple[tuple[int, Decimal], ...]]:
+    if isinstance(price, TieredPrices):
+        steps = [(tier.start, tier.price / per) for tier in sorted(price.tiers, key=lambda t: -t.start)]
+        return None, (*steps, (-1, price.base / per))
+    return price / per, ()
 
 
 def _bucket(dimensions: Mapping[str, str]) -> str:
@@ -109,7 +119,7 @@ def _bucket(dimensions: Mapping[str, str]) -> str:
 class PriceSheet:
     """A resolved ``ModelPrice``, precompiled so that pricing a call is a handful of arithmetic steps."""
 
-    __slots__ = ("model_price", "tiered", "units")
+    __slots__ = ("model_price", "units")
 
     def __init__(self, model_price: ModelPrice) -> None:
         registry = _get_registry()
@@ -131,9 +141,11 @@ class PriceSheet:
                 for j, (other, _) in enumerate(priced)
                 if j != i and unit.dimensions.items() <= other.dimensions.items()
             )
-            units.append(_PricedUnit(unit.usage_key, value, unit.per, _bucket(unit.dimensions), descendants))
+            rate, tiers = _per_unit(value, unit.per)
+            units.append(
+                _PricedUnit(unit.usage_key, unit.price_key, rate, tiers, _bucket(unit.dimensions), descendants)
+            )
         self.units = tuple(units)
-        self.tiered = any(isinstance(u.price, TieredPrices) for u in units)
         self.model_price = model_price
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, Decimal] | None:
@@ -150,16 +162,10 @@ class PriceSheet:
             leaves[i] = leaf
             if not leaf:
                 continue
-            price = unit.price
-            if isinstance(price, TieredPrices):
-                rate = price.base
-                for tier in reversed(price.tiers):
-                    if total_input > tier.start:
-                        rate = tier.price
-                        break
-            else:
-                rate = price
-            buckets[unit.bucket] += rate * leaf / unit.per
+            rate = unit.rate
+            if rate is None:  # tiered: the whole request is billed at the tier its input size reaches
+                rate = next(price for start, price in unit.tiers if total_input > start)
+            buckets[unit.bucket] += rate * leaf
         return buckets
 
     def rate(self, price_key: str, input_tokens: int = 0) -> Decimal | None:
@@ -174,6 +180,36 @@ class PriceSheet:
                     return tier.price
             return rate
         return price if isinstance(price, Decimal) else None
+
+    def breakdown(self, counts: Mapping[str, int]) -> list[BillLine] | None:
+        """``cost`` line by line, for people (`costspan price`); None when the counts contradict each other."""
+        leaves = [0] * len(self.units)
+        total_input = counts.get("input_tokens", 0)
+        lines = []
+        for i, unit in enumerate(self.units):
+            leaf = counts.get(unit.usage_key, 0) - sum(leaves[j] for j in unit.descendants)
+            if leaf < 0:
+                return None
+            leaves[i] = leaf
+            if leaf:
+                unit_rate = unit.rate
+                if unit_rate is None:
+                    unit_rate = next(price for start, price in unit.tiers if total_input > start)
+                rate = self.rate(unit.price_key, total_input)
+                assert rate is not None
+                lines.append(BillLine(unit.price_key, unit.bucket, leaf, rate, unit_rate * leaf))
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    """One line of a call's bill: the tokens billed at one rate (those of more specific rates left out)."""
+
+    price_key: str  # genai-prices price key, e.g. cache_read_mtok
+    bucket: str  # input / cache_read / cache_write / output / other
+    count: int
+    rate: Decimal  # USD per million (per thousand for *_kcount keys)
+    amount: Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,17 +278,20 @@ class PackagedPrices:
             if tier_known:
                 context["service_tier"] = tier
         if batch:
+            # Without a batch price the data would fall back to the standard one: flag it rather than guess.
+            tier_known = tier_known and _has_variant(info.price_variants, "processing", "batch", at)
             context["processing"] = "batch"
         resolved = ResolvedPrice(
             PriceSheet(info.get_prices(at, context or None)), self.source, self.version, info.id, tier_known
         )
-        if not _time_of_day_priced(info):  # a time-of-day price must not be cached for the whole day
+        if not time_of_day_priced(info):  # a time-of-day price must not be cached for the whole day
             with self._lock:
                 self._sheets[cache_key] = resolved
         return resolved
 
 
-def _time_of_day_priced(info: ModelInfo) -> bool:
+def time_of_day_priced(info: ModelInfo) -> bool:
+    """Whether any of the model's prices depend on the time of day (then they are not cached per day)."""
     prices = info.prices if isinstance(info.prices, list) else []
     return any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices) or any(
         isinstance(v.constraint, TimeOfDateConstraint) for v in info.price_variants or ()
@@ -297,7 +336,7 @@ class Pricer:
                 source=resolved.source,
                 version=resolved.version,
                 model_id=resolved.model_id,
-                note=f"no {service_tier!r} service-tier price for {resolved.model_id}",
+                note=_missing_variant_note(resolved.model_id, service_tier, batch),
             )
         buckets = resolved.sheet.cost(usage_counts(usage))
         if buckets is None:
@@ -328,6 +367,14 @@ class Pricer:
                 "amount. Add it to a pricing override file (see `costspan price --help`).",
                 model,
             )
+
+
+def _missing_variant_note(model_id: str, service_tier: str | None, batch: bool) -> str:
+    if service_tier not in STANDARD_TIERS:
+        what = f"{service_tier!r} service-tier batch" if batch else f"{service_tier!r} service-tier"
+    else:
+        what = "batch"
+    return f"no {what} price for {model_id}"
 
 
 @lru_cache(maxsize=1)
