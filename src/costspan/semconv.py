@@ -65,6 +65,20 @@ COSTSPAN_ATTRIBUTION_MISSING: Final = "costspan.attribution.missing"
 COSTSPAN_STREAM_USAGE_INJECTED: Final = "costspan.stream.usage_injected"
 COSTSPAN_REFUSED: Final = "costspan.refused"  # why costspan refused the call before sending it
 
+# Budgets and prompt-size guardrails: span events on the call's span, and their attributes.
+EVENT_BUDGET_EXCEEDED: Final = "costspan.budget.exceeded"
+EVENT_BUDGET_ALERT: Final = "costspan.budget.alert"
+EVENT_BUDGET_LEDGER_ERROR: Final = "costspan.budget.ledger_error"
+EVENT_PROMPT_LARGE: Final = "costspan.prompt.large"
+COSTSPAN_BUDGET_NAME: Final = "costspan.budget.name"
+COSTSPAN_BUDGET_WINDOW: Final = "costspan.budget.window"
+COSTSPAN_BUDGET_LIMIT_USD: Final = "costspan.budget.limit_usd"
+COSTSPAN_BUDGET_USED_USD: Final = "costspan.budget.used_usd"
+COSTSPAN_BUDGET_RESERVED_USD: Final = "costspan.budget.reserved_usd"
+COSTSPAN_BUDGET_THRESHOLD: Final = "costspan.budget.threshold"
+COSTSPAN_PROMPT_ESTIMATED_TOKENS: Final = "costspan.prompt.estimated_tokens"
+COSTSPAN_PROMPT_LIMIT: Final = "costspan.prompt.limit"
+
 # Pricing statuses.
 STATUS_PRICED: Final = "priced"
 STATUS_UNKNOWN_MODEL: Final = "unknown_model"
