@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, use_span
 
 from costspan import semconv
 from costspan.attribution import Attributor, CostspanRefusal
@@ -183,10 +183,13 @@ class Telemetry:
             call.attribution = attribution
             if self.settings.capture_content:
                 _record_input_content(span, request.body)
-            for guard in self.guards:
-                settle = _admit(guard, request, attribution)
-                if settle is not None:
-                    call.settlements.append(settle)
+            if self.guards:
+                # Current while guards run, so that they can add events (budget refusals, large prompts) to it.
+                with use_span(span, record_exception=False, set_status_on_exception=False):
+                    for guard in self.guards:
+                        settle = _admit(guard, request, attribution)
+                        if settle is not None:
+                            call.settlements.append(settle)
         except CostspanRefusal as refusal:
             call.refuse(refusal)
             raise
