@@ -1,0 +1,79 @@
+-- llm_cost_events: one typed row per costspan LLM call, the same columns as the embedded store.
+-- Numbers are stored as numbers: the materialized view parses the exporter's strings once, on insert.
+--
+-- Exactly-once accounting over at-least-once delivery: a collector that retries an export, or a client that
+-- re-sends after a timeout, writes the same span twice. Both copies share (trace_id, span_id), the sorting key of
+-- this ReplacingMergeTree, so merges keep one; queries read with FINAL so unmerged copies never count twice
+-- either. A call the application really made twice (its own retry) has two span ids and counts twice.
+CREATE TABLE IF NOT EXISTS otel.llm_cost_events
+(
+    span_id String,
+    trace_id String,
+    timestamp DateTime64(9, 'UTC'),
+    feature LowCardinality(String),
+    route LowCardinality(String),
+    customer_id String,
+    environment LowCardinality(String),
+    service LowCardinality(String),
+    provider LowCardinality(String),
+    operation LowCardinality(String),
+    request_model LowCardinality(String),
+    response_model LowCardinality(String),
+    -- NULL means the response carried no usage (an error, a refusal): unknown, not zero.
+    input_tokens Nullable(UInt64),
+    cached_tokens Nullable(UInt64),
+    cache_write_tokens Nullable(UInt64),
+    output_tokens Nullable(UInt64),
+    reasoning_tokens Nullable(UInt64),  -- already inside output_tokens: never add it again
+    latency_ms Float64,
+    -- NULL means costspan could not price the call (see pricing_status): never a guessed zero.
+    cost_usd Nullable(Decimal(38, 18)),
+    cost_input_usd Nullable(Decimal(38, 18)),
+    cost_cache_read_usd Nullable(Decimal(38, 18)),
+    cost_cache_write_usd Nullable(Decimal(38, 18)),
+    cost_output_usd Nullable(Decimal(38, 18)),
+    pricing_status LowCardinality(String),
+    pricing_source LowCardinality(String),
+    pricing_version LowCardinality(String),
+    pricing_model LowCardinality(String),
+    error_type LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (trace_id, span_id)
+SETTINGS index_granularity = 8192;
+
+-- Only costspan spans: they alone carry costspan.pricing.status. Other GenAI instrumentations of the same call
+-- (which would double the spend) are left out.
+CREATE MATERIALIZED VIEW IF NOT EXISTS otel.llm_cost_events_mv TO otel.llm_cost_events AS
+SELECT
+    SpanId AS span_id,
+    TraceId AS trace_id,
+    Timestamp AS timestamp,
+    SpanAttributes['feature'] AS feature,
+    SpanAttributes['route'] AS route,
+    SpanAttributes['customer_id'] AS customer_id,
+    SpanAttributes['environment'] AS environment,
+    ServiceName AS service,
+    SpanAttributes['gen_ai.provider.name'] AS provider,
+    SpanAttributes['gen_ai.operation.name'] AS operation,
+    SpanAttributes['gen_ai.request.model'] AS request_model,
+    SpanAttributes['gen_ai.response.model'] AS response_model,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.input_tokens']) AS input_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_read.input_tokens']) AS cached_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']) AS cache_write_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.output_tokens']) AS output_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.reasoning.output_tokens']) AS reasoning_tokens,
+    Duration / 1e6 AS latency_ms,
+    toDecimal128OrNull(SpanAttributes['gen_ai.usage.cost.amount'], 18) AS cost_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.input'], 18) AS cost_input_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.cache_read'], 18) AS cost_cache_read_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.cache_write'], 18) AS cost_cache_write_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.output'], 18) AS cost_output_usd,
+    SpanAttributes['costspan.pricing.status'] AS pricing_status,
+    SpanAttributes['costspan.pricing.source'] AS pricing_source,
+    SpanAttributes['costspan.pricing.version'] AS pricing_version,
+    SpanAttributes['costspan.pricing.model'] AS pricing_model,
+    SpanAttributes['error.type'] AS error_type
+FROM otel.otel_traces
+WHERE mapContains(SpanAttributes, 'costspan.pricing.status');
