@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules under costspan.cli, in the order `costspan --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("price",)
 
 DESCRIPTION = """\
 See which feature, route, customer and environment spent your LLM money.
