@@ -25,6 +25,7 @@ from costspan._call import (
     StreamObserver,
     Telemetry,
     read_request,
+    server_of,
     wants_usage_injection,
     with_usage_requested,
 )
@@ -59,7 +60,7 @@ def _begin(
             body,
             stream=bool(kwargs.get("stream")),
             provider=provider,
-            base_url=str(client.base_url),
+            server=_server(client),
         )
         if request is None:
             return None, args, kwargs, False
@@ -81,6 +82,22 @@ def _begin(
         logger.exception("costspan: could not start a span; this call is not instrumented")
         return None, args, kwargs, False
     return call, args, kwargs, injected
+
+
+_servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
+
+
+def _server(client: Any) -> tuple[str | None, int | None]:
+    """The client's (host, port), cached per base-URL object: formatting the URL costs more than the rest."""
+    url = client.base_url
+    cached = _servers.get(id(url))
+    if cached is not None and cached[0] is url:
+        return cached[1]
+    if len(_servers) > 256:  # apps that make a client per request must not grow this forever
+        _servers.clear()
+    server = server_of(str(url))
+    _servers[id(url)] = (url, server)
+    return server
 
 
 def _copy_options(options: Any, json_data: dict[str, Any]) -> Any:

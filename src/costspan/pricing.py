@@ -246,6 +246,11 @@ class PackagedPrices:
         self._models: dict[tuple[str, str], ModelInfo | None] = {}
         self._sheets: dict[tuple[str, str, date, str | None, bool], ResolvedPrice] = {}
 
+    def models(self, provider: str) -> list[ModelInfo]:
+        """Every model the data knows for a provider (for `costspan price --list`)."""
+        found = self._providers.get(provider)
+        return list(found.models) if found is not None else []
+
     def find_model(self, model: str, provider: str) -> ModelInfo | None:
         key = (provider, model)
         try:

@@ -11,7 +11,6 @@ Each function accepts SDK pydantic objects or the plain dicts of the wire format
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +49,7 @@ class _Malformed(Exception):
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict:  # JSON bodies; everything else is an SDK model. (No ABC check: it is slow.)
         return obj.get(name)
     return getattr(obj, name, None)
 
