@@ -1,0 +1,443 @@
+"""The embedded store: one SQLite file holding one row per LLM span, and the queries the CLI reports from.
+
+Query API (what ``costspan report``, ``alerts``, ``budgets``, ``dashboard`` and ``serve`` call)::
+
+    with Store(path) as store:                      # path defaults to costspan.paths.default_store_path()
+        store.insert(rows)                          # -> rows newly stored (duplicates by span_id are ignored)
+        store.spend_by(["feature"], since=..., until=..., env="prod", every="day", top=5, where={...})
+        store.top("customer_id", 10, since=...)     # the 10 biggest spenders, same row shape
+        store.totals(since=..., env=...)            # one row over everything that matches
+        store.time_range()                          # (first, last) span start as aware datetimes, or None
+        store.count()
+
+``spend_by`` returns ``list[dict]``; each dict has the requested dimensions (``None`` when a span lacked
+that attribute), ``bucket`` (an aware UTC datetime, only with ``every``) and the measures in ``MEASURES``.
+``DIMENSIONS`` lists the columns one may group and filter by.
+
+Writers from several processes share one file safely: WAL journal, a busy timeout, and every batch in one
+``BEGIN IMMEDIATE`` transaction. Rows are keyed by span id and inserted with ``INSERT OR IGNORE``, so a span
+delivered twice is stored once. A span that repeats an earlier call of the same handler (same trace, parent
+span, model, operation and prompt size) is an app-level retry: the provider billed it again, so it is kept
+and counted, and marked ``is_retry = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+from costspan.paths import default_store_path
+
+NS_PER_S: Final = 1_000_000_000
+BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
+
+# Columns one may group by (``--by``) and filter on (``--where``).
+DIMENSIONS: Final = (
+    "feature",
+    "route",
+    "customer_id",
+    "environment",
+    "service",
+    "provider",
+    "operation",
+    "request_model",
+    "response_model",
+    "service_tier",
+    "pricing_status",
+    "error_type",
+    "prompt_cache_key",
+)
+
+# What every ``spend_by`` row carries besides its dimensions.
+MEASURES: Final = (
+    "requests",  # spans, retries included
+    "spend_usd",  # sum of priced costs; None when nothing in the group was priced
+    "unpriced",  # spans without a cost (unknown model, no usage): their spend is unknown, not zero
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "avg_latency_ms",
+    "cache_hit_rate",  # cached_tokens / input_tokens; None without input tokens
+    "p95_input_tokens",  # nearest-rank 95th percentile of prompt size
+    "retries",  # spans marked is_retry
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """One priced (or unpriceable) LLM call, as stored. Field order is the table's column order."""
+
+    span_id: str  # 16 hex digits
+    trace_id: str  # 32 hex digits
+    parent_span_id: str | None
+    start_ns: int  # span start, Unix nanoseconds (UTC)
+    feature: str | None = None
+    route: str | None = None
+    customer_id: str | None = None
+    environment: str | None = None
+    service: str | None = None
+    provider: str | None = None
+    operation: str | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    input_tokens: int | None = None  # None: the call reported no usage
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    input_image_tokens: int | None = None
+    output_image_tokens: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None  # None unless pricing_status is "priced"
+    cost_input: float | None = None
+    cost_cache_read: float | None = None
+    cost_cache_write: float | None = None
+    cost_output: float | None = None
+    pricing_status: str | None = None
+    pricing_source: str | None = None
+    pricing_version: str | None = None
+    pricing_model: str | None = None
+    error_type: str | None = None
+    request_id: str | None = None  # the provider's x-request-id
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    batch_id: str | None = None
+
+
+ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
+
+# Schema migrations: MIGRATIONS[i] takes a file from user_version i to i + 1. Append, never edit.
+MIGRATIONS: Final = (
+    # 1: the span table.
+    """
+    CREATE TABLE spans (
+        span_id TEXT PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        start_ns INTEGER NOT NULL,
+        feature TEXT, route TEXT, customer_id TEXT, environment TEXT, service TEXT,
+        provider TEXT, operation TEXT, request_model TEXT, response_model TEXT,
+        input_tokens INTEGER, cached_tokens INTEGER, cache_write_tokens INTEGER,
+        output_tokens INTEGER, reasoning_tokens INTEGER,
+        input_audio_tokens INTEGER, output_audio_tokens INTEGER,
+        input_image_tokens INTEGER, output_image_tokens INTEGER,
+        latency_ms REAL,
+        cost_usd REAL, cost_input REAL, cost_cache_read REAL, cost_cache_write REAL, cost_output REAL,
+        pricing_status TEXT, pricing_source TEXT, pricing_version TEXT, pricing_model TEXT,
+        error_type TEXT, request_id TEXT, prompt_cache_key TEXT, service_tier TEXT, batch_id TEXT,
+        is_retry INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX spans_start ON spans (start_ns);
+    CREATE INDEX spans_trace ON spans (trace_id);
+    """,
+    # 2: `costspan reprice` keeps the first figure and its price data version, so a change is auditable.
+    """
+    ALTER TABLE spans ADD COLUMN original_cost_usd REAL;
+    ALTER TABLE spans ADD COLUMN original_pricing_version TEXT;
+    ALTER TABLE spans ADD COLUMN repriced_at_ns INTEGER;
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_INSERT = f"INSERT OR IGNORE INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+
+# Marks the later calls of a handler that repeated the same request: same trace, parent span, model,
+# operation and prompt size, started after the first (span id breaks ties).
+_MARK_RETRIES = """
+UPDATE spans SET is_retry = 1
+WHERE trace_id = ? AND is_retry = 0 AND parent_span_id IS NOT NULL AND input_tokens IS NOT NULL
+  AND EXISTS (
+    SELECT 1 FROM spans AS first
+    WHERE first.trace_id = spans.trace_id
+      AND first.parent_span_id = spans.parent_span_id
+      AND first.request_model IS spans.request_model
+      AND first.operation IS spans.operation
+      AND first.input_tokens = spans.input_tokens
+      AND (first.start_ns, first.span_id) < (spans.start_ns, spans.span_id)
+  )
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why and what to do."""
+
+
+def _explain(path: Path, error: sqlite3.Error) -> StoreError:
+    text = str(error)
+    if isinstance(error, sqlite3.OperationalError) and "locked" in text:
+        return StoreError(
+            f"costspan store {path} stayed locked by another process ({text}). Retry; if it persists, look "
+            "for a stuck process holding it (e.g. `fuser` on the file)."
+        )
+    if "full" in text:
+        return StoreError(f"costspan store {path}: {text}. Free disk space; nothing was written.")
+    if isinstance(error, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return StoreError(
+            f"costspan store {path} is damaged ({text}). Move it aside (`mv {path} {path}.damaged`): costspan "
+            f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows."
+        )
+    return StoreError(f"costspan store {path}: {text}")
+
+
+def _utc_ns(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("give aware datetimes (e.g. datetime.now(timezone.utc))")
+    return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
+
+
+def from_ns(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // NS_PER_S, tz=timezone.utc).replace(microsecond=(ns % NS_PER_S) // 1000)
+
+
+def _nearest_rank(sorted_values: Sequence[int], fraction: float) -> int | None:
+    if not sorted_values:
+        return None
+    return sorted_values[max(math.ceil(fraction * len(sorted_values)), 1) - 1]
+
+
+class Store:
+    """One SQLite store file. Thread-safe; open one per process (or per exporter)."""
+
+    def __init__(self, path: str | Path | None = None, *, create: bool = True, timeout_s: float = 10.0) -> None:
+        """Open (and, with ``create``, make) the store and bring its schema up to date.
+
+        Raises ``StoreError`` with advice when the file is missing (``create=False``), damaged, locked past
+        ``timeout_s``, or written by a newer costspan.
+        """
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        if not create and not self.path.exists():
+            raise StoreError(
+                f"no costspan store at {self.path} yet. Export spans into it (`opentelemetry-instrument "
+                "--traces_exporter costspan ...`), run `costspan demo`, or pass --store / set COSTSPAN_STORE_PATH."
+            )
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open costspan store {self.path}: {error}") from error
+        try:
+            with self._errors():
+                self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
+                self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise _explain(self.path, error) from error
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front, so concurrent writers queue."""
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"costspan store {self.path} has schema version {version}, newer than this costspan "
+                    f"understands ({SCHEMA_VERSION}). Upgrade costspan (`pip install -U costspan`)."
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def insert(self, rows: Iterable[CostRow]) -> int:
+        """Store rows in one transaction; returns how many were new (a span id already stored is skipped)."""
+        batch = [astuple(row) for row in rows]
+        if not batch:
+            return 0
+        retry_traces = {(row.trace_id,) for row in rows if isinstance(row, CostRow) and row.parent_span_id}
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(_INSERT, batch)
+            added = db.total_changes - before
+            if added and retry_traces:
+                db.executemany(_MARK_RETRIES, sorted(retry_traces))
+        return added
+
+    def execute_write(self, sql: str, parameters: Iterable[Sequence[Any]]) -> int:
+        """Run one statement per parameter tuple in a single write transaction; returns rows changed."""
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(sql, parameters)
+            return db.total_changes - before
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read-only query, for callers that need something the methods below do not give."""
+        with self._lock, self._errors():
+            cursor = self._db.execute(sql, parameters)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    def count(self) -> int:
+        return int(self.query("SELECT count(*) FROM spans")[0][0])
+
+    def time_range(self) -> tuple[datetime, datetime] | None:
+        first, last = self.query("SELECT min(start_ns), max(start_ns) FROM spans")[0]
+        return None if first is None else (from_ns(first), from_ns(last))
+
+    def spend_by(
+        self,
+        dimensions: Sequence[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        env: str | None = None,
+        where: Mapping[str, str] | None = None,
+        every: str | None = None,
+        top: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Spend and usage per group of ``dimensions`` (and per ``every`` = "hour"/"day" bucket).
+
+        ``since`` is inclusive, ``until`` exclusive. ``top`` keeps the N groups with the highest spend over
+        the whole period (all their buckets). Rows come sorted by bucket, then spend, highest first.
+        """
+        dims = list(dict.fromkeys(dimensions))
+        for name in [*dims, *(where or {})]:
+            if name not in DIMENSIONS:
+                raise ValueError(f"unknown dimension {name!r}; choose from {', '.join(DIMENSIONS)}")
+        if every is not None and every not in BUCKET_NS:
+            raise ValueError(f"every must be one of {', '.join(BUCKET_NS)}")
+        conditions, parameters = self._filters(since, until, env, where)
+        keys = list(dims)
+        if every is not None:
+            keys.append(f"start_ns / {BUCKET_NS[every]}")
+        # One pass: SQLite sorts once for GROUP BY; the prompt sizes come back as one string per group and
+        # are sorted in Python (C speed) for the percentile, which SQLite has no aggregate for.
+        sql = f"""
+            SELECT {"".join(k + ", " for k in keys)}
+                   count(*), sum(cost_usd), count(*) - count(cost_usd), sum(input_tokens), sum(output_tokens),
+                   sum(cached_tokens), avg(latency_ms), sum(is_retry), group_concat(input_tokens)
+            FROM spans {conditions} {"GROUP BY " + ", ".join(keys) if keys else ""}
+        """
+        width = len(keys)
+        results = []
+        for row in self.query(sql, parameters):
+            key = tuple(row[:width])
+            requests, spend, unpriced, input_tokens, output_tokens, cached, latency, retries, prompts = row[width:]
+            if not requests:
+                continue  # an aggregate over no rows
+            result: dict[str, Any] = dict(zip(dims, key[: len(dims)], strict=True))
+            if every is not None:
+                result["bucket"] = from_ns(key[-1] * BUCKET_NS[every])
+            input_tokens = input_tokens or 0
+            result.update(
+                requests=requests,
+                spend_usd=spend,
+                unpriced=unpriced,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens or 0,
+                cached_tokens=cached or 0,
+                avg_latency_ms=latency,
+                cache_hit_rate=(cached or 0) / input_tokens if input_tokens else None,
+                p95_input_tokens=_nearest_rank(sorted(map(int, prompts.split(","))), 0.95) if prompts else None,
+                retries=retries or 0,
+            )
+            results.append(result)
+        if top is not None:
+            totals: dict[tuple[Any, ...], float] = {}
+            for result in results:
+                group_key = tuple(result[d] for d in dims)
+                totals[group_key] = totals.get(group_key, 0.0) + (result["spend_usd"] or 0.0)
+            kept = set(sorted(totals, key=lambda k: -totals[k])[:top])
+            results = [r for r in results if tuple(r[d] for d in dims) in kept]
+        results.sort(key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), r["requests"] * -1))
+        return results
+
+    def top(
+        self,
+        dimension: str,
+        n: int,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        env: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``n`` groups of one dimension that spent most, biggest first."""
+        return self.spend_by([dimension], since=since, until=until, env=env, where=where, top=n)
+
+    def totals(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        env: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """All matching spans as one row of measures (zero requests when nothing matches)."""
+        rows = self.spend_by([], since=since, until=until, env=env, where=where)
+        if rows:
+            return rows[0]
+        return {
+            m: 0 if m in ("requests", "unpriced", "input_tokens", "output_tokens", "cached_tokens", "retries") else None
+            for m in MEASURES
+        }
+
+    @staticmethod
+    def _filters(
+        since: datetime | None, until: datetime | None, env: str | None, where: Mapping[str, str] | None
+    ) -> tuple[str, list[Any]]:
+        conditions = []
+        parameters: list[Any] = []
+        if since is not None:
+            conditions.append("start_ns >= ?")
+            parameters.append(_utc_ns(since))
+        if until is not None:
+            conditions.append("start_ns < ?")
+            parameters.append(_utc_ns(until))
+        if env is not None:
+            conditions.append("environment = ?")
+            parameters.append(env)
+        for name, value in (where or {}).items():
+            conditions.append(f"{name} = ?")  # name is checked against DIMENSIONS by the caller
+            parameters.append(value)
+        return ("WHERE " + " AND ".join(conditions)) if conditions else "", parameters
