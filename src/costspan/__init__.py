@@ -11,6 +11,37 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+from typing import Any
+
 from costspan.attribution import CostspanRefusal, MissingAttributionError, attribute
 
-__all__ = ["CostspanRefusal", "MissingAttributionError", "__version__", "attribute"]
+# Loaded on first use: they pull in the price data, which `import costspan` alone should not.
+_LAZY = {
+    "BudgetExceeded": "costspan.budgets",
+    "BudgetUnavailable": "costspan.budgets",
+    "PromptTooLarge": "costspan.budgets",
+    "CostspanASGIMiddleware": "costspan.middleware",
+    "CostspanWSGIMiddleware": "costspan.middleware",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'costspan' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module), name)
+
+
+__all__ = [
+    "BudgetExceeded",
+    "BudgetUnavailable",
+    "CostspanASGIMiddleware",
+    "CostspanRefusal",
+    "CostspanWSGIMiddleware",
+    "MissingAttributionError",
+    "PromptTooLarge",
+    "__version__",
+    "attribute",
+]

@@ -38,6 +38,7 @@ class Settings:
     cost_compat: bool = False
     metrics_customer_id: bool = False
     capture_content: bool = False
+    budget_file: str | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -53,6 +54,7 @@ class Settings:
             "cost_compat": _flag(e.get(env.OTEL_COSTSPAN_COST_COMPAT), False),
             "metrics_customer_id": _flag(e.get(env.OTEL_COSTSPAN_METRICS_CUSTOMER_ID), False),
             "capture_content": _flag(e.get(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT), False),
+            "budget_file": e.get(env.OTEL_COSTSPAN_BUDGET_FILE) or None,
         }
         for name, value in overrides.items():
             if name in values and value is not None:

@@ -20,6 +20,9 @@ for backends that reject ``stream_options``."""
 OTEL_COSTSPAN_PRICING_FILE = "OTEL_COSTSPAN_PRICING_FILE"
 """Path to a TOML or YAML pricing override file."""
 
+OTEL_COSTSPAN_BUDGET_FILE = "OTEL_COSTSPAN_BUDGET_FILE"
+"""Path to a TOML or YAML budget file: caps enforced before each call (see docs/budgets.md)."""
+
 OTEL_COSTSPAN_COST_COMPAT = "OTEL_COSTSPAN_COST_COMPAT"
 """``true``: also write ``gen_ai.usage.cost`` (read by Langfuse and OpenLIT). Default ``false``."""
 

@@ -18,7 +18,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from costspan import __version__
-from costspan._call import Telemetry
+from costspan._call import CallGuard, Telemetry
 from costspan.attribution import Attributor
 from costspan.config import Settings
 from costspan.metrics import CallMetrics
@@ -37,7 +37,8 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``, ``guards`` (call guards such as
     budgets), ``price_layers`` (extra price sources tried before the packaged data), and any ``Settings`` field
     (``attribution_keys``, ``required_keys``, ``on_missing``, ``stream_usage``, ``pricing_file``,
-    ``cost_compat``, ``metrics_customer_id``, ``capture_content``), which win over their environment variables.
+    ``cost_compat``, ``metrics_customer_id``, ``capture_content``, ``budget_file``), which win over their environment
+    variables.
     """
 
     telemetry: Telemetry | None = None
@@ -54,13 +55,14 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         tracer_provider = kwargs.get("tracer_provider")
         tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
         meter = metrics.get_meter(__name__, __version__, kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
+        pricer = Pricer([*(kwargs.get("price_layers") or ()), *price_layers(settings.pricing_file)])
         telemetry = Telemetry(
             tracer=tracer,
             metrics=CallMetrics(meter),
-            pricer=Pricer([*(kwargs.get("price_layers") or ()), *price_layers(settings.pricing_file)]),
+            pricer=pricer,
             attributor=Attributor(settings, tracer_provider),
             settings=settings,
-            guards=tuple(kwargs.get("guards") or ()),
+            guards=(*(kwargs.get("guards") or ()), *_budget_guards(settings.budget_file, pricer)),
         )
         self.telemetry = telemetry
         wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry))
@@ -72,3 +74,16 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         unwrap(SyncAPIClient, "request")
         unwrap(AsyncAPIClient, "request")
         self.telemetry = None
+
+
+def _budget_guards(path: str | None, pricer: Pricer) -> tuple[CallGuard, ...]:
+    """The budget file's guard. A file that cannot be used is logged, and calls go on without budgets."""
+    if not path:
+        return ()
+    from costspan.budgets import load_budget_guard
+
+    try:
+        return (load_budget_guard(path, pricer=pricer),)
+    except Exception as exc:
+        logger.error("costspan: budgets are OFF: %s", exc)
+        return ()
