@@ -1,0 +1,242 @@
+"""``costspan serve``: real OTLP/HTTP from the OTel SDK's exporter, into a real SQLite store."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from google.protobuf import json_format
+from google.rpc.status_pb2 import Status as RpcStatus
+from opentelemetry import baggage, context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from costspan.exporter import CostspanSpanExporter, row_from_span
+from costspan.fakeopenai import FakeOpenAI
+from costspan.instrumentor import CostspanInstrumentor
+from costspan.serve import JSON, PROTOBUF, OTLPReceiver
+from costspan.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[OTLPReceiver]:
+    exporter = CostspanSpanExporter(tmp_path / "store.sqlite3")
+    with OTLPReceiver(exporter, port=0) as r:
+        yield r
+    exporter.shutdown()
+
+
+def stored(path: Path) -> list[dict[str, Any]]:
+    with Store(path) as store:
+        return [dict(row) for row in store.query("SELECT * FROM spans ORDER BY start_ns")]
+
+
+def post(url: str, body: bytes, content_type: str = PROTOBUF, encoding: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def llm_spans(fake_openai: FakeOpenAI) -> Iterator[list[ReadableSpan]]:
+    """Three real instrumented calls (chat, streamed chat, embeddings) with baggage, plus the app's own span."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop", "deployment.environment.name": "prod"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    instrumentor = CostspanInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+        ctx = baggage.set_baggage("customer_id", "acme")
+        ctx = baggage.set_baggage("feature", "support-chat", ctx)
+        ctx = baggage.set_baggage("route", "POST /chat", ctx)
+        token = context.attach(ctx)
+        try:
+            with provider.get_tracer("app").start_as_current_span("POST /chat"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                for _ in client.chat.completions.create(
+                    model="gpt-4.1", messages=[{"role": "user", "content": "hello"}], stream=True
+                ):
+                    pass
+                client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        finally:
+            context.detach(token)
+        yield list(memory.get_finished_spans())
+    finally:
+        instrumentor.uninstrument()
+
+
+def as_json(request: ExportTraceServiceRequest) -> bytes:
+    """OTLP/JSON as the spec writes it: lowerCamelCase, hex trace and span ids, enums as integers."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+
+    def hexify(node: Any) -> Any:
+        if isinstance(node, list):
+            return [hexify(item) for item in node]
+        if isinstance(node, dict):
+            return {
+                key: base64.b64decode(value).hex() if key in ("traceId", "spanId", "parentSpanId") else hexify(value)
+                for key, value in node.items()
+            }
+        return node
+
+    return json.dumps(hexify(document)).encode()
+
+
+def test_sdk_otlp_exporter_round_trip_stores_the_same_rows(
+    receiver: OTLPReceiver, llm_spans: list[ReadableSpan]
+) -> None:
+    # The SDK's own OTLP/HTTP exporter, gzip on, sends what the instrumentor produced.
+    exporter = OTLPSpanExporter(endpoint=receiver.endpoint + "/v1/traces", compression=Compression.Gzip)
+    assert exporter.export(llm_spans).name == "SUCCESS"
+    rows = stored(receiver.exporter.path)  # type: ignore[arg-type]
+    # One span -> row mapping: the row stored from the wire equals the row of the in-process span.
+    expected = sorted(filter(None, map(row_from_span, llm_spans)), key=lambda r: r.start_ns)
+    assert len(rows) == 3 == len(expected)
+    for row, want in zip(rows, expected, strict=True):
+        assert {k: row[k] for k in want.__dataclass_fields__} == {
+            k: getattr(want, k) for k in want.__dataclass_fields__
+        }
+    assert {r["customer_id"] for r in rows} == {"acme"}
+    assert {r["environment"] for r in rows} == {"prod"}
+    assert {r["service"] for r in rows} == {"shop"}
+    assert all(r["cost_usd"] and r["cost_usd"] > 0 for r in rows)
+    counts = receiver.counts
+    assert (counts.spans, counts.stored, counts.ignored, counts.rejected) == (4, 3, 1, 0)
+
+
+def test_json_and_duplicate_delivery(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
+    body = as_json(encode_spans(llm_spans))
+    url = receiver.endpoint + "/v1/traces"
+    for _ in range(2):  # a collector retrying a batch it already delivered
+        status, raw = post(url, gzip.compress(body), JSON, "gzip")
+        assert status == 200
+        response = json_format.Parse(raw, ExportTraceServiceResponse())
+        assert not response.HasField("partial_success")
+    assert len(stored(receiver.exporter.path)) == 3  # type: ignore[arg-type]
+    assert (receiver.counts.stored, receiver.counts.duplicates) == (3, 3)
+
+
+def test_malformed_span_is_rejected_alone(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
+    request = encode_spans(llm_spans)
+    spans = request.resource_spans[0].scope_spans
+    victim = next(s for scope in spans for s in scope.spans if s.name.startswith("chat"))
+    victim.trace_id = b"\x01\x02\x03"
+    status, raw = post(receiver.endpoint + "/v1/traces", request.SerializeToString())
+    assert status == 200
+    response = ExportTraceServiceResponse.FromString(raw)
+    assert response.partial_success.rejected_spans == 1
+    assert "trace id must be 16 bytes" in response.partial_success.error_message
+    assert len(stored(receiver.exporter.path)) == 2  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "encoding", "body", "status"),
+    [
+        ("/v1/traces", PROTOBUF, None, b"\xff\xff not protobuf", 400),
+        ("/v1/traces", PROTOBUF, "gzip", b"not gzip", 400),
+        ("/v1/traces", PROTOBUF, "br", b"", 400),
+        ("/v1/traces", JSON, None, b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', 400),
+        ("/v1/traces", "text/plain", None, b"hello", 415),
+        ("/v1/nope", PROTOBUF, None, b"", 404),
+    ],
+)
+def test_bad_requests_get_a_clear_status(
+    receiver: OTLPReceiver, path: str, content_type: str, encoding: str | None, body: bytes, status: int
+) -> None:
+    got, raw = post(receiver.endpoint + path, body, content_type, encoding)
+    assert got == status
+    if content_type == PROTOBUF:
+        assert RpcStatus.FromString(raw).message  # the OTLP error body: google.rpc.Status
+
+
+def test_metrics_and_logs_are_accepted_and_ignored(receiver: OTLPReceiver) -> None:
+    assert post(receiver.endpoint + "/v1/metrics", b"")[0] == 200
+    assert post(receiver.endpoint + "/v1/logs", b"{}", JSON)[0] == 200
+
+
+def test_store_failure_answers_503_so_the_client_retries(tmp_path: Path, llm_spans: list[ReadableSpan]) -> None:
+    not_a_file = tmp_path / "dir"
+    not_a_file.mkdir()
+    exporter = CostspanSpanExporter(not_a_file)
+    with OTLPReceiver(exporter, port=0) as receiver:
+        status, raw = post(receiver.endpoint + "/v1/traces", encode_spans(llm_spans).SerializeToString())
+    assert status == 503
+    assert "retry" in RpcStatus.FromString(raw).message
+    assert receiver.counts.failed_batches == 1
+
+
+@pytest.mark.integration
+def test_opentelemetry_instrument_app_into_costspan_serve(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """The example app under `opentelemetry-instrument`, exporting OTLP to `costspan serve` in another process."""
+    store = tmp_path / "served.sqlite3"
+    serve = subprocess.Popen(
+        [str(BIN / "costspan"), "serve", "--port", "0", "--store", str(store)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        banner = serve.stderr.readline()  # printed once the port is bound
+        assert "receiving OTLP/HTTP on" in banner, banner
+        endpoint = banner.split(" on ", 1)[1].split("/v1/traces", 1)[0]
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": fake_openai.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "OTEL_SERVICE_NAME": "support-app",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=prod",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        }
+        app = subprocess.run(
+            [str(BIN / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples" / "support_app.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert app.returncode == 0, app.stderr
+        assert "handled 3 chats" in app.stdout
+    finally:
+        serve.terminate()
+        _, rest = serve.communicate(timeout=60)
+    assert serve.returncode == 0, rest
+    assert "7 LLM span(s) stored" in rest
+    rows = stored(store)
+    assert len(rows) == 7
+    by_feature: dict[str, int] = {}
+    for row in rows:
+        by_feature[row["feature"]] = by_feature.get(row["feature"], 0) + 1
+        assert row["environment"] == "prod" and row["service"] == "support-app"
+        assert row["pricing_status"] == "priced"
+    assert by_feature == {"support-chat": 3, "search-embeddings": 3, "nightly-batch": 1}
+    assert {r["customer_id"] for r in rows} == {"acme", "globex", "system"}
