@@ -1,0 +1,189 @@
+"""What the commands that read the store share: its options, time parsing, errors, and table/CSV/JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+from costspan.paths import COSTSPAN_STORE_PATH, default_store_path
+from costspan.store import DIMENSIONS, Store, StoreError
+
+EXIT_ERROR = 2
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+TIME_HELP = "a duration back from now (30m, 24h, 7d, 2w) or a UTC date/time (2026-11-01, 2026-11-01T09:00)"
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what to type instead."""
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """``7d``-style durations count back from ``now``; ISO dates and times without a zone are UTC."""
+    match = _DURATION.match(text)
+    if match:
+        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"cannot read time {text!r}: give {TIME_HELP}") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def parse_dimensions(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DIMENSIONS]
+    if unknown or not names:
+        raise UsageError(f"cannot group by {text!r}; choose from {', '.join(DIMENSIONS)} (comma-separated)")
+    return names
+
+
+def parse_where(pairs: Sequence[str]) -> dict[str, str]:
+    where = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name.strip() not in DIMENSIONS:
+            raise UsageError(f"--where {pair!r}: use KEY=VALUE with KEY one of {', '.join(DIMENSIONS)}")
+        where[name.strip()] = value
+    return where
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="PATH",
+        help=f"the store file (default: ${COSTSPAN_STORE_PATH}, else {default_store_path()})",
+    )
+
+
+def add_filter_options(parser: argparse.ArgumentParser, *, since: str | None = "7d") -> None:
+    parser.add_argument(
+        "--since", default=since, metavar="WHEN", help=f"start of the period: {TIME_HELP} (default: {since})"
+    )
+    parser.add_argument("--until", metavar="WHEN", help="end of the period, exclusive (default: now)")
+    parser.add_argument("--env", metavar="NAME", help="only this environment (the `environment` baggage value)")
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only spans whose KEY equals VALUE, e.g. --where customer_id=acme (repeatable)",
+    )
+    add_store_option(parser)
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: datetime | None
+    until: datetime | None
+    env: str | None
+    where: dict[str, str]
+
+
+def read_filters(args: argparse.Namespace, now: datetime) -> Filters:
+    return Filters(
+        since=parse_time(args.since, now) if args.since else None,
+        until=parse_time(args.until, now) if args.until else None,
+        env=args.env,
+        where=parse_where(args.where),
+    )
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The store named by --store (or the default), which must exist: reading never creates one."""
+    return Store(args.store, create=False)
+
+
+def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn store and usage errors into one clear line on stderr and exit status 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (StoreError, UsageError) as error:
+            print(f"costspan {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return wrapper
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    show: Callable[[Any], str] = str
+    numeric: bool = False
+
+
+NONE_SHOWN = "-"
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return NONE_SHOWN
+    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:,.4f}"
+
+
+def count(value: int | None) -> str:
+    return NONE_SHOWN if value is None else f"{value:,}"
+
+
+def percent(value: float | None) -> str:
+    return NONE_SHOWN if value is None else f"{value * 100:.1f}%"
+
+
+def millis(value: float | None) -> str:
+    return NONE_SHOWN if value is None else f"{value:,.0f} ms"
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
+    """An aligned plain-text table: text left-aligned, numbers right-aligned."""
+    cells = [[column.show(row.get(column.key)) for column in columns] for row in rows]
+    widths = [max([len(column.title), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            value.rjust(width) if column.numeric else value.ljust(width)
+            for value, width, column in zip(values, widths, columns, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line([c.title for c in columns]), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def machine_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def write_csv(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(keys)
+    for row in rows:
+        writer.writerow(["" if row.get(k) is None else machine_value(row.get(k)) for k in keys])
+
+
+def write_json(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    json.dump([{k: machine_value(row.get(k)) for k in keys} for row in rows], out, indent=2)
+    out.write("\n")
