@@ -1,0 +1,332 @@
+"""``costspan dashboard``: one self-contained HTML page of where the LLM money went.
+
+Everything is inline: CSS from ``templates/dashboard.html`` and SVG charts drawn here, with no script, font or
+stylesheet fetched from anywhere, so the file can be mailed, archived or opened offline. Hovering a bar shows
+its exact figure through the SVG ``<title>`` element, which browsers render without JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from costspan.paths import default_store_path
+from costspan.store import BUCKET_NS, Store
+
+# Categorical colours (Tableau 10), distinguishable for most colour-blind readers; the last one is "other".
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+OTHER_COLOUR = "#bab0ac"
+MAX_SERIES = len(PALETTE)
+TOP_N = 10
+UNATTRIBUTED = "(none)"
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    """What the page shows, read from the store in one go; ``render`` is a pure function of it."""
+
+    store: str
+    since: datetime
+    until: datetime
+    every: str  # "hour" or "day": the width of one bar
+    env: str | None
+    where: dict[str, str]
+    totals: dict[str, Any]
+    buckets: list[datetime]
+    series: dict[str, list[float]]  # feature -> spend per bucket, biggest spender first
+    features: list[dict[str, Any]]
+    customers: list[dict[str, Any]]
+    routes: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+
+
+def _floor(moment: datetime, every: str) -> datetime:
+    step = BUCKET_NS[every] // 1_000_000_000
+    return datetime.fromtimestamp(int(moment.timestamp()) // step * step, timezone.utc)
+
+
+def collect(
+    store: Store,
+    *,
+    since: datetime | None,
+    until: datetime,
+    every: str | None = None,
+    env: str | None = None,
+    where: Mapping[str, str] | None = None,
+) -> DashboardData:
+    """Read the dashboard's figures. ``every`` defaults to hourly bars for up to two days, daily beyond.
+
+    The period starts no earlier than the day of the first stored call, so a young store fills the chart.
+    """
+    first = store.time_range()
+    start = _floor(first[0], "day") if first else until - timedelta(days=1)
+    since = max(since, start) if since else start
+    every = every or ("hour" if until - since <= timedelta(days=2) else "day")
+    window: dict[str, Any] = {"since": since, "until": until, "env": env, "where": where}
+    features = store.spend_by(["feature"], **window)
+    names = [_label(row["feature"]) for row in features]
+    shown = names if len(names) <= MAX_SERIES else [*names[: MAX_SERIES - 1], "other"]
+    step = timedelta(seconds=BUCKET_NS[every] // 1_000_000_000)
+    buckets: list[datetime] = []
+    moment = _floor(since, every)
+    while moment < until:
+        buckets.append(moment)
+        moment += step
+    index = {bucket: i for i, bucket in enumerate(buckets)}
+    series = {name: [0.0] * len(buckets) for name in shown}
+    for row in store.spend_by(["feature"], every=every, **window):
+        position = index.get(row["bucket"])
+        if position is not None:
+            name = _label(row["feature"])
+            series[name if name in series else "other"][position] += row["spend_usd"] or 0.0
+    return DashboardData(
+        store=str(store.path),
+        since=since,
+        until=until,
+        every=every,
+        env=env,
+        where=dict(where or {}),
+        totals=store.totals(**window),
+        buckets=buckets,
+        series=series,
+        features=features,
+        customers=store.top("customer_id", TOP_N, **window),
+        routes=store.top("route", TOP_N, **window),
+        models=store.top("response_model", TOP_N, **window),
+    )
+
+
+# --- formatting -----------------------------------------------------------------------------------------
+def _label(value: Any) -> str:
+    return UNATTRIBUTED if value is None else str(value)
+
+
+def usd(value: float | None) -> str:
+    """Dollars as people read them: cents from a dollar up, three significant digits below."""
+    if value is None:
+        return "n/a"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    if value == 0:
+        return "$0.00"
+    return f"${value:.{max(2, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def tick(value: float) -> str:
+    """An axis label: as few decimals as the round value needs, at least cents ($0.0125, $0.05, $20.00)."""
+    text = f"{value:,.6f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals.ljust(2, '0')}"
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def count(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:,.0f}"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value``: a round top for a chart axis."""
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(value))
+    return float(next(step * magnitude for step in (1, 2, 2.5, 5, 10) if step * magnitude >= value * (1 - 1e-9)))
+
+
+# --- charts ---------------------------------------------------------------------------------------------
+def colours(names: Sequence[str]) -> dict[str, str]:
+    return {name: OTHER_COLOUR if name == "other" else PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def spend_chart(
+    buckets: Sequence[datetime], series: dict[str, list[float]], every: str, width: int = 1040, height: int = 300
+) -> str:
+    """A stacked bar chart of spend per bucket, one colour per series, as an inline SVG element."""
+    left, right, top, bottom = 64, 12, 12, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    totals = [sum(values[i] for values in series.values()) for i in range(len(buckets))]
+    y_max = nice_ceiling(max(totals, default=0.0))
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Spend per {every}, stacked by feature" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i in range(5):
+        value = y_max * i / 4
+        y = top + plot_h - plot_h * i / 4
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(f'<text class="axis" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_e(tick(value))}</text>')
+    slot = plot_w / max(len(buckets), 1)
+    bar_w = max(slot * 0.72, 1.0)
+    palette = colours(list(series))
+    label_every = max(1, math.ceil(len(buckets) / 12))
+    for i, bucket in enumerate(buckets):
+        x = left + slot * i + (slot - bar_w) / 2
+        y = top + plot_h
+        when = bucket.strftime("%a %b %d" if every == "day" else "%b %d %H:00")
+        for name, values in series.items():
+            value = values[i]
+            if value <= 0:
+                continue
+            h = plot_h * value / y_max
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{palette[name]}">'
+                f"<title>{_e(when)} · {_e(name)}: {_e(usd(value))}</title></rect>"
+            )
+        if i % label_every == 0:
+            label = bucket.strftime("%b %d" if every == "day" else "%H:00")
+            parts.append(
+                f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{height - 10}" text-anchor="middle">{_e(label)}</text>'
+            )
+    parts.append(
+        f'<line class="baseline" x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/></svg>'
+    )
+    return "".join(parts)
+
+
+def legend(series: dict[str, list[float]]) -> str:
+    palette = colours(list(series))
+    items = "".join(
+        f'<li><span class="swatch" style="background:{palette[name]}"></span>{_e(name)}'
+        f' <span class="muted">{_e(usd(sum(values)))}</span></li>'
+        for name, values in series.items()
+    )
+    return f'<ul class="legend">{items}</ul>'
+
+
+def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str:
+    """A top-N list with a proportional bar behind each row's spend."""
+    if not rows:
+        return '<p class="empty">No calls in this period.</p>'
+    biggest = max((row["spend_usd"] or 0.0) for row in rows) or 1.0
+    lines = []
+    for row in rows:
+        spend = row["spend_usd"] or 0.0
+        share = spend / total if total else 0.0
+        lines.append(
+            f'<li><div class="bar" style="width:{100 * spend / biggest:.1f}%"></div>'
+            f'<span class="name">{_e(_label(row[dimension]))}</span>'
+            f'<span class="num">{_e(usd(row["spend_usd"]))}</span>'
+            f'<span class="num muted">{_e(percent(share))}</span>'
+            f'<span class="num muted">{_e(count(row["requests"]))} req</span></li>'
+        )
+    return f'<ol class="ranking">{"".join(lines)}</ol>'
+
+
+def feature_table(rows: Sequence[dict[str, Any]], total: float, palette: dict[str, str]) -> str:
+    if not rows:
+        return '<p class="empty">No calls in this period.</p>'
+    body = []
+    for row in rows:
+        name = _label(row["feature"])
+        rate = row["cache_hit_rate"]
+        latency = row["avg_latency_ms"]
+        swatch = palette.get(name, OTHER_COLOUR)
+        body.append(
+            "<tr>"
+            f'<td><span class="swatch" style="background:{swatch}"></span>{_e(name)}</td>'
+            f'<td class="num">{_e(count(row["requests"]))}</td>'
+            f'<td class="num">{_e(usd(row["spend_usd"]))}</td>'
+            f'<td class="num">{_e(percent((row["spend_usd"] or 0.0) / total if total else None))}</td>'
+            f'<td class="num">{_e(usd((row["spend_usd"] or 0.0) / row["requests"]))}</td>'
+            f'<td class="num">{_e(count(row["input_tokens"] + row["output_tokens"]))}</td>'
+            f'<td class="num">{"n/a" if latency is None else f"{latency:,.0f} ms"}</td>'
+            f'<td class="num"><span class="meter"><span style="width:{100 * (rate or 0):.1f}%"></span></span>'
+            f"{_e(percent(rate))}</td>"
+            f'<td class="num">{_e(count(row["p95_input_tokens"]))}</td>'
+            "</tr>"
+        )
+    head = (
+        "<tr><th>Feature</th><th>Requests</th><th>Spend</th><th>Share</th><th>Per request</th><th>Tokens</th>"
+        "<th>Avg latency</th><th>Cache-hit rate</th><th>p95 prompt</th></tr>"
+    )
+    return f'<table class="features"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _card(label: str, value: str, note: str = "", cls: str = "") -> str:
+    return (
+        f'<div class="card {cls}"><div class="label">{_e(label)}</div><div class="value">{_e(value)}</div>'
+        f'<div class="note">{_e(note)}</div></div>'
+    )
+
+
+def render(data: DashboardData, generated_at: datetime | None = None) -> str:
+    """The whole page, as one string."""
+    generated_at = generated_at or datetime.now(timezone.utc)
+    totals = data.totals
+    spend = totals["spend_usd"] or 0.0
+    requests = totals["requests"] or 0
+    days = max((data.until - data.since).total_seconds() / 86400, 1 / 24)
+    unpriced = totals["unpriced"] or 0
+    cards = [
+        _card("Spend", usd(spend), f"{usd(spend / days)} per day on average"),
+        _card("Requests", count(requests), f"{usd(spend / requests) if requests else 'n/a'} per request"),
+        _card(
+            "Tokens",
+            count((totals["input_tokens"] or 0) + (totals["output_tokens"] or 0)),
+            f"{count(totals['input_tokens'])} in · {count(totals['output_tokens'])} out",
+        ),
+        _card("Cache-hit rate", percent(totals["cache_hit_rate"]), f"{count(totals['cached_tokens'])} cached tokens"),
+        _card(
+            "Unpriced calls",
+            count(unpriced),
+            "spend of these is unknown, not zero" if unpriced else "every call was priced",
+            "warn" if unpriced else "",
+        ),
+    ]
+    if totals["retries"]:
+        cards.append(_card("App-level retries", count(totals["retries"]), "billed again, counted again", "warn"))
+    palette = colours(list(data.series))
+    period = f"{data.since:%b %d %Y %H:%M} to {data.until:%b %d %Y %H:%M} UTC"
+    scope = ", ".join(
+        [f"environment {data.env}" if data.env else "all environments"]
+        + [f"{name} = {value}" for name, value in data.where.items()]
+    )
+    template = Template(resources.files("costspan").joinpath("templates/dashboard.html").read_text("utf-8"))
+    return template.substitute(
+        title=_e(f"LLM spend · {usd(spend)} · {data.since:%b %d} to {data.until:%b %d}"),
+        period=_e(period),
+        scope=_e(scope),
+        store=_e(data.store),
+        generated=_e(f"{generated_at:%Y-%m-%d %H:%M} UTC"),
+        cards="".join(cards),
+        every=_e(data.every),
+        chart=spend_chart(data.buckets, data.series, data.every)
+        if requests
+        else '<p class="empty">No calls in this period.</p>',
+        legend=legend(data.series),
+        features=feature_table(data.features, spend, palette),
+        customers=ranking(data.customers, "customer_id", spend),
+        routes=ranking(data.routes, "route", spend),
+        models=ranking(data.models, "response_model", spend),
+        next="".join(f"<p><code>{_e(command)}</code></p>" for command in next_commands(data.store)),
+    )
+
+
+def next_commands(store: str) -> list[str]:
+    """Commands to dig further into the same store (naming it only when it is not the default one)."""
+    flag = "" if Path(store) == default_store_path() else f" --store {shlex.quote(store)}"
+    return [
+        f"costspan report --by feature,customer_id --since 7d{flag}",
+        f"costspan report --by route --every day{flag}",
+        f"costspan alerts{flag}",
+    ]
