@@ -649,3 +649,30 @@ def test_async_stream_is_a_proper_async_iterator(pipeline: Pipeline, async_clien
         return [chunk async for chunk in stream]
 
     assert asyncio.run(go())
+
+
+def test_raw_streamed_response_parsed_into_a_stream(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    """The raw wrapper is dropped right after parse(): the stream, not the wrapper, ends the span."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+
+    async def consume_async() -> list[Any]:
+        raw = await any_client.chat.completions.with_raw_response.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True
+        )
+        stream = raw.parse()
+        del raw
+        gc.collect()
+        return [chunk async for chunk in stream]
+
+    if isinstance(any_client, openai.AsyncOpenAI):
+        chunks = asyncio.run(consume_async())
+    else:
+        stream = any_client.chat.completions.with_raw_response.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True
+        ).parse()
+        gc.collect()
+        chunks = list(stream)
+    assert all(chunk.choices for chunk in chunks)
+    assert_chat_priced(pipeline, stream=True)

@@ -266,10 +266,14 @@ class SyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
         super().__init__(response)
         self._self_call = call
         self._self_injected = injected
-        weakref.finalize(self, _finish_unparsed, call, getattr(response, "http_response", response))
+        self._self_finalizer = weakref.finalize(
+            self, _finish_unparsed, call, getattr(response, "http_response", response)
+        )
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return observe(self._self_call, self.__wrapped__.parse(*args, **kwargs), self._self_injected)
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
+        return observe(self._self_call, parsed, self._self_injected)
 
     def close(self) -> None:
         self.__wrapped__.close()
@@ -283,10 +287,14 @@ class AsyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
         super().__init__(response)
         self._self_call = call
         self._self_injected = injected
-        weakref.finalize(self, _finish_unparsed, call, getattr(response, "http_response", response))
+        self._self_finalizer = weakref.finalize(
+            self, _finish_unparsed, call, getattr(response, "http_response", response)
+        )
 
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return observe(self._self_call, await self.__wrapped__.parse(*args, **kwargs), self._self_injected)
+        parsed = await self.__wrapped__.parse(*args, **kwargs)
+        self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
+        return observe(self._self_call, parsed, self._self_injected)
 
     async def close(self) -> None:
         await self.__wrapped__.close()
