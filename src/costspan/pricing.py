@@ -34,7 +34,7 @@ from genai_prices.types import (
     TieredPrices,
     TimeOfDateConstraint,
 )
-from genai_prices.units import _get_registry  # the unit hierarchy; no public accessor exists
+from genai_prices.units import UnitDef, _get_registry  # the unit hierarchy; no public accessor exists
 
 from costspan import semconv
 from costspan.usage import Usage
@@ -108,6 +108,24 @@ def _per_unit(price: Decimal | TieredPrices, per: int) -> tuple[Decimal | None, 
     return price / per, ()
 
 
+def _joins(priced: list[UnitDef]) -> tuple[tuple[str, str, str], ...]:
+    """(join, a, b) usage keys where the model prices the overlap of two counts a usage can report, such as
+    cached image tokens (cache read x input image). Reported a and b without the join are ambiguous: which of the
+    cached tokens were images? genai-prices refuses to guess, and so do we."""
+    registry = _get_registry()
+    reportable = [registry.units[key] for key in _USAGE_KEYS.values()]
+    joins = []
+    for unit in priced:
+        for i, a in enumerate(reportable):
+            for b in reportable[i + 1 :]:
+                overlapping = a.is_compatible_with(b) and not (
+                    a.dimensions.items() <= b.dimensions.items() or b.dimensions.items() <= a.dimensions.items()
+                )
+                if overlapping and dict(unit.dimensions) == {**a.dimensions, **b.dimensions}:
+                    joins.append((unit.usage_key, a.usage_key, b.usage_key))
+    return tuple(joins)
+
+
 def _bucket(dimensions: Mapping[str, str]) -> str:
     token_type = dimensions.get("token_type")
     if token_type in ("cache_read", "cache_write"):
@@ -119,7 +137,7 @@ def _bucket(dimensions: Mapping[str, str]) -> str:
 class PriceSheet:
     """A resolved ``ModelPrice``, precompiled so that pricing a call is a handful of arithmetic steps."""
 
-    __slots__ = ("model_price", "units")
+    __slots__ = ("joins", "model_price", "units")
 
     def __init__(self, model_price: ModelPrice) -> None:
         registry = _get_registry()
@@ -146,10 +164,16 @@ class PriceSheet:
                 _PricedUnit(unit.usage_key, unit.price_key, rate, tiers, _bucket(unit.dimensions), descendants)
             )
         self.units = tuple(units)
+        self.joins = _joins([unit for unit, _ in priced])
         self.model_price = model_price
+
+    def _ambiguous(self, counts: Mapping[str, int]) -> bool:
+        return any(not counts.get(j) and counts.get(a) and counts.get(b) for j, a, b in self.joins)
 
     def cost(self, counts: Mapping[str, int]) -> dict[str, Decimal] | None:
         """Dollars per bucket for these usage counts; None when the counts contradict each other."""
+        if self.joins and self._ambiguous(counts):
+            return None
         leaves = [0] * len(self.units)
         total_input = counts.get("input_tokens", 0)
         buckets = {"input": _ZERO, "cache_read": _ZERO, "cache_write": _ZERO, "output": _ZERO, "other": _ZERO}
@@ -183,6 +207,8 @@ class PriceSheet:
 
     def breakdown(self, counts: Mapping[str, int]) -> list[BillLine] | None:
         """``cost`` line by line, for people (`costspan price`); None when the counts contradict each other."""
+        if self._ambiguous(counts):
+            return None
         leaves = [0] * len(self.units)
         total_input = counts.get("input_tokens", 0)
         lines = []
@@ -350,7 +376,7 @@ class Pricer:
                 source=resolved.source,
                 version=resolved.version,
                 model_id=resolved.model_id,
-                note="usage parts exceed their totals",
+                note="usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
             )
         return Cost(
             semconv.STATUS_PRICED,
