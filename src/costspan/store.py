@@ -188,7 +188,7 @@ def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     return StoreError(f"costspan store {path}: {text}")
 
 
-def _utc_ns(moment: datetime) -> int:
+def to_ns(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("give aware datetimes (e.g. datetime.now(timezone.utc))")
     return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
@@ -430,10 +430,10 @@ class Store:
         parameters: list[Any] = []
         if since is not None:
             conditions.append("start_ns >= ?")
-            parameters.append(_utc_ns(since))
+            parameters.append(to_ns(since))
         if until is not None:
             conditions.append("start_ns < ?")
-            parameters.append(_utc_ns(until))
+            parameters.append(to_ns(until))
         if env is not None:
             conditions.append("environment = ?")
             parameters.append(env)

@@ -133,7 +133,9 @@ NONE_SHOWN = "-"
 def usd(value: float | None) -> str:
     if value is None:
         return NONE_SHOWN
-    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:,.4f}"
+    sign, amount = ("-" if value < 0 else ""), abs(value)
+    digits = 2 if amount >= 100 else 4 if amount >= 0.01 or amount == 0 else 6  # small amounts still show
+    return f"{sign}${amount:,.{digits}f}"
 
 
 def count(value: int | None) -> str:

@@ -1,0 +1,206 @@
+"""``costspan reprice``: recompute stored costs with today's price data and pricing file.
+
+Each changed row keeps its first figure in ``original_cost_usd`` and that figure's price data version in
+``original_pricing_version`` (set once, on the first re-price), next to the new ``cost_usd`` and
+``pricing_version``; ``repriced_at_ns`` says when. Rows without usage stay as they are: there is nothing to price.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from costspan import environment_variables as env
+from costspan.cli._store_cli import (
+    UsageError,
+    add_store_option,
+    guarded,
+    open_store,
+    parse_time,
+    usd,
+)
+from costspan.pricing import Cost, Pricer, PriceSource, as_utc, packaged_prices, provider_price_id
+from costspan.store import to_ns
+from costspan.usage import Usage
+
+CHUNK = 5_000
+
+EXAMPLES = """\
+examples:
+  costspan reprice --since 30d                          after upgrading costspan (newer genai-prices data)
+  costspan reprice --since 2026-11-01 --pricing-file prices.toml   after adding a negotiated rate
+  costspan reprice --since 7d --dry-run                 show what would change, write nothing
+
+audit afterwards:
+  sqlite3 STORE "SELECT span_id, original_cost_usd, original_pricing_version, cost_usd, pricing_version
+                 FROM spans WHERE repriced_at_ns IS NOT NULL"
+"""
+
+_SELECT = """
+SELECT rowid, span_id, start_ns, provider, request_model, response_model, service_tier,
+       input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
+       input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
+       cost_usd, pricing_status, pricing_version
+FROM spans
+WHERE rowid > ? AND start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL AND output_tokens IS NOT NULL
+ORDER BY rowid LIMIT ?
+"""
+
+_UPDATE = """
+UPDATE spans SET
+    original_cost_usd = CASE WHEN repriced_at_ns IS NULL THEN cost_usd ELSE original_cost_usd END,
+    original_pricing_version = CASE WHEN repriced_at_ns IS NULL THEN pricing_version
+                                    ELSE original_pricing_version END,
+    cost_usd = ?, cost_input = ?, cost_cache_read = ?, cost_cache_write = ?, cost_output = ?,
+    pricing_status = ?, pricing_source = ?, pricing_version = ?, pricing_model = ?, repriced_at_ns = ?
+WHERE span_id = ?
+"""
+
+
+@dataclass
+class Tally:
+    examined: int = 0
+    changed: int = 0
+    before_usd: float = 0.0
+    after_usd: float = 0.0
+
+
+def _money(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def reprice_row(pricer: Pricer, row: Any) -> Cost:
+    """The cost of one stored row under ``pricer``, computed as the instrumentation does at call time."""
+    usage = Usage(
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cached_tokens"] or 0,
+        cache_write_tokens=row["cache_write_tokens"] or 0,
+        reasoning_tokens=row["reasoning_tokens"] or 0,
+        input_audio_tokens=row["input_audio_tokens"] or 0,
+        output_audio_tokens=row["output_audio_tokens"] or 0,
+        input_image_tokens=row["input_image_tokens"] or 0,
+        output_image_tokens=row["output_image_tokens"] or 0,
+    )
+    return pricer.price(
+        usage,
+        row["response_model"] or row["request_model"],
+        at=as_utc(row["start_ns"]),
+        provider=provider_price_id(row["provider"] or "openai"),
+        service_tier=row["service_tier"],
+    )
+
+
+def price_layers(pricing_file: str | None) -> tuple[PriceSource, ...]:
+    """Packaged prices, under the pricing file when one is given. A bad file is an error here, not a fallback."""
+    if not pricing_file:
+        return (packaged_prices(),)
+    from costspan.pricing_overrides import OverridePrices, PricingFileError, load_pricing_file
+
+    try:
+        return (OverridePrices(load_pricing_file(pricing_file)),)
+    except PricingFileError as error:
+        raise UsageError(str(error)) from None
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "reprice",
+        help="recompute stored costs after a price fix or a new pricing file",
+        description="Re-price the stored calls of a period with the installed price data and your pricing "
+        "file. The first figure and its pricing version are kept on each changed row, so the change is "
+        "auditable.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--since", default="30d", metavar="WHEN", help="start of the period (default: 30d)")
+    parser.add_argument("--until", metavar="WHEN", help="end of the period, exclusive (default: now)")
+    parser.add_argument(
+        "--pricing-file", metavar="PATH", help=f"pricing overrides (default: ${env.OTEL_COSTSPAN_PRICING_FILE})"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+    add_store_option(parser)
+    parser.set_defaults(run=guarded(run))
+
+
+def run(args: argparse.Namespace) -> int:
+    now = datetime.now(timezone.utc)
+    since = parse_time(args.since, now)
+    until = parse_time(args.until, now) if args.until else now
+    pricer = Pricer(price_layers(args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)))
+    tally = Tally()
+    progress = Progress()
+    with open_store(args) as store:
+        total = store.query(
+            "SELECT count(*) FROM spans WHERE start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL",
+            (to_ns(since), to_ns(until)),
+        )[0][0]
+        last_rowid = 0
+        while True:
+            rows = store.query(_SELECT, (last_rowid, to_ns(since), to_ns(until), CHUNK))
+            if not rows:
+                break
+            last_rowid = rows[-1]["rowid"]
+            updates = []
+            stamp = time.time_ns()
+            for row in rows:
+                cost = reprice_row(pricer, row)
+                new_total = _money(cost.total)
+                tally.examined += 1
+                tally.before_usd += row["cost_usd"] or 0.0
+                tally.after_usd += new_total or 0.0
+                if new_total == row["cost_usd"] and cost.status == row["pricing_status"]:
+                    continue
+                tally.changed += 1
+                updates.append(
+                    (
+                        new_total,
+                        *(
+                            _money(getattr(cost, part)) if cost.total is not None else None
+                            for part in ("input", "cache_read", "cache_write", "output")
+                        ),
+                        cost.status,
+                        cost.source,
+                        cost.version,
+                        cost.model_id,
+                        stamp,
+                        row["span_id"],
+                    )
+                )
+            if updates and not args.dry_run:
+                store.execute_write(_UPDATE, updates)
+            progress.show(tally, total)
+    progress.done()
+    verb = "would change" if args.dry_run else "changed"
+    print(
+        f"Re-priced {tally.examined:,} calls since {since:%Y-%m-%d %H:%M} UTC: {tally.changed:,} {verb}; "
+        f"spend {usd(tally.before_usd)} -> {usd(tally.after_usd)} ({usd(tally.after_usd - tally.before_usd)})."
+    )
+    return 0
+
+
+class Progress:
+    """A progress line on stderr: rewritten in place on a terminal, one line a second otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, tally: Tally, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.1 if self.tty else 1.0):
+            return
+        self.last = now
+        line = f"re-pricing: {tally.examined:,}/{total:,} calls, {tally.changed:,} changed"
+        print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            print(file=sys.stderr)
