@@ -244,7 +244,8 @@ def _read(path: Path) -> Mapping[str, Any]:
     except BudgetFileError:
         raise
     except Exception as exc:
-        raise BudgetFileError(f"{path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "TOML"
+        raise BudgetFileError(f"{path} is not valid {kind}: {exc}") from None
     if not isinstance(data, Mapping):
         raise BudgetFileError(f"{path}: expected a table of settings and [[budget]] entries")
     return data

@@ -1,0 +1,417 @@
+"""Budgets: the file, the windows, the worst case reserved before a call, refusal, settlement and alerts.
+
+Calls go through the real openai SDK to the loopback FakeOpenAI, with the real OTel SDK recording spans.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import openai
+import pytest
+
+import costspan
+from costspan import semconv
+from costspan.budgets import (
+    Budget,
+    BudgetAlert,
+    BudgetExceeded,
+    BudgetFileError,
+    BudgetGuard,
+    BudgetUnavailable,
+    PromptTooLarge,
+    estimate_input_tokens,
+    load_budget_guard,
+    window_at,
+)
+from costspan.fakeopenai import FakeOpenAI, Scripted
+from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
+from tests.conftest import Pipeline, make_pipeline
+from tests.test_ledger import free_port
+
+UTC = timezone.utc
+MESSAGES = [{"role": "user", "content": "Summarize the quarterly numbers."}]  # 32 characters
+
+
+@pytest.fixture
+def instrumented() -> Iterator[list[Pipeline]]:
+    """Collects pipelines made by a test, and uninstruments them after it."""
+    made: list[Pipeline] = []
+    yield made
+    for pipeline in made:
+        pipeline.instrumentor.uninstrument()
+
+
+def guarded(instrumented: list[Pipeline], guard: BudgetGuard) -> Pipeline:
+    pipeline = make_pipeline(guards=[guard])
+    instrumented.append(pipeline)
+    return pipeline
+
+
+def chat(client: openai.OpenAI, max_tokens: int | None = 48) -> Any:
+    extra = {"max_tokens": max_tokens} if max_tokens is not None else {}
+    return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **extra)  # type: ignore[call-overload]
+
+
+# --- windows ---------------------------------------------------------------------------------------------------
+
+
+def test_windows_are_calendar_aligned_in_their_time_zone() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    now = datetime(2026, 3, 31, 22, 30, tzinfo=UTC)  # 00:30 on 1 April in Berlin (CEST, UTC+2)
+    monthly = window_at("monthly", now, berlin)
+    assert monthly.start == datetime(2026, 4, 1, tzinfo=berlin)
+    assert monthly.end == datetime(2026, 5, 1, tzinfo=berlin)
+    assert window_at("monthly", now, ZoneInfo("UTC")).start == datetime(2026, 3, 1, tzinfo=UTC)
+    daily = window_at("daily", now, berlin)
+    assert (daily.start, daily.end) == (datetime(2026, 4, 1, tzinfo=berlin), datetime(2026, 4, 2, tzinfo=berlin))
+    december = window_at("monthly", datetime(2026, 12, 15, tzinfo=UTC), ZoneInfo("UTC"))
+    assert december.end == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_windows_across_a_dst_change() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    # 29 March 2026: clocks go from 02:00 to 03:00, so that day lasts 23 hours.
+    day = window_at("daily", datetime(2026, 3, 29, 12, tzinfo=UTC), berlin)
+    assert (day.end.astimezone(UTC) - day.start.astimezone(UTC)).total_seconds() == 23 * 3600
+    hour = window_at("hourly", datetime(2026, 3, 29, 0, 30, tzinfo=UTC), berlin)  # 01:30 CET
+    assert hour.start.astimezone(UTC) == datetime(2026, 3, 29, 0, tzinfo=UTC)
+    assert hour.end.astimezone(UTC) == datetime(2026, 3, 29, 1, tzinfo=UTC)  # 03:00 CEST: still one hour
+
+
+# --- the budget file -----------------------------------------------------------------------------------------------
+
+
+BUDGET_TOML = """
+ledger = "memory"
+timezone = "Europe/Berlin"
+on_ledger_error = "closed"
+default_max_output_tokens = 2000
+prompt_warn_tokens = 1000
+
+[[budget]]
+customer_id = "*"
+window = "monthly"
+limit_usd = 5
+
+[[budget]]
+name = "acme gets more"
+customer_id = "acme"
+window = "monthly"
+limit_usd = "50.00"
+alert_thresholds = [0.5, 0.9]
+
+[[budget]]
+customer_id = "acme"
+feature = "search"
+window = "daily"
+limit_usd = 1.25
+timezone = "America/New_York"
+"""
+
+
+def test_budget_file_toml(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(BUDGET_TOML)
+    guard = load_budget_guard(path)
+    assert isinstance(guard.ledger, MemoryLedger)
+    assert guard.fail_closed
+    assert guard.default_max_output_tokens == 2000
+    assert guard.prompt_warn_tokens == 1000
+    every, acme, search = guard.budgets
+    assert every.scope == {"customer_id": "*"}
+    assert every.tz == ZoneInfo("Europe/Berlin")
+    assert every.thresholds == (Decimal("0.8"), Decimal("1"))
+    assert acme.limit_usd == Decimal("50.00")
+    assert acme.name == "acme gets more"
+    assert acme.thresholds == (Decimal("0.5"), Decimal("0.9"))
+    assert search.scope == {"customer_id": "acme", "feature": "search"}
+    assert search.tz == ZoneInfo("America/New_York")
+    assert search.limit_usd == Decimal("1.25")
+
+    # The exact entry wins over "*" for acme; other customers each get the "*" cap; both keys match search.
+    assert [b.name for b, _ in guard.matching({"customer_id": "acme", "feature": "search"})] == [
+        "acme gets more",
+        search.name,
+    ]
+    assert [(b.limit_usd, s) for b, s in guard.matching({"customer_id": "zed"})] == [
+        (Decimal(5), {"customer_id": "zed"})
+    ]
+    assert guard.matching({"feature": "search"}) == []
+
+
+def test_budget_file_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("ledger: memory\nbudget:\n  - feature: chat\n    window: hourly\n    limit_usd: 2\n")
+    (budget,) = load_budget_guard(path).budgets
+    assert (budget.scope, budget.window, budget.limit_usd) == ({"feature": "chat"}, "hourly", Decimal(2))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[budget]]\nwindow = 'monthly'\nlimit_usd = 1\n", "give customer_id and/or feature"),
+        ("[[budget]]\ncustomer_id = 'a'\nwindow = 'weekly'\nlimit_usd = 1\n", "window must be one of"),
+        ("[[budget]]\ncustomer_id = 'a'\n", "limit_usd is required"),
+        ("[[budget]]\ncustomer_id = 'a'\nlimit_usd = -1\n", "non-negative"),
+        ("[[budget]]\ncustomer_id = 'a'\nlimit_usd = 1\ntimezone = 'Mars/Olympus'\n", "unknown time zone"),
+        ("[[budget]]\ncustomer_id = 'a'\nlimit_usd = 1\ncap = 3\n", "unknown key"),
+        ("on_ledger_error = 'maybe'\n", 'must be "open" or "closed"'),
+        ("ledger = '$COSTSPAN_TEST_UNSET_VAR'\n", "COSTSPAN_TEST_UNSET_VAR is not set"),
+        ("this is not toml", "is not valid TOML"),
+    ],
+)
+def test_bad_budget_files_say_what_to_fix(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(text)
+    with pytest.raises(BudgetFileError, match=message):
+        load_budget_guard(path)
+
+
+def test_ledger_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+    path = tmp_path / "budgets.toml"
+    path.write_text('ledger = "$MY_LEDGER"\n')
+    guard = load_budget_guard(path)
+    assert isinstance(guard.ledger, SQLiteLedger)
+    assert guard.ledger.path == tmp_path / "ledger.sqlite3"
+
+
+# --- the worst case -------------------------------------------------------------------------------------------------
+
+
+def test_input_estimate_is_local() -> None:
+    # 32 characters of content + "role" "user" "content" (15) = 47 -> 12 tokens, + 3 x (1 message + priming).
+    assert estimate_input_tokens({"messages": MESSAGES}) == 12 + 6
+    # An inline image counts as a fixed allowance, not as its base64 length.
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}
+    with_image = estimate_input_tokens({"messages": [{"role": "user", "content": [image]}]})
+    assert 1_600 < with_image < 1_700
+    assert estimate_input_tokens({"input": "x" * 400, "instructions": "y" * 40}) == 110 + 3
+
+
+def test_worst_case_dollars_by_hand(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    ledger = MemoryLedger()
+    budget = Budget({"customer_id": "acme"}, "monthly", Decimal(10))
+    guard = BudgetGuard([budget], ledger, default_max_output_tokens=1000, max_output_tokens=5000)
+    guarded(instrumented, guard)
+    seen: list[int] = []
+    original = ledger.reserve
+
+    def spy(key: str, amount: int, cap: int, expires_at: float) -> Any:
+        seen.append(amount)
+        return original(key, amount, cap, expires_at)
+
+    ledger.reserve = spy  # type: ignore[method-assign]
+    with costspan.attribute(customer_id="acme"):
+        chat(client, max_tokens=48)
+        chat(client, max_tokens=None)  # no limit: the configured default worst case
+        chat(client, max_tokens=10_000_000)  # absurd: capped
+    # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated.
+    assert seen == [
+        to_nano(Decimal(18 * 15 + 48 * 60) / 100_000_000),  # $0.00003150
+        to_nano(Decimal(18 * 15 + 1000 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 5000 * 60) / 100_000_000),
+    ]
+    assert seen[0] == 31_500
+
+
+# --- refusal and settlement --------------------------------------------------------------------------------
+
+
+def test_refused_before_sending_and_the_span_says_why(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    guard = BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal("0.00001"))], MemoryLedger())
+    pipeline = guarded(instrumented, guard)
+    with costspan.attribute(customer_id="acme"), pytest.raises(costspan.BudgetExceeded) as refused:
+        chat(client)
+    assert fake_openai.received == []  # nothing was sent
+    exc = refused.value
+    assert exc.error_code == "monthly_ai_quota_exceeded"
+    assert 0 < exc.retry_after_s <= 31 * 86400
+    assert "raise the cap" in str(exc)
+    span = pipeline.span()
+    assert span.attributes is not None
+    assert span.attributes[semconv.COSTSPAN_REFUSED] == "BudgetExceeded"
+    assert span.attributes[semconv.ERROR_TYPE] == "BudgetExceeded"
+    (event,) = [e for e in span.events if e.name == semconv.EVENT_BUDGET_EXCEEDED]
+    assert event.attributes is not None
+    assert event.attributes[semconv.COSTSPAN_BUDGET_LIMIT_USD] == 0.00001
+    assert event.attributes[semconv.COSTSPAN_BUDGET_RESERVED_USD] == pytest.approx(0.0000315)
+
+
+def test_settles_to_the_real_cost_and_errors_to_zero(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    ledger = MemoryLedger()
+    guard = BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal(1))], ledger)
+    guarded(instrumented, guard)
+    fake_openai.script(
+        Scripted(usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}),
+        Scripted(status=500),
+    )
+    with costspan.attribute(customer_id="acme"):
+        chat(client)
+        with pytest.raises(openai.InternalServerError):
+            chat(client)
+    key = next(iter(ledger._counters))
+    # 1000 x $0.15/M + 100 x $0.60/M = $0.000210, and the failed call counts nothing.
+    assert ledger.totals(key).settled == 210_000
+    assert ledger.totals(key).used == 210_000
+
+
+def test_a_customer_and_a_feature_cap_both_hold(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    ledger = MemoryLedger()
+    budgets = [
+        Budget({"customer_id": "*"}, "daily", Decimal(1)),
+        Budget({"feature": "search"}, "daily", Decimal("0.00005")),  # one call's worst case is $0.0000315
+    ]
+    guarded(instrumented, BudgetGuard(budgets, ledger))
+    with costspan.attribute(customer_id="acme", feature="search"):
+        chat(client)
+        with pytest.raises(BudgetExceeded, match="feature=search"):
+            chat(client)
+    customer_key = next(k for k in ledger._counters if k.startswith("customer_id=acme"))
+    # The refused call's customer reservation was released.
+    assert ledger.totals(customer_key).used == ledger.totals(customer_key).settled > 0
+
+
+def test_unattributed_and_uncapped_calls_pass(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    ledger = MemoryLedger()
+    guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal(0))], ledger))
+    chat(client)  # no customer_id: no budget covers it
+    with costspan.attribute(customer_id="other"):
+        chat(client)
+    assert ledger._counters == {}
+
+
+# --- alerts ----------------------------------------------------------------------------------------------------
+
+
+def test_alerts_fire_once_per_window(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [datetime(2026, 11, 5, 10, tzinfo=UTC)]
+    alerts: list[BudgetAlert] = []
+    # Each call costs $0.000210 exactly (scripted), worst case $0.0000315 + ... -> cap for ~10 calls.
+    budget = Budget({"customer_id": "acme"}, "daily", Decimal("0.0021"))
+    guard = BudgetGuard(
+        [budget], MemoryLedger(), on_alert=alerts.append, clock=lambda: now[0], default_max_output_tokens=100
+    )
+    pipeline = guarded(instrumented, guard)
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
+
+    def spend(calls: int) -> int:
+        refused = 0
+        for _ in range(calls):
+            fake_openai.script(Scripted(usage=usage))
+            try:
+                with costspan.attribute(customer_id="acme"):
+                    chat(client, max_tokens=100)
+            except BudgetExceeded:
+                refused += 1
+        fake_openai.state.script.clear()
+        return refused
+
+    with caplog.at_level(logging.WARNING, logger="costspan"):
+        refused = spend(30)
+    assert refused > 0
+    assert [a.percent for a in alerts] == ["80%", "100%"]
+    assert alerts[0].spent_usd == Decimal("0.00168")  # the 8th call of $0.00021 crossed 80% of $0.0021
+    assert len([r for r in caplog.records if "reached 80%" in r.getMessage()]) == 1
+    events = [e for s in pipeline.spans() for e in s.events if e.name == semconv.EVENT_BUDGET_ALERT]
+    assert len(events) == 2
+
+    now[0] = datetime(2026, 11, 6, 10, tzinfo=UTC)  # the next day: a new window, alerts fire again
+    spend(30)
+    assert [a.percent for a in alerts] == ["80%", "100%", "80%", "100%"]
+    assert alerts[2].window.start == datetime(2026, 11, 6, tzinfo=UTC)
+
+
+# --- guardrails ------------------------------------------------------------------------------------------------
+
+
+def test_large_prompt_event_warning_and_refusal(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = BudgetGuard([], MemoryLedger(), prompt_warn_tokens=1_000, prompt_refuse_tokens=5_000)
+    pipeline = guarded(instrumented, guard)
+    big = [{"role": "user", "content": "x" * 8_000}]  # about 2,000 tokens
+    huge = [{"role": "user", "content": "x" * 40_000}]  # about 10,000 tokens
+    with caplog.at_level(logging.WARNING, logger="costspan"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=big)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o-mini", messages=big)  # type: ignore[arg-type]
+        with pytest.raises(PromptTooLarge, match="prompt_refuse_tokens"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=huge)  # type: ignore[arg-type]
+    assert len(fake_openai.received) == 2
+    spans = pipeline.spans()
+    assert all(any(e.name == semconv.EVENT_PROMPT_LARGE for e in s.events) for s in spans)
+    assert len([r for r in caplog.records if "crossed prompt_warn_tokens" in r.getMessage()]) == 1  # rate-limited
+    assert spans[2].attributes is not None
+    assert spans[2].attributes[semconv.COSTSPAN_REFUSED] == "PromptTooLarge"
+
+
+# --- the ledger is down ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_ledger_down(policy: str, fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]) -> None:
+    dead = RedisLedger.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    guard = BudgetGuard([Budget({"customer_id": "*"}, "monthly", Decimal(1))], dead, on_ledger_error=policy)
+    pipeline = guarded(instrumented, guard)
+    with costspan.attribute(customer_id="acme"):
+        if policy == "open":
+            chat(client)
+            assert len(fake_openai.received) == 1
+        else:
+            with pytest.raises(BudgetUnavailable, match="unreachable"):
+                chat(client)
+            assert fake_openai.received == []
+    assert guard.ledger_errors == 1
+    assert any(e.name == semconv.EVENT_BUDGET_LEDGER_ERROR for e in pipeline.span().events)
+
+
+# --- configured by environment variable -----------------------------------------------------------------------
+
+
+def test_budget_file_from_the_environment(
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    instrumented: list[Pipeline],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(f'ledger = "sqlite://{tmp_path}/ledger.sqlite3"\n[[budget]]\ncustomer_id = "*"\nlimit_usd = 0\n')
+    monkeypatch.setenv("OTEL_COSTSPAN_BUDGET_FILE", str(path))
+    instrumented.append(make_pipeline())
+    with costspan.attribute(customer_id="acme"), pytest.raises(BudgetExceeded):
+        chat(client)
+
+
+def test_a_broken_budget_file_is_reported_and_calls_go_on(
+    fake_openai: FakeOpenAI,
+    client: openai.OpenAI,
+    instrumented: list[Pipeline],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("OTEL_COSTSPAN_BUDGET_FILE", str(tmp_path / "missing.toml"))
+    with caplog.at_level(logging.ERROR, logger="costspan"):
+        instrumented.append(make_pipeline())
+    assert any("budgets are OFF" in r.getMessage() for r in caplog.records)
+    chat(client)
