@@ -49,7 +49,7 @@ def receiver(tmp_path: Path) -> Iterator[OTLPReceiver]:
     exporter.shutdown()
 
 
-def stored(path: Path) -> list[dict[str, Any]]:
+def stored(path: str | Path | None) -> list[dict[str, Any]]:
     with Store(path) as store:
         return [dict(row) for row in store.query("SELECT * FROM spans ORDER BY start_ns")]
 
@@ -118,7 +118,7 @@ def test_sdk_otlp_exporter_round_trip_stores_the_same_rows(
     # The SDK's own OTLP/HTTP exporter, gzip on, sends what the instrumentor produced.
     exporter = OTLPSpanExporter(endpoint=receiver.endpoint + "/v1/traces", compression=Compression.Gzip)
     assert exporter.export(llm_spans).name == "SUCCESS"
-    rows = stored(receiver.exporter.path)  # type: ignore[arg-type]
+    rows = stored(receiver.exporter.path)
     # One span -> row mapping: the row stored from the wire equals the row of the in-process span.
     expected = sorted(filter(None, map(row_from_span, llm_spans)), key=lambda r: r.start_ns)
     assert len(rows) == 3 == len(expected)
@@ -142,7 +142,7 @@ def test_json_and_duplicate_delivery(receiver: OTLPReceiver, llm_spans: list[Rea
         assert status == 200
         response = json_format.Parse(raw, ExportTraceServiceResponse())
         assert not response.HasField("partial_success")
-    assert len(stored(receiver.exporter.path)) == 3  # type: ignore[arg-type]
+    assert len(stored(receiver.exporter.path)) == 3
     assert (receiver.counts.stored, receiver.counts.duplicates) == (3, 3)
 
 
@@ -156,7 +156,7 @@ def test_malformed_span_is_rejected_alone(receiver: OTLPReceiver, llm_spans: lis
     response = ExportTraceServiceResponse.FromString(raw)
     assert response.partial_success.rejected_spans == 1
     assert "trace id must be 16 bytes" in response.partial_success.error_message
-    assert len(stored(receiver.exporter.path)) == 2  # type: ignore[arg-type]
+    assert len(stored(receiver.exporter.path)) == 2
 
 
 @pytest.mark.parametrize(

@@ -110,25 +110,28 @@ def _label(value: Any) -> str:
 
 
 def usd(value: float | None) -> str:
-    """Dollars as people read them: cents from a dollar up, three significant digits below."""
+    """Dollars as people read them: cents from a dollar up, three significant digits below ($0.424, $0.0013)."""
     if value is None:
         return "n/a"
-    if abs(value) >= 1:
+    if abs(value) >= 1 or value == 0:
         return f"${value:,.2f}"
-    if value == 0:
-        return "$0.00"
-    return f"${value:.{max(2, 2 - math.floor(math.log10(abs(value))))}f}"
+    return _cents_at_least(f"{value:.{2 - math.floor(math.log10(abs(value)))}f}")
 
 
 def tick(value: float) -> str:
     """An axis label: as few decimals as the round value needs, at least cents ($0.0125, $0.05, $20.00)."""
-    text = f"{value:,.6f}".rstrip("0")
-    whole, _, decimals = text.partition(".")
-    return f"${whole}.{decimals.ljust(2, '0')}"
+    return _cents_at_least(f"{value:,.6f}")
+
+
+def _cents_at_least(number: str) -> str:
+    whole, _, decimals = number.partition(".")
+    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
 def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
+    if value is None:
+        return "n/a"
+    return "<0.1%" if 0 < value < 0.0005 else f"{value * 100:.1f}%"
 
 
 def count(value: float | None) -> str:

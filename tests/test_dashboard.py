@@ -1,0 +1,168 @@
+"""``costspan dashboard``: one offline HTML page, checked for its numbers and rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from costspan.cli import main
+from costspan.dashboard import nice_ceiling, percent, tick, usd
+from costspan.store import CostRow, Store
+
+NOW = datetime.now(timezone.utc)
+DAY = timedelta(days=1)
+
+# (age, feature, route, customer, cost, input tokens, cached tokens): hand-picked dollars, so totals are exact.
+CALLS = [
+    (2 * DAY, "support-chat", "POST /chat", "acme", 1.50, 1000, 500),
+    (2 * DAY, "search", "GET /search", "globex", 0.25, 200, 0),
+    (1 * DAY, "support-chat", "POST /chat", "globex", 2.00, 3000, 1500),
+    (1 * DAY, "summarize", "POST /summarize", "acme", 4.00, 8000, 0),
+    (timedelta(minutes=5), "summarize", "POST /summarize", "initech", 0.60, 1200, 0),
+]
+TOTAL = "$8.35"  # 1.50 + 0.25 + 2.00 + 4.00 + 0.60
+EXPECTED = {
+    "summarize": "$4.60",
+    "support-chat": "$3.50",
+    "acme": "$5.50",
+    "globex": "$2.25",
+    "POST /summarize": "$4.60",
+    "cache": "50.0%",  # support-chat: (500 + 1500) / (1000 + 3000)
+}
+
+
+def row(
+    i: int, age: timedelta, feature: str, route: str, customer: str, cost: float, tokens: int, cached: int
+) -> CostRow:
+    return CostRow(
+        span_id=f"{i + 1:016x}",
+        trace_id=f"{i + 1:032x}",
+        parent_span_id=None,
+        start_ns=int((NOW - age).timestamp() * 1e9),
+        feature=feature,
+        route=route,
+        customer_id=customer,
+        environment="prod",
+        service="shop",
+        provider="openai",
+        operation="chat",
+        request_model="gpt-4.1",
+        response_model="gpt-4.1-2025-04-14",
+        input_tokens=tokens,
+        cached_tokens=cached,
+        output_tokens=100,
+        latency_ms=250.0,
+        cost_usd=cost,
+        pricing_status="priced",
+    )
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "store.sqlite3"
+    with Store(path) as store:
+        store.insert(row(i, *call) for i, call in enumerate(CALLS))
+    return path
+
+
+@pytest.fixture
+def page(store_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    out = tmp_path / "spend.html"
+    assert main(["dashboard", "--out", str(out), "--store", str(store_path)]) == 0
+    assert f"{TOTAL} over 5 calls" in capsys.readouterr().out
+    yield out
+
+
+def test_formatting() -> None:
+    assert [usd(v) for v in (0, 0.4243, 0.000001264, 1, 1234.567)] == [
+        "$0.00",
+        "$0.424",
+        "$0.00000126",
+        "$1.00",
+        "$1,234.57",
+    ]
+    assert [tick(v) for v in (0, 0.0125, 0.05, 20, 1250.5)] == ["$0.00", "$0.0125", "$0.05", "$20.00", "$1,250.50"]
+    assert [nice_ceiling(v) for v in (0, 0.7, 1, 1.2, 2.2, 3, 7.5, 0.031)] == [1, 1, 1, 2, 2.5, 5, 10, 0.05]
+    assert [percent(v) for v in (None, 0.0, 0.0004, 0.5)] == ["n/a", "0.0%", "<0.1%", "50.0%"]
+
+
+def test_page_is_self_contained_with_the_expected_numbers(page: Path) -> None:
+    html = page.read_text("utf-8")
+    # Nothing fetched from anywhere: no scripts, stylesheets, images or fonts by URL (the SVG namespace is a name).
+    assert not re.search(r"<script|<link|<img|@import|url\(", html, re.IGNORECASE)
+    assert re.findall(r"https?://[^\s\"'<]+", html) == ["http://www.w3.org/2000/svg"]
+    assert TOTAL in html
+    for name, figure in EXPECTED.items():
+        assert figure in html, name
+    # Three daily bars with spend; stacked segments carry exact figures in their tooltips.
+    assert html.count("<rect ") == 5
+    assert "summarize: $4.00</title>" in html
+
+
+def test_empty_period_and_filters(store_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none.html"
+    assert main(["dashboard", "--out", str(out), "--store", str(store_path), "--where", "customer_id=nobody"]) == 0
+    html = out.read_text("utf-8")
+    assert "No calls in this period." in html and "customer_id = nobody" in html
+    assert main(["dashboard", "--out", str(out), "--store", str(store_path), "--since", "1h", "--env", "prod"]) == 0
+    html = out.read_text("utf-8")
+    assert "$0.60" in html and "Spend per hour" in html and "$4.60" not in html
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", "--out", str(tmp_path / "x.html"), "--store", str(tmp_path / "nope.sqlite3")]) == 2
+    assert "costspan demo" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
+
+
+def _chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup-system installs it)")
+    return binary
+
+
+def _headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.integration
+def test_renders_in_headless_chromium(page: Path, tmp_path: Path) -> None:
+    binary = _chromium()
+    shot = tmp_path / "spend.png"
+    result = _headless(binary, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri())
+    assert shot.exists(), result.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1280, 2000)
+    assert len(png) > 20_000  # a blank page compresses to a few kilobytes
+
+    dom = _headless(binary, tmp_path / "profile", "--dump-dom", page.as_uri()).stdout
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert TOTAL in text
+    for name, figure in EXPECTED.items():
+        assert figure in text, name
+    assert dom.count("<rect ") == 5

@@ -1,0 +1,141 @@
+"""``costspan demo``: the whole path a new user sees, against the bundled stand-in and a real SQLite store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from costspan.cli import main
+from costspan.cli.demo import demo_store_path
+from costspan.demo import BURST_CUSTOMER, simulated_traffic
+from costspan.fakeopenai import FakeOpenAI
+from costspan.store import Store
+
+FEATURE_ROUTES = {
+    "support-chat": "POST /api/chat",
+    "summarize": "POST /api/documents/summarize",
+    "search-embeddings": "GET /api/search",
+    "nightly-batch": "cron:nightly-batch",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("COSTSPAN_STORE_PATH", raising=False)
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    with Store(path, create=False) as store:
+        return [dict(r) for r in store.query("SELECT * FROM spans")]
+
+
+def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--requests", "80"]) == 0
+    out, err = capsys.readouterr()
+    store = demo_store_path()
+    assert store == tmp_path / "data" / "costspan" / "demo.sqlite3"
+    # Progress while it runs, the report by feature and by customer after, then what to try next.
+    assert "requests" in err and "[##############################]" in err
+    assert f"--by feature --since 30d --store {store}" in out and "--by customer_id" in out
+    for name in [*FEATURE_ROUTES, "acme", BURST_CUSTOMER, "system"]:
+        assert name in out
+    assert "costspan dashboard --out spend.html" in out and "costspan alerts" in out
+
+    stored = rows(store)
+    assert len(stored) > 80
+    # Baggage set per request by the middleware, features by the handlers, across 4 worker threads: every row
+    # is fully attributed and no request's attribution leaked into another's.
+    for row in stored:
+        assert row["environment"] == "prod" and row["service"] == "support-app"
+        assert FEATURE_ROUTES[str(row["feature"])] == row["route"]
+        assert (row["customer_id"] == "system") == (row["feature"] == "nightly-batch")
+        assert row["pricing_status"] == "priced" and row["cost_usd"] > 0
+    models = Counter(str(row["request_model"]) for row in stored)
+    assert set(models) == {"gpt-4o-mini", "gpt-4.1", "gpt-5", "text-embedding-3-small"}
+    chat = [row for row in stored if row["feature"] == "support-chat"]
+    assert all(row["cached_tokens"] > 0 for row in chat)
+    assert any((row["reasoning_tokens"] or 0) > 0 for row in stored)
+
+    # Two weeks of history, and the last full hour belongs to one customer's burst.
+    starts = sorted(row["start_ns"] for row in stored)
+    assert timedelta(days=12) < timedelta(microseconds=(starts[-1] - starts[0]) / 1000) <= timedelta(days=14)
+    this_hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    last_hour = (this_hour - timedelta(hours=1)).timestamp() * 1e9, this_hour.timestamp() * 1e9
+    burst = [row for row in stored if last_hour[0] <= row["start_ns"] < last_hour[1]]
+    assert burst and {(r["customer_id"], r["feature"]) for r in burst} == {(BURST_CUSTOMER, "support-chat")}
+
+    # A second run starts the demo store afresh instead of doubling it.
+    assert main(["demo", "--requests", "80"]) == 0
+    assert len(rows(store)) == len(stored)
+
+
+def test_explicit_store_is_appended_to_and_never_deleted(tmp_path: Path) -> None:
+    store = tmp_path / "mine.sqlite3"
+    assert main(["demo", "--requests", "10", "--store", str(store)]) == 0
+    first = len(rows(store))
+    assert main(["demo", "--requests", "10", "--store", str(store)]) == 0
+    assert len(rows(store)) == 2 * first
+    assert not demo_store_path().exists()
+
+
+def test_real_api_mode_makes_a_few_small_calls(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # OPENAI_API_KEY / OPENAI_BASE_URL as a user sets them for the real API (pointed here at the stand-in).
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    before = datetime.now(timezone.utc).timestamp() * 1e9
+    assert main(["demo"]) == 0
+    assert "about ten small calls go to" in capsys.readouterr().err
+    assert 8 <= len(fake_openai.received) <= 12
+    assert {r.body.get("model") for r in fake_openai.received} == {"gpt-4o-mini", "text-embedding-3-small"}
+    stored = rows(demo_store_path())
+    assert len(stored) == len(fake_openai.received)
+    assert all(row["start_ns"] >= before for row in stored)  # real timestamps
+
+
+def test_offline_flag_ignores_the_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-would-cost-money")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: any call would fail
+    assert main(["demo", "--offline", "--requests", "10"]) == 0
+    assert "local OpenAI stand-in" in capsys.readouterr().err
+
+
+def test_failing_app_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # connection refused
+    assert main(["demo"]) == 1
+    assert "the demo app failed: APIConnectionError" in capsys.readouterr().err
+
+
+def test_traffic_shape() -> None:
+    now = datetime(2026, 11, 23, 10, 30, tzinfo=timezone.utc)
+    visits = simulated_traffic(now, days=14, requests=400)
+    routes = Counter(v.route for v in visits)
+    assert routes["cron:nightly-batch"] == 14
+    assert sum(routes.values()) == 400 + 14 + 40
+    assert all(now - timedelta(days=14, hours=1) <= v.at < now.replace(minute=0) for v in visits)
+    assert visits == simulated_traffic(now, days=14, requests=400)  # deterministic
+
+
+@pytest.mark.integration
+def test_demo_from_a_fresh_process(tmp_path: Path) -> None:
+    """What the README's first command runs: `costspan demo` in its own process, nothing set up beforehand."""
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "costspan"), "demo"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "support-chat" in result.stdout and "$" in result.stdout
+    assert (tmp_path / ".local" / "share" / "costspan" / "demo.sqlite3").exists()
