@@ -166,6 +166,7 @@ _Locate = Callable[[Sequence[str | int]], int | None]
 
 
 def _parse_toml(shown: str, text: str) -> tuple[Any, _Locate]:
+    lines = text.splitlines()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -173,8 +174,15 @@ def _parse_toml(shown: str, text: str) -> tuple[Any, _Locate]:
         found = re.search(r"\(at line (\d+), column \d+\)", message)
         line = int(found.group(1)) if found else None
         message = message[: found.start()].strip() if found else message
-        raise PricingFileError(shown, f"not valid TOML: {message}", line=line) from None
-    lines = text.splitlines()
+        if line is None and message.endswith("(at end of document)"):
+            line = len(lines)
+        field = None
+        if line is not None and line <= len(lines):
+            key = _KEY.match(lines[line - 1])
+            field = next((k for k in key.groups() if k), None) if key else None
+            if _DATE.search(lines[line - 1]):
+                message += " (is it a real date, written 2026-05-01?)"
+        raise PricingFileError(shown, f"not valid TOML: {message}", line=line, field=field) from None
     return data, lambda path: _toml_line(lines, path)
 
 
@@ -384,8 +392,10 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(where, f"must be {what} (a number), got {_kind(value)} {value!r}")
         number = Decimal(str(value))  # str() keeps 0.15 as 0.15, not its binary approximation
-        if not number.is_finite() or number < 0:
-            raise self.fail(where, f"must be {what}, not negative or infinite, got {value}")
+        if not number.is_finite():
+            raise self.fail(where, f"must be a finite number, got {value}")
+        if number < 0:
+            raise self.fail(where, f"{what} cannot be negative, got {value}")
         return number
 
     def date(self, value: Any, where: Sequence[str | int]) -> date | None:
