@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import costspan
 from costspan.cli import main
 from costspan.cli.demo import demo_store_path
 from costspan.demo import BURST_CUSTOMER, simulated_traffic
@@ -73,6 +74,13 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     burst = [row for row in stored if last_hour[0] <= row["start_ns"] < last_hour[1]]
     assert burst and {(r["customer_id"], r["feature"]) for r in burst} == {(BURST_CUSTOMER, "support-chat")}
 
+    # The burst is what `costspan alerts` pages on (evaluated at the hour the demo ran, whatever the clock says now).
+    at = datetime.fromtimestamp(starts[-1] / 1e9, timezone.utc).replace(minute=0, second=0, microsecond=0)
+    at += timedelta(hours=1)
+    assert main(["alerts", "--by", "customer_id", "--at", at.strftime("%Y-%m-%dT%H:%M"), "--store", str(store)]) == 1
+    alerts = capsys.readouterr().out
+    assert BURST_CUSTOMER in alerts and "acme" not in alerts
+
     # A second run starts the demo store afresh instead of doubling it.
     assert main(["demo", "--requests", "80"]) == 0
     assert len(rows(store)) == len(stored)
@@ -117,6 +125,16 @@ def test_failing_app_is_reported_not_raised(
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # connection refused
     assert main(["demo"]) == 1
     assert "the demo app failed: APIConnectionError" in capsys.readouterr().err
+
+
+def test_missing_openai_sdk_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "openai", None)  # as on a machine with only `pip install costspan`
+    monkeypatch.delitem(sys.modules, "costspan.demo")
+    monkeypatch.delattr(costspan, "demo")
+    assert main(["demo"]) == 2
+    assert "pip install 'costspan[instruments]'" in capsys.readouterr().err
 
 
 def test_traffic_shape() -> None:

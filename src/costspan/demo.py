@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
+import openai
 from opentelemetry import baggage, context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -34,6 +35,7 @@ from opentelemetry.trace import SpanKind
 import costspan
 from costspan.exporter import CostspanSpanExporter
 from costspan.fakeopenai import FakeOpenAI
+from costspan.instrumentor import CostspanInstrumentor
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli", "stark-industries")
 CUSTOMER_WEIGHTS = (34, 22, 16, 12, 9, 7)
@@ -286,10 +288,6 @@ def run(
     progress_stream: IO[str] | None = None,
 ) -> DemoRun:
     """Run the demo app and write its spans to ``store``. Against the stand-in unless ``real_api``."""
-    import openai
-
-    from costspan.instrumentor import CostspanInstrumentor
-
     started = time.monotonic()
     now = datetime.now(timezone.utc)
     visits = real_api_traffic(now) if real_api else simulated_traffic(now, days=days, requests=requests)

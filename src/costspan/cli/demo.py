@@ -57,7 +57,15 @@ def _fresh(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costspan import demo
+    try:
+        from costspan import demo
+    except ImportError as exc:  # openai is an optional dependency of costspan, and the demo drives the real SDK
+        print(
+            f"costspan demo: {exc.name or 'a package'} is not installed; the demo drives the real OpenAI SDK. "
+            "Install it with: pip install 'costspan[instruments]'",
+            file=sys.stderr,
+        )
+        return 2
     from costspan.cli import main as costspan_main
 
     if args.requests < 1:
@@ -97,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
         if status:
             return status
     quoted = shlex.quote(str(store))
-    burst = "" if real_api else f"   # flags {demo.BURST_CUSTOMER}'s burst in the last hour"
+    burst = "" if real_api else f"   # flags {demo.BURST_CUSTOMER}'s burst in the last full hour"
     print(
         "\nNext, try:\n"
         f"  costspan report --by feature,route --every day --since 7d --store {quoted}\n"
-        f"  costspan alerts --store {quoted}{burst}\n"
+        f"  costspan alerts --by customer_id --store {quoted}{burst}\n"
         f"  costspan dashboard --out spend.html --store {quoted}   # then open spend.html in a browser\n"
         "Then instrument your own app: pip install costspan, and run it under\n"
         "  opentelemetry-instrument --traces_exporter costspan python app.py"
