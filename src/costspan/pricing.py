@@ -79,6 +79,9 @@ _USAGE_KEYS: Mapping[str, str] = {
 }
 
 
+_REPORTED = frozenset(_USAGE_KEYS.values())
+
+
 def usage_counts(usage: Usage) -> dict[str, int]:
     """The usage as genai-prices usage keys (zero counts left out)."""
     counts = {}
@@ -150,6 +153,10 @@ class PriceSheet:
             except KeyError:
                 continue
             priced.append((unit, value))
+        self.joins = _joins([unit for unit, _ in priced])
+        # A unit no Usage reports (web searches, cached audio...) always has a zero count: leave it out of the
+        # per-call loop. Joins were found above, on the full set.
+        priced = [(unit, value) for unit, value in priced if unit.usage_key in _REPORTED]
         # Most specific first, as genai-prices' decomposition does, so descendants are computed before parents.
         priced.sort(key=lambda pair: (-len(pair[0].dimensions), pair[0].usage_key))
         units: list[_PricedUnit] = []
@@ -164,7 +171,6 @@ class PriceSheet:
                 _PricedUnit(unit.usage_key, unit.price_key, rate, tiers, _bucket(unit.dimensions), descendants)
             )
         self.units = tuple(units)
-        self.joins = _joins([unit for unit, _ in priced])
         self.model_price = model_price
 
     def _ambiguous(self, counts: Mapping[str, int]) -> bool:
