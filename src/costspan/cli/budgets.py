@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             "spent_usd": float(s.spent_usd),
             "limit_usd": float(s.budget.limit_usd),
             "used": float(s.used),
-            "mark": f"{s.mark * 100:g}%" if s.mark is not None else None,
+            "mark": f"{float(s.mark) * 100:g}%" if s.mark is not None else None,
         }
         for s in sorted(found, key=lambda s: -s.used)
     ]

@@ -1,0 +1,110 @@
+"""`costspan report` on a real store file: the table, CSV and JSON outputs, buckets, top N and errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from costspan.cli import main
+from costspan.store import Store
+from tests.test_store import T0, row
+
+AT = (T0 + timedelta(days=1)).isoformat()  # --until for every command: the data is in the day before
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    path = tmp_path / "report.sqlite3"
+    with Store(path) as store:
+        store.insert(
+            [
+                row(1, feature="search", customer_id="acme", input_tokens=1000, cached_tokens=250, cost_usd=1.25),
+                row(2, T0 + timedelta(hours=2), feature="search", customer_id="globex", cost_usd=0.75),
+                row(3, feature="chat", customer_id="acme", input_tokens=400, output_tokens=90, cost_usd=3.5),
+                row(4, feature="chat", customer_id="acme", cost_usd=None, pricing_status="unknown_model"),
+                row(5, feature="summarize", customer_id="initech", environment="staging", cost_usd=9.0),
+            ]
+        )
+    return str(path)
+
+
+def report(capsys: pytest.CaptureFixture[str], store_path: str, *args: str) -> str:
+    assert main(["report", "--store", store_path, "--since", T0.isoformat(), "--until", AT, *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_table_is_aligned_sorted_by_spend_and_explains_unpriced_calls(
+    capsys: pytest.CaptureFixture[str], store_path: str
+) -> None:
+    out = report(capsys, store_path, "--env", "prod")
+    header, rule, chat, search, _, summary, note = out.splitlines()[:7]
+    assert header.split() == ["feature", "requests", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
+                              "cache", "hit", "p95", "prompt"]  # fmt: skip
+    assert len(rule) == len(header)
+    assert chat.split()[:3] == ["chat", "2", "$3.5000"]
+    assert search.split()[:5] == ["search", "2", "$2.0000", "1,100", "20"]
+    assert search.split()[-3:] == ["ms", "22.7%", "1,000"]  # 250/1100 cached; p95 of (1000, 100)
+    assert header.index("spend") + len("spend") == chat.index("$3.5000") + len("$3.5000")  # right-aligned
+    assert summary == "2 rows, 4 requests, $5.5000 spent."
+    assert note.startswith("1 requests have no price")
+
+
+def test_csv_and_json_carry_the_raw_figures(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
+    rows = list(
+        csv.DictReader(io.StringIO(report(capsys, store_path, "--by", "customer_id,feature", "--format", "csv")))
+    )
+    assert [(r["customer_id"], r["feature"], r["spend_usd"]) for r in rows] == [
+        ("initech", "summarize", "9.0"),
+        ("acme", "chat", "3.5"),
+        ("acme", "search", "1.25"),
+        ("globex", "search", "0.75"),
+    ]
+    assert rows[1]["unpriced"] == "1" and rows[1]["requests"] == "2"
+    assert rows[2]["cache_hit_rate"] == "0.25"
+
+    data = json.loads(report(capsys, store_path, "--by", "customer_id", "--top", "2", "--format", "json"))
+    assert [(r["customer_id"], r["spend_usd"]) for r in data] == [("initech", 9.0), ("acme", 4.75)]
+    assert set(data[0]) == {
+        "customer_id", "requests", "spend_usd", "unpriced", "input_tokens", "output_tokens", "cached_tokens",
+        "avg_latency_ms", "cache_hit_rate", "p95_input_tokens", "retries",
+    }  # fmt: skip
+
+
+def test_hourly_buckets(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
+    data = json.loads(report(capsys, store_path, "--where", "feature=search", "--every", "hour", "--format", "json"))
+    assert [(r["bucket"], r["requests"]) for r in data] == [("2026-11-02T09:00:00Z", 1), ("2026-11-02T11:00:00Z", 1)]
+    table = report(capsys, store_path, "--where", "feature=search", "--every", "day")
+    assert "day (UTC)" in table and "2026-11-02 00:00" in table
+
+
+def test_empty_period_says_what_to_try(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
+    assert "No LLM spans in this period" in report(capsys, store_path, "--env", "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--by", "colour"], "cannot group by 'colour'; choose from feature, route"),
+        (["--since", "last tuesday"], "cannot read time 'last tuesday'"),
+        (["--where", "feature"], "use KEY=VALUE"),
+    ],
+)
+def test_bad_input_exits_2_with_advice(
+    capsys: pytest.CaptureFixture[str], store_path: str, args: list[str], message: str
+) -> None:
+    assert main(["report", "--store", store_path, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_or_damaged_store_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["report", "--store", str(tmp_path / "nothing.sqlite3")]) == 2
+    assert "no costspan store at" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"\0garbage" * 512)
+    assert main(["report", "--store", str(damaged)]) == 2
+    assert f"mv {damaged} {damaged}.damaged" in capsys.readouterr().err
