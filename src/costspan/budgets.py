@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -134,9 +134,10 @@ class Window:
     start: datetime
     end: datetime
 
-    @property
-    def id(self) -> str:
-        return f"{self.kind}@{self.start.isoformat()}"
+    id: str = field(init=False)  # e.g. "monthly@2026-11-01T00:00:00+01:00": part of the ledger key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.kind}@{self.start.isoformat()}")
 
 
 def window_at(kind: str, now: datetime, tz: ZoneInfo) -> Window:
@@ -366,14 +367,14 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     count once the response says it.
     """
     chars = images = messages = 0
-    for field in _PROMPT_FIELDS:
-        value = body.get(field)
+    for name in _PROMPT_FIELDS:
+        value = body.get(name)
         if value is None:
             continue
         c, i = _measure(value)
         chars += c
         images += i
-        if field in ("messages", "input") and isinstance(value, list):
+        if name in ("messages", "input") and isinstance(value, list):
             messages += len(value)
     return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * (messages + 1) + _TOKENS_PER_IMAGE * images
 
@@ -390,9 +391,10 @@ class _Held:
     reservation: Reservation
 
 
-def _ledger_key(subject: Mapping[str, str], window: Window) -> str:
-    scope = "|".join(f"{k}={quote(v, safe='')}" for k, v in subject.items())
-    return f"{scope}|{window.id}"
+@functools.lru_cache(maxsize=4096)
+def _ledger_key(subject: tuple[tuple[str, str], ...], window_id: str) -> str:
+    scope = "|".join(f"{k}={quote(v, safe='')}" for k, v in subject)
+    return f"{scope}|{window_id}"
 
 
 class BudgetGuard:
@@ -428,6 +430,8 @@ class BudgetGuard:
         self._lock = threading.Lock()
         self._last_warning: dict[str, float] = {}
         self._alerted: set[tuple[str, str]] = set()
+        self._caps = {id(budget): to_nano(budget.limit_usd) for budget in self.budgets}
+        self._windows: dict[tuple[str, str], tuple[Window, float]] = {}
         # (scope keys, window) -> {scope values, "*" allowed -> budget}: a call finds its budgets by lookups.
         self._index: dict[tuple[tuple[str, ...], str], dict[tuple[str, ...], Budget]] = {}
         for budget in self.budgets:
@@ -448,10 +452,9 @@ class BudgetGuard:
         amount = to_nano(worst) if worst is not None else 0
         held: list[_Held] = []
         for budget, subject in matches:
-            window = window_at(budget.window, now, budget.tz)
-            key = _ledger_key(subject, window)
-            cap = to_nano(budget.limit_usd)
-            expires_at = window.end.timestamp() + EXPIRY_GRACE_S
+            window, expires_at = self._window(budget, now)
+            key = _ledger_key(tuple(subject.items()), window.id)
+            cap = self._caps[id(budget)]
             try:
                 reservation, used = self.ledger.reserve(key, amount, cap, expires_at)
             except Exception as exc:
@@ -466,6 +469,17 @@ class BudgetGuard:
         return functools.partial(self._settle, held, span)
 
     # -- the parts --
+
+    def _window(self, budget: Budget, now: datetime) -> tuple[Window, float]:
+        """The budget's current window and when its counters expire; computed once per window."""
+        cache_key = (budget.window, budget.tz.key)
+        cached = self._windows.get(cache_key)
+        if cached is not None and cached[0].start <= now < cached[0].end:
+            return cached
+        window = window_at(budget.window, now, budget.tz)
+        fresh = (window, window.end.timestamp() + EXPIRY_GRACE_S)
+        self._windows[cache_key] = fresh
+        return fresh
 
     def matching(self, attribution: Mapping[str, str]) -> list[tuple[Budget, dict[str, str]]]:
         """The budgets that cover a call, each with the attribution values its window counts."""
