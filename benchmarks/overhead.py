@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/overhead.py [--rounds 15] [--calls 400] [--chunks 200]
 
 The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not drown the figure. Each round
-times, back to back: the bare SDK, the instrumented SDK, and the floor (one OTel SDK span started and ended with
-the same number of attributes through the same ``BatchSpanProcessor``). This machine is noisy, so the report is
-the median over interleaved rounds, and ratios.
+times, back to back: the bare SDK, the bare SDK followed by the floor (one OTel SDK span started and ended with the
+same number of attributes through the same ``BatchSpanProcessor``), and the instrumented SDK. The floor is the
+difference of the first two, so it is measured under the same cache pressure as costspan's own work. Times are
+the calling thread's CPU time, so other processes on a noisy machine do not count; the report is the median over
+interleaved rounds, and ratios.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
 streamed chunk.
@@ -88,10 +90,12 @@ def make_client(chunks: int) -> openai.OpenAI:
 
 
 def per_call_us(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter_ns()
+    # CPU time of the calling thread: other processes on a busy machine do not count, and neither does the
+    # span processor's export thread. What is left is what the user's call itself pays.
+    start = time.thread_time_ns()
     for _ in range(calls):
         fn()
-    return (time.perf_counter_ns() - start) / calls / 1000
+    return (time.thread_time_ns() - start) / calls / 1000
 
 
 def main() -> None:
@@ -142,11 +146,18 @@ def main() -> None:
         span.set_attributes(attributes)
         span.end()
 
-    results: dict[str, list[float]] = {k: [] for k in ("bare", "costspan", "floor", "bare_stream", "costspan_stream")}
+    def plain_with_floor_span() -> None:
+        # The floor measured where it would run: next to a real SDK call, with the same cache pressure.
+        plain()
+        floor()
+
+    keys = ("bare", "bare_floor", "costspan", "floor", "bare_stream", "costspan_stream")
+    results: dict[str, list[float]] = {k: [] for k in keys}
     for fn in (plain, streamed):  # warm up both paths
         fn()
     for _ in range(args.rounds):
         results["bare"].append(per_call_us(plain, args.calls))
+        results["bare_floor"].append(per_call_us(plain_with_floor_span, args.calls))
         results["bare_stream"].append(per_call_us(streamed, args.calls // 10))
         instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
         results["costspan"].append(per_call_us(plain, args.calls))
@@ -159,13 +170,15 @@ def main() -> None:
     added = [c - b for c, b in zip(results["costspan"], results["bare"], strict=True)]
     added_stream = [c - b for c, b in zip(results["costspan_stream"], results["bare_stream"], strict=True)]
     added_med = statistics.median(added)
+    floor_med = statistics.median(f - b for f, b in zip(results["bare_floor"], results["bare"], strict=True))
     per_chunk = (statistics.median(added_stream) - added_med) / args.chunks
     print(f"rounds={args.rounds} calls/round={args.calls} chunks/stream={args.chunks} attributes={len(attributes)}")
     print(f"  bare SDK call (mock transport)        {med['bare']:9.1f} µs")
     print(f"  instrumented SDK call                 {med['costspan']:9.1f} µs")
     print(f"  added by costspan (median of rounds)  {added_med:9.1f} µs")
-    print(f"  floor: one bare OTel span, same attrs {med['floor']:9.1f} µs")
-    print(f"  added / floor                         {added_med / med['floor']:9.2f} x   (target <= 1.5)")
+    print(f"  floor: one bare OTel span, same attrs {floor_med:9.1f} µs   (next to an SDK call)")
+    print(f"  floor, in a tight loop (hot caches)   {med['floor']:9.1f} µs")
+    print(f"  added / floor                         {added_med / floor_med:9.2f} x   (target <= 1.5)")
     print(f"  added / bare call                     {100 * added_med / med['bare']:9.2f} %   (target < 5)")
     print(f"  bare streamed call                    {med['bare_stream']:9.1f} µs")
     print(f"  instrumented streamed call            {med['costspan_stream']:9.1f} µs")

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, use_span
 
 from costspan import semconv
-from costspan.attribution import Attributor, CostspanRefusal
+from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
 from costspan.config import Settings
 from costspan.metrics import METRIC_ATTRIBUTION_KEYS, CallMetrics
 from costspan.pricing import STANDARD_TIERS, Cost, Pricer, as_utc, provider_price_id
@@ -171,16 +171,17 @@ class Telemetry:
         if request.server_address:
             attributes[semconv.SERVER_ADDRESS] = request.server_address
             attributes[semconv.SERVER_PORT] = request.server_port
+        attribution, missing = self.attributor.collect()
+        attributes.update(attribution)
+        if missing:
+            attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
         name = f"{request.operation} {request.model}" if request.model else request.operation
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
         call = Call(self, span, request, start_ns)
+        call.attribution = attribution
         try:
-            attribution, missing = self.attributor.collect()
-            if attribution:
-                span.set_attributes(attribution)
-            if missing:
-                span.set_attribute(semconv.COSTSPAN_ATTRIBUTION_MISSING, missing)
-            call.attribution = attribution
+            if missing and self.attributor.refuses_missing:
+                raise MissingAttributionError(missing)
             if self.settings.capture_content:
                 _record_input_content(span, request.body)
             if self.guards:

@@ -55,11 +55,12 @@ class Attributor:
         value = attributes.get(DEPLOYMENT_ENVIRONMENT_NAME) or attributes.get("deployment.environment")
         return str(value) if value else None
 
-    def collect(self) -> tuple[dict[str, str], list[str]]:
-        """Attribution of the current context, and the required keys it lacks.
+    @property
+    def refuses_missing(self) -> bool:
+        return self.policy == "raise"
 
-        Raises ``MissingAttributionError`` when the policy is ``raise``.
-        """
+    def collect(self) -> tuple[dict[str, str], list[str]]:
+        """Attribution of the current context, and the required keys it lacks (logged if the policy is warn)."""
         entries = baggage.get_all()
         found = {key: str(entries[key]) for key in self.keys if key in entries}
         if "environment" in self.keys and "environment" not in found:
@@ -67,14 +68,11 @@ class Attributor:
             if environment:
                 found["environment"] = environment
         missing = [key for key in self.required if key not in found]
-        if missing:
-            if self.policy == "raise":
-                raise MissingAttributionError(missing)
-            if self.policy == "warn":
-                now = time.monotonic()
-                if now - self._last_warning >= self.WARN_INTERVAL_S:
-                    self._last_warning = now
-                    logger.warning("costspan: OpenAI call without attribution for %s", ", ".join(missing))
+        if missing and self.policy == "warn":
+            now = time.monotonic()
+            if now - self._last_warning >= self.WARN_INTERVAL_S:
+                self._last_warning = now
+                logger.warning("costspan: OpenAI call without attribution for %s", ", ".join(missing))
         return found, missing
 
 
