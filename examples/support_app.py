@@ -29,7 +29,7 @@ import costspan
 
 client = openai.OpenAI(max_retries=1)  # OPENAI_API_KEY and OPENAI_BASE_URL from the environment
 
-SYSTEM_PROMPT = "You are Northwind Cloud's support assistant. Answer in two sentences and cite the help article. " * 30
+SYSTEM_PROMPT = "You are Northwind Cloud's support assistant. Answer in two sentences and cite the help article. " * 50
 
 
 @contextmanager

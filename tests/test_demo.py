@@ -45,7 +45,7 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     store = demo_store_path()
     assert store == tmp_path / "data" / "costspan" / "demo.sqlite3"
     # Progress while it runs, the report by feature and by customer after, then what to try next.
-    assert "requests" in err and "[##############################]" in err
+    assert "requests" in err and "[####################]" in err
     assert f"--by feature --since 30d --store {store}" in out and "--by customer_id" in out
     for name in [*FEATURE_ROUTES, "acme", BURST_CUSTOMER, "system"]:
         assert name in out

@@ -239,7 +239,9 @@ class Backdate(SpanExporter):
 
 # --- running it -----------------------------------------------------------------------------------------
 class Progress:
-    """One line on stderr, redrawn in place on a terminal and printed every 25% otherwise."""
+    """One line on stderr, under 80 columns: redrawn in place on a terminal, printed every 25% otherwise."""
+
+    WIDTH = 20
 
     def __init__(self, total: int, stream: IO[str] | None = None) -> None:
         self.total = total
@@ -257,10 +259,10 @@ class Progress:
             if not self.tty and quarter == self._last_quarter:
                 return
             self._last_quarter = quarter
-            filled = 30 * self.done // self.total
+            filled = self.WIDTH * self.done // self.total
             line = (
-                f"  [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} requests"
-                f"  {time.monotonic() - self.started:4.1f}s  {label:<32}"
+                f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} requests"
+                f"  {time.monotonic() - self.started:4.1f}s  {label[:29]:<29}"
             )
             self.stream.write(("\r" + line) if self.tty else line.rstrip() + "\n")
             if self.tty and self.done == self.total:
@@ -317,7 +319,7 @@ def run(
                     offset = int(visit.at.timestamp() * 1e9) - time.time_ns()
                     backdate.register(span.get_span_context().trace_id, offset)
                 app.handle(visit)
-            progress.step(f"{visit.route} ({visit.customer_id})")
+            progress.step(visit.route)
 
         with ThreadPoolExecutor(max_workers=1 if real_api else workers) as pool:
             for result in pool.map(serve, visits):
