@@ -146,17 +146,21 @@ def test_json_and_duplicate_delivery(receiver: OTLPReceiver, llm_spans: list[Rea
     assert (receiver.counts.stored, receiver.counts.duplicates) == (3, 3)
 
 
-def test_malformed_span_is_rejected_alone(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
+def test_malformed_spans_are_rejected_alone(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
     request = encode_spans(llm_spans)
     spans = request.resource_spans[0].scope_spans
     victim = next(s for scope in spans for s in scope.spans if s.name.startswith("chat"))
     victim.trace_id = b"\x01\x02\x03"
+    undated = next(s for scope in spans for s in scope.spans if s.name.startswith("embeddings"))
+    undated.start_time_unix_nano = 0
     status, raw = post(receiver.endpoint + "/v1/traces", request.SerializeToString())
     assert status == 200
     response = ExportTraceServiceResponse.FromString(raw)
-    assert response.partial_success.rejected_spans == 1
+    assert response.partial_success.rejected_spans == 2
     assert "trace id must be 16 bytes" in response.partial_success.error_message
-    assert len(stored(receiver.exporter.path)) == 2
+    assert "no start time" in response.partial_success.error_message
+    assert len(stored(receiver.exporter.path)) == 1
+    assert receiver.counts.rejected == 2 and receiver.counts.ignored == 1
 
 
 @pytest.mark.parametrize(
@@ -166,6 +170,7 @@ def test_malformed_span_is_rejected_alone(receiver: OTLPReceiver, llm_spans: lis
         ("/v1/traces", PROTOBUF, "gzip", b"not gzip", 400),
         ("/v1/traces", PROTOBUF, "br", b"", 400),
         ("/v1/traces", JSON, None, b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', 400),
+        ("/v1/traces", JSON, None, b"[]", 400),
         ("/v1/traces", "text/plain", None, b"hello", 415),
         ("/v1/nope", PROTOBUF, None, b"", 404),
     ],

@@ -94,7 +94,10 @@ def decode_request(body: bytes, content_type: str, content_encoding: str = "") -
     request = ExportTraceServiceRequest()
     try:
         if content_type == JSON:
-            json_format.ParseDict(_hex_ids_to_base64(json.loads(body or b"{}")), request, ignore_unknown_fields=True)
+            document = json.loads(body or b"{}")
+            if not isinstance(document, dict):
+                raise ValueError("the top level must be an object")
+            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
         else:
             request.ParseFromString(body)
     except (DecodeError, json_format.ParseError, ValueError, RecursionError) as exc:
@@ -131,23 +134,21 @@ def _span_context(trace_id: bytes, span_id: bytes, flags: int, is_remote: bool =
 
 
 def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
-    flags = span.flags
+    if not span.start_time_unix_nano:
+        raise ValueError("no start time")
     parent = None
     if span.parent_span_id:
         remote = span.flags & _REMOTE_PARENT == _REMOTE_PARENT
-        parent = _span_context(span.trace_id, span.parent_span_id, flags, is_remote=remote)
+        parent = _span_context(span.trace_id, span.parent_span_id, span.flags, is_remote=remote)
     return ReadableSpan(
         name=span.name,
-        context=_span_context(span.trace_id, span.span_id, flags),
+        context=_span_context(span.trace_id, span.span_id, span.flags),
         parent=parent,
         resource=resource,
         attributes=_attributes(span.attributes),
         events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events],
         links=[
-            Link(
-                _span_context(link.trace_id, link.span_id, link.flags or TraceFlags.SAMPLED),
-                _attributes(link.attributes),
-            )
+            Link(_span_context(link.trace_id, link.span_id, link.flags), _attributes(link.attributes))
             for link in span.links
         ],
         kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
@@ -165,7 +166,7 @@ class Decoded:
 
 
 def readable_spans(request: ExportTraceServiceRequest) -> Decoded:
-    """SDK spans for every span in the request; spans with malformed ids are counted as rejected, not raised."""
+    """SDK spans for every span in the request; a span with malformed ids or no start time is an error entry."""
     spans: list[ReadableSpan] = []
     errors: list[str] = []
     for resource_spans in request.resource_spans:
