@@ -170,13 +170,15 @@ def _header_request_id(response: Any) -> str | None:
         return None
 
 
-class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
-    """The user's ``Stream``, unchanged but for the usage-only chunk costspan asked for."""
-
+class _ObservedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
     def __init__(self, stream: Any, observer: StreamObserver) -> None:
         super().__init__(stream)
         self._self_observer = observer
-        weakref.finalize(self, observer.abandon)
+        weakref.finalize(self, observer.abandon)  # a stream dropped before its end must still end its span
+
+
+class SyncStreamProxy(_ObservedStream):
+    """The user's ``Stream``, unchanged but for the usage-only chunk costspan asked for."""
 
     def __iter__(self) -> Any:
         return self
@@ -206,13 +208,8 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
         self.__wrapped__.close()
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+class AsyncStreamProxy(_ObservedStream):
     """The user's ``AsyncStream``, unchanged but for the usage-only chunk costspan asked for."""
-
-    def __init__(self, stream: Any, observer: StreamObserver) -> None:
-        super().__init__(stream)
-        self._self_observer = observer
-        weakref.finalize(self, observer.abandon)
 
     def __aiter__(self) -> Any:
         return self
@@ -259,43 +256,39 @@ def _finish_unparsed(call: Call, raw_response: Any) -> None:
         call.finish_body(body, summarize_response(body), request_id)
 
 
-class SyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
-    """``with_raw_response`` (streamed) and ``with_streaming_response``: the span ends when the body is parsed."""
-
+class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
     def __init__(self, response: Any, call: Call, injected: bool) -> None:
         super().__init__(response)
         self._self_call = call
         self._self_injected = injected
-        self._self_finalizer = weakref.finalize(
-            self, _finish_unparsed, call, getattr(response, "http_response", response)
-        )
+        self._self_finalizer = weakref.finalize(self, _finish_unparsed, call, self._self_http_response)
 
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        parsed = self.__wrapped__.parse(*args, **kwargs)
+    @property
+    def _self_http_response(self) -> Any:
+        return getattr(self.__wrapped__, "http_response", self.__wrapped__)
+
+    def _self_observe(self, parsed: Any) -> Any:
         self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
         return observe(self._self_call, parsed, self._self_injected)
+
+
+class SyncRawResponseProxy(_ObservedRawResponse):
+    """``with_raw_response`` (streamed) and ``with_streaming_response``: the span ends when the body is parsed."""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_observe(self.__wrapped__.parse(*args, **kwargs))
 
     def close(self) -> None:
         self.__wrapped__.close()
-        _finish_unparsed(self._self_call, getattr(self.__wrapped__, "http_response", self.__wrapped__))
+        _finish_unparsed(self._self_call, self._self_http_response)
 
 
-class AsyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+class AsyncRawResponseProxy(_ObservedRawResponse):
     """The async form of ``SyncRawResponseProxy``."""
 
-    def __init__(self, response: Any, call: Call, injected: bool) -> None:
-        super().__init__(response)
-        self._self_call = call
-        self._self_injected = injected
-        self._self_finalizer = weakref.finalize(
-            self, _finish_unparsed, call, getattr(response, "http_response", response)
-        )
-
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        parsed = await self.__wrapped__.parse(*args, **kwargs)
-        self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
-        return observe(self._self_call, parsed, self._self_injected)
+        return self._self_observe(await self.__wrapped__.parse(*args, **kwargs))
 
     async def close(self) -> None:
         await self.__wrapped__.close()
-        _finish_unparsed(self._self_call, getattr(self.__wrapped__, "http_response", self.__wrapped__))
+        _finish_unparsed(self._self_call, self._self_http_response)

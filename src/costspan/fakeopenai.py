@@ -465,52 +465,30 @@ class _Handler(BaseHTTPRequestHandler):
         }
         cid = f"cmpl-fake{next(self.fake.state.ids):06d}"
         model = self._model(body, scripted)
+
+        def completion(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+
+        def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+            return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
         if not body.get("stream"):
-            self._json(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
-                    "usage": usage,
-                }
-            )
+            self._json(completion([choice(text, "length")], usage=usage))
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def events() -> Iterator[tuple[str | None, dict[str, Any] | str]]:
             for i, word in enumerate(words):
-                last = i == len(words) - 1
-                yield (
-                    None,
-                    {
-                        "id": cid,
-                        "object": "text_completion",
-                        "created": int(time.time()),
-                        "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "text": " " + word,
-                                "finish_reason": "length" if last else None,
-                                "logprobs": None,
-                            }
-                        ],
-                    },
-                )
+                yield None, completion([choice(" " + word, "length" if i == len(words) - 1 else None)])
             if include_usage:
-                yield (
-                    None,
-                    {
-                        "id": cid,
-                        "object": "text_completion",
-                        "created": int(time.time()),
-                        "model": model,
-                        "choices": [],
-                        "usage": usage,
-                    },
-                )
+                yield None, completion([], usage=usage)
             yield None, "[DONE]"
 
         self._sse(events())

@@ -89,21 +89,14 @@ class CallMetrics:
             queue = self._queue
             while queue:
                 try:
-                    self._record_now(*queue.popleft())
+                    self._record_now(queue.popleft())
                 except IndexError:
                     return
                 except Exception:
                     logger.exception("costspan: failed to record a metric point")
 
-    def _record_now(
-        self,
-        base: dict[str, Any],
-        attribution: dict[str, Any],
-        duration_s: float,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        cost_usd: float | None,
-    ) -> None:
+    def _record_now(self, measurement: _Measurement) -> None:
+        base, attribution, duration_s, input_tokens, output_tokens, cost_usd = measurement
         self.duration.record(duration_s, base)
         if input_tokens is not None:
             self.tokens.record(input_tokens, {**base, semconv.GEN_AI_TOKEN_TYPE: "input"})
