@@ -63,7 +63,9 @@ CASES = [
     Case("gpt-5.4-mini", "gpt-5.4-mini", Usage(1000, 500), usd("3000")),  # 1000 x 0.75 + 500 x 4.50 = 750 + 2250
     Case("gpt-5.5", "gpt-5.5", Usage(1000, 500), usd("20000")),  # 1000 x 5 + 500 x 30 = 5000 + 15000
     Case("gpt-5.5-pro", "gpt-5.5-pro", Usage(1000, 500), usd("120000")),  # 1000 x 30 + 500 x 180 = 30000 + 90000
+    Case("gpt-5.6-luna", "gpt-5.6-luna", Usage(1000, 500), usd("800")),  # 1000 x 0.20 + 500 x 1.20 = 200 + 600
     Case("gpt-6.1-sol", "gpt-6.1-sol", Usage(1000, 500), usd("7000")),  # 1000 x 2 + 500 x 10 = 2000 + 5000
+    Case("o3-deep-research", "o3-deep-research", Usage(1000, 500), usd("30000")),  # 1000 x 10 + 500 x 40
     Case("o1", "o1", Usage(1000, 500), usd("45000")),  # 1000 x 15 + 500 x 60 = 15000 + 30000
     Case("o3-mini", "o3-mini", Usage(1000, 500), usd("3300")),  # 1000 x 1.10 + 500 x 4.40 = 1100 + 2200
     Case("o3-pro", "o3-pro", Usage(1000, 500), usd("60000")),  # 1000 x 20 + 500 x 80 = 20000 + 40000
@@ -93,6 +95,14 @@ CASES = [
         Usage(10_000, 1000, cache_read_tokens=4000, cache_write_tokens=2000),
         usd("23800"),
         parts={"input": usd("8000"), "cache_read": usd("800"), "cache_write": usd("5000"), "output": usd("10000")},
+    ),
+    # gpt-5.6-sol: same usage; input 4, cache read 0.40, write 5, output 20.
+    # 4,000 x 4 + 4,000 x 0.40 + 2,000 x 5 + 1,000 x 20 = 16,000 + 1,600 + 10,000 + 20,000 = 47,600
+    Case(
+        "cache-write/gpt-5.6-sol",
+        "gpt-5.6-sol",
+        Usage(10_000, 1000, cache_read_tokens=4000, cache_write_tokens=2000),
+        usd("47600"),
     ),
     # gpt-6.1-sol: same usage; cache read 0.10, write 2.50.
     # 4,000 x 2 + 4,000 x 0.10 + 2,000 x 2.50 + 1,000 x 10 = 8,000 + 400 + 5,000 + 10,000 = 23,400
@@ -154,6 +164,8 @@ CASES = [
         Usage(272_001, 1000, cache_read_tokens=200_000),
         usd("965010"),
     ),
+    # gpt-6-astra above the step: 300,000 x 20 + 1,000 x 75 = 6,000,000 + 75,000 = 6,075,000 -> $6.075
+    Case("long-context/gpt-6-astra", "gpt-6-astra", Usage(300_000, 1000), Decimal("6.075")),
     # gpt-5.4: 272,000 x 2.50 + 1,000 x 15 = 680,000 + 15,000 = 695,000
     Case("long-context/gpt-5.4-at-272000", "gpt-5.4", Usage(272_000, 1000), usd("695000")),
     # gpt-5.4: 272,001 x 5 + 1,000 x 22.50 = 1,360,005 + 22,500 = 1,382,505
@@ -226,6 +238,8 @@ CASES = [
     Case("name/gpt-4.1-snapshot", "gpt-4.1-2025-04-14", Usage(1000, 500), usd("6000"), priced_as="gpt-4.1"),
     Case("name/o3-snapshot", "o3-2025-04-16", Usage(1000, 500), usd("6000"), priced_as="o3"),  # 2000 + 4000
     Case("name/gpt-5.5-snapshot", "gpt-5.5-2026-04-23", Usage(1000, 500), usd("20000"), priced_as="gpt-5.5"),
+    # the data itself lists plain "gpt-5.6" as a name of gpt-5.6-sol: 1,000 x 4 + 500 x 20 = 4,000 + 10,000
+    Case("name/gpt-5.6", "gpt-5.6", Usage(1000, 500), usd("14000"), priced_as="gpt-5.6-sol"),
     Case("name/upper-case", "GPT-4O-MINI", Usage(1000, 500), usd("450"), priced_as="gpt-4o-mini"),
     # fine-tunes of gpt-4o-mini have their own rates: 1,000 x 0.30 + 1,000 x 1.20 = 1,500
     Case(
