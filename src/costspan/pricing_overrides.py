@@ -415,8 +415,6 @@ class _Validator:
 
 # --- the price layer ----------------------------------------------------------------------------------------
 
-_MISS = object()
-
 
 def _scaled(price: Decimal | TieredPrices, factor: Decimal) -> Decimal | TieredPrices:
     if isinstance(price, TieredPrices):
@@ -451,7 +449,7 @@ class OverridePrices:
         self.pricing = pricing
         self.packaged = packaged or packaged_prices()
         self._lock = threading.Lock()
-        self._resolved: dict[tuple[str, str, date, str | None, bool], Any] = {}
+        self._resolved: dict[tuple[str, str, date, str | None, bool], ResolvedPrice | None] = {}
 
     def resolve(
         self, model: str, provider: str, at: datetime, service_tier: str | None, batch: bool
@@ -459,9 +457,10 @@ class OverridePrices:
         tier = None if service_tier in STANDARD_TIERS else service_tier
         day = at.astimezone(timezone.utc).date()
         key = (model, provider, day, tier, batch)
-        cached = self._resolved.get(key, _MISS)
-        if cached is not _MISS:
-            return cached  # type: ignore[no-any-return]
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
         resolved, cacheable = self._resolve(model, provider, at, day, tier, batch)
         if cacheable:
             with self._lock:
