@@ -3,6 +3,7 @@ loopback, driven by httpx, calling the real openai SDK against FakeOpenAI, with 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -13,6 +14,8 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI, Request
+from opentelemetry import baggage, context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from costspan import semconv
 from costspan.budgets import Budget, BudgetGuard
@@ -23,6 +26,7 @@ from costspan.middleware import (
     CostspanWSGIMiddleware,
     InboundRequest,
     refusal_response,
+    starlette_route,
     strip_baggage,
 )
 from tests.conftest import Pipeline, make_pipeline
@@ -279,3 +283,49 @@ def test_ledger_down(policy: str, http: httpx.Client, fake_openai: FakeOpenAI, i
         assert response.headers["retry-after"] == "30"
         assert fake_openai.received == []
     assert guard.ledger_errors == 1
+
+
+# --- without a server -------------------------------------------------------------------------------------------
+
+
+def test_baggage_an_outer_middleware_extracted_is_removed_too() -> None:
+    """OpenTelemetry's own ASGI middleware may have put the inbound baggage in the context already."""
+    seen: dict[str, object] = {}
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(baggage.get_all())
+
+    middleware = CostspanASGIMiddleware(endpoint, environment="test")
+    header = b"customer_id=victim,tenant_tier=gold"
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"baggage", header)]}
+
+    async def outer() -> None:
+        token = context.attach(W3CBaggagePropagator().extract({"baggage": header.decode()}))
+        try:
+            await middleware(scope, None, None)
+        finally:
+            context.detach(token)
+
+    asyncio.run(outer())
+    assert seen == {"tenant_tier": "gold", "environment": "test"}
+
+
+def test_route_templates_inside_mounted_apps() -> None:
+    inner = FastAPI()
+
+    @inner.get("/items/{item_id}")
+    def item(item_id: int) -> None: ...
+
+    app = FastAPI()
+    app.mount("/shop", inner)
+
+    @app.get("/health")
+    def health() -> None: ...
+
+    def scope(method: str, path: str) -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+
+    assert starlette_route(app.router.routes, scope("GET", "/shop/items/42")) == "/shop/items/{item_id}"
+    assert starlette_route(app.router.routes, scope("GET", "/health")) == "/health"
+    assert starlette_route(app.router.routes, scope("POST", "/health")) == "/health"  # 405, still that route
+    assert starlette_route(app.router.routes, scope("GET", "/nowhere")) is None
