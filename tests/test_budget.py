@@ -269,6 +269,19 @@ def test_settles_to_the_real_cost_and_errors_to_zero(
     assert ledger.totals(key).used == 210_000
 
 
+def test_a_stream_closed_before_its_usage_keeps_the_worst_case(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    ledger = MemoryLedger()
+    guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal(1))], ledger))
+    with costspan.attribute(customer_id="acme"):
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, stream=True)  # type: ignore[arg-type]
+        next(iter(stream))
+        stream.close()
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == 31_500  # the worst case: billed, by an unknown amount
+
+
 def test_a_customer_and_a_feature_cap_both_hold(
     fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
 ) -> None:

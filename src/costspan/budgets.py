@@ -609,9 +609,9 @@ class BudgetGuard:
             return 0  # the call failed before the provider billed anything
         if cost.total is not None:
             return to_nano(cost.total)
-        if cost.status == semconv.STATUS_INCOMPLETE:
-            return reservation.amount  # billed, but by how much is unknown: keep the worst case
-        return 0  # unknown price: nothing to count
+        # Billed, but by how much is unknown (a stream cut short, an unknown service tier): keep the worst case,
+        # which is 0 for a model with no price at all.
+        return reservation.amount
 
     def _alert(
         self,
