@@ -18,6 +18,9 @@ FastAPI / Starlette::
 Flask::
 
     CostspanWSGIMiddleware.for_flask(app, resolver=who, trusted=is_internal, environment="prod")
+
+Django: ``"costspan.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE``, options in
+``settings.COSTSPAN_MIDDLEWARE``.
 """
 
 from __future__ import annotations
@@ -331,8 +334,9 @@ class _AttributedBody:
 
 
 class CostspanWSGIMiddleware:
-    """WSGI middleware (Flask, Django). ``route_resolver`` maps the environ to the route template; for Flask use
-    ``CostspanWSGIMiddleware.for_flask(app)``, which also installs the error handler for refusals."""
+    """WSGI middleware. ``route_resolver`` maps the environ to the route template. For Flask use
+    ``CostspanWSGIMiddleware.for_flask(app)``, which also installs the error handler for refusals; for Django,
+    ``CostspanDjangoMiddleware``."""
 
     def __init__(
         self,
@@ -390,15 +394,20 @@ class CostspanWSGIMiddleware:
         request = InboundRequest(request.method, request.path, route, request.headers, request.client, environ)
         return self.attribution.context(request, trusted, inbound)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def context_for(self, environ: dict[str, Any]) -> Context:
+        """Strip the untrusted baggage from ``environ``; the request's context. Never raises."""
         try:
-            ctx = self._prepare(environ)
+            return self._prepare(environ)
         except Exception:
             logger.exception("costspan: could not attribute a request; its baggage header is dropped")
             environ.pop("HTTP_BAGGAGE", None)
             ctx = context.get_current()
             for key in self.attribution.keys:
                 ctx = baggage.remove_baggage(key, ctx)
+            return ctx
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ctx = self.context_for(environ)
         token = context.attach(ctx)
         try:
             body = self.app(environ, start_response)
@@ -427,3 +436,52 @@ def flask_route(flask_app: Any) -> Callable[[Mapping[str, Any]], str | None]:
         return str(rule.rule)
 
     return resolve
+
+
+# --- Django -------------------------------------------------------------------------------------------------
+
+
+def django_route(environ: Mapping[str, Any]) -> str | None:
+    """A route resolver from Django's URLconf: ``/api/v1/chat/<str:chat_id>`` as the pattern writes it."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        route = resolve(environ.get("PATH_INFO") or "/").route
+    except Resolver404:
+        return None
+    return "/" + str(route).lstrip("^/") if route else None
+
+
+class CostspanDjangoMiddleware:
+    """Django middleware: put ``"costspan.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE`` (after
+    OpenTelemetry's, if any) and its options in ``settings.COSTSPAN_MIDDLEWARE``, e.g.
+    ``{"resolver": "myapp.auth.who", "trusted": "myapp.auth.is_internal", "environment": "prod"}`` (callables or
+    dotted paths). It answers refusals raised by views, which Django would otherwise turn into 500s."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        from django.conf import settings
+        from django.utils.module_loading import import_string
+
+        options = {
+            key: import_string(value) if isinstance(value, str) and key in ("resolver", "trusted") else value
+            for key, value in getattr(settings, "COSTSPAN_MIDDLEWARE", {}).items()
+        }
+        options.setdefault("route_resolver", django_route)
+        self.get_response = get_response
+        self._wsgi = CostspanWSGIMiddleware(None, **options)
+
+    def __call__(self, request: Any) -> Any:
+        token = context.attach(self._wsgi.context_for(request.META))
+        try:
+            return self.get_response(request)
+        finally:
+            context.detach(token)
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        answer = refusal_response(exception) if isinstance(exception, CostspanRefusal) else None
+        if answer is None:
+            return None
+        from django.http import HttpResponse
+
+        status, headers, body = answer
+        return HttpResponse(body, status=status, headers=headers)
