@@ -336,11 +336,43 @@ def test_images_generate(pipeline: Pipeline, client: openai.OpenAI, fake_openai:
     assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.04249, abs=1e-12)
 
 
-def test_batch_create_is_tagged(pipeline: Pipeline, client: openai.OpenAI) -> None:
-    batch = client.batches.create(input_file_id="file-abc", endpoint="/v1/chat/completions", completion_window="24h")
-    a = attrs(pipeline)
+def test_batch_job_cost_is_recorded_once_and_attributed_to_its_submitter(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    with costspan_attribute(feature="nightly-summarize", customer_id="cust_9", route="cron:nightly"):
+        batch = client.batches.create(
+            input_file_id="file-abc",
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"customer_id": "set-by-the-app"},
+        )
+    (created,) = pipeline.spans()
+    a = dict(created.attributes or {})
     assert a[semconv.COSTSPAN_BATCH_ID] == batch.id
     assert a[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+    # The attribution travels with the job, without replacing what the app put in its metadata.
+    assert fake_openai.received[-1].body["metadata"] == {
+        "customer_id": "set-by-the-app",
+        "feature": "nightly-summarize",
+        "route": "cron:nightly",
+    }
+
+    # A poller with no baggage at all: the in-progress read makes no span; the finished one makes exactly one.
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert len(pipeline.spans()) == 1
+    assert client.batches.retrieve(batch.id).status == "completed"
+    client.batches.retrieve(batch.id)
+    job = pipeline.spans()[1:]
+    assert len(job) == 1
+    a = dict(job[0].attributes or {})
+    assert job[0].name == "batch gpt-4o-mini-2024-07-18"
+    assert (a["feature"], a["customer_id"], a["route"]) == ("nightly-summarize", "set-by-the-app", "cron:nightly")
+    assert a[semconv.COSTSPAN_BATCH_ID] == batch.id
+    assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 120_000
+    # gpt-4o-mini at batch rates (genai-prices 0.2.3, from 2026-10-14): $0.075 input, $0.30 output per million.
+    # 120,000 x 0.075 + 30,000 x 0.30 = 9,000 + 9,000 micro-dollars.
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.018, abs=1e-12)
+    assert job[0].start_time == batch.created_at * 1_000_000_000
 
 
 def test_azure_client_reports_azure_provider(pipeline: Pipeline, fake_openai: FakeOpenAI) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -149,10 +151,32 @@ class Telemetry:
         self.attributor = attributor
         self.settings = settings
         self.guards = guards
+        self._batches_seen: OrderedDict[str | None, None] = OrderedDict()
+        self._batches_lock = threading.Lock()
 
     def start(self, request: RequestInfo) -> Call:
         """Open the span and run attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
-        start_ns = time.time_ns()
+        attribution, missing = self.attributor.collect()
+        call = self._open(request, time.time_ns(), attribution, missing)
+        span = call.span
+        try:
+            if missing and self.attributor.refuses_missing:
+                raise MissingAttributionError(missing)
+            if self.settings.capture_content:
+                _record_input_content(span, request.body)
+            if self.guards:
+                # Current while guards run, so that they can add events (budget refusals, large prompts) to it.
+                with use_span(span, record_exception=False, set_status_on_exception=False):
+                    for guard in self.guards:
+                        settle = _admit(guard, request, attribution)
+                        if settle is not None:
+                            call.settlements.append(settle)
+        except CostspanRefusal as refusal:
+            call.refuse(refusal)
+            raise
+        return call
+
+    def _open(self, request: RequestInfo, start_ns: int, attribution: dict[str, str], missing: list[str]) -> Call:
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: request.operation,
             semconv.GEN_AI_PROVIDER_NAME: request.provider,
@@ -171,7 +195,6 @@ class Telemetry:
         if request.server_address:
             attributes[semconv.SERVER_ADDRESS] = request.server_address
             attributes[semconv.SERVER_PORT] = request.server_port
-        attribution, missing = self.attributor.collect()
         attributes.update(attribution)
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
@@ -179,22 +202,60 @@ class Telemetry:
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
         call = Call(self, span, request, start_ns)
         call.attribution = attribution
-        try:
-            if missing and self.attributor.refuses_missing:
-                raise MissingAttributionError(missing)
-            if self.settings.capture_content:
-                _record_input_content(span, request.body)
-            if self.guards:
-                # Current while guards run, so that they can add events (budget refusals, large prompts) to it.
-                with use_span(span, record_exception=False, set_status_on_exception=False):
-                    for guard in self.guards:
-                        settle = _admit(guard, request, attribution)
-                        if settle is not None:
-                            call.settlements.append(settle)
-        except CostspanRefusal as refusal:
-            call.refuse(refusal)
-            raise
         return call
+
+    def record_batch_job(
+        self, request: RequestInfo, body: Any, summary: ResponseSummary, request_id: str | None
+    ) -> None:
+        """A finished Batch job's cost, once per job per process: a span of its own from creation to completion,
+        attributed from the metadata costspan set at creation (it may have run in another process) and priced at
+        batch rates as of its creation."""
+        batch_id = summary.batch_id
+        with self._batches_lock:
+            if batch_id in self._batches_seen:
+                return
+            self._batches_seen[batch_id] = None
+            if len(self._batches_seen) > 10_000:
+                self._batches_seen.popitem(last=False)
+        metadata = getattr(body, "metadata", None) or {}
+        attribution = {key: str(metadata[key]) for key in self.attributor.keys if key in metadata}
+        job = replace(request, model=summary.model)
+        created_ns = int(getattr(body, "created_at", 0) or 0) * 1_000_000_000 or time.time_ns()
+        completed_ns = int(getattr(body, "completed_at", 0) or 0) * 1_000_000_000 or None
+        self._open(job, created_ns, attribution, []).finish(summary, request_id, end_ns=completed_ns)
+
+
+def with_batch_attribution(body: Mapping[str, Any], attribution: Mapping[str, str]) -> dict[str, Any]:
+    """The batch-create body with the caller's attribution added to its metadata (never replacing a key the
+    caller set, within the API's 16 keys of 512 characters), so the job's cost attributes back to its workload."""
+    metadata = dict(body.get("metadata") or {})
+    for key, value in attribution.items():
+        if len(metadata) >= 16:
+            break
+        metadata.setdefault(key, value[:512])
+    return {**body, "metadata": metadata}
+
+
+FINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+class BatchRetrieval:
+    """A GET of one Batch. It makes no span of its own; a finished job's usage is recorded by the telemetry."""
+
+    __slots__ = ("finished", "request", "telemetry")
+
+    def __init__(self, telemetry: Telemetry, request: RequestInfo) -> None:
+        self.telemetry = telemetry
+        self.request = request
+        self.finished = False
+
+    def fail(self, exc: BaseException, summary: ResponseSummary | None = None) -> None:
+        self.finished = True
+
+    def finish_body(self, body: Any, summary: ResponseSummary, request_id: str | None) -> None:
+        self.finished = True
+        if summary.batch_id and summary.usage is not None and getattr(body, "status", None) in FINAL_BATCH_STATUSES:
+            self.telemetry.record_batch_job(self.request, body, summary, request_id)
 
 
 def _admit(
@@ -282,13 +343,14 @@ class Call:
         *,
         incomplete: bool = False,
         output_content: str | None = None,
+        end_ns: int | None = None,
     ) -> None:
         if not self._claim():
             return
         try:
             if output_content is not None:
                 self.span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_content)
-            self._complete(summary, request_id, incomplete=incomplete)
+            self._complete(summary, request_id, incomplete=incomplete, end_ns=end_ns)
         except Exception:
             logger.exception("costspan: failed to complete a span; the call was not affected")
             self.span.end()
@@ -314,8 +376,9 @@ class Call:
         *,
         incomplete: bool = False,
         error_type: str | None = None,
+        end_ns: int | None = None,
     ) -> None:
-        end_ns = time.time_ns()
+        end_ns = end_ns or time.time_ns()
         telemetry = self.telemetry
         request = self.request
         span = self.span

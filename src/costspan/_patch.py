@@ -21,12 +21,14 @@ from openai._response import APIResponse, AsyncAPIResponse
 from openai._streaming import AsyncStream, Stream
 
 from costspan._call import (
+    BatchRetrieval,
     Call,
     StreamObserver,
     Telemetry,
     read_request,
     server_of,
     wants_usage_injection,
+    with_batch_attribution,
     with_usage_requested,
 )
 from costspan.attribution import CostspanRefusal
@@ -44,17 +46,23 @@ except ImportError:  # pragma: no cover - every supported SDK has it
 
 def _begin(
     telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Call | None, tuple[Any, ...], dict[str, Any], bool]:
+) -> tuple[Call | BatchRetrieval | None, tuple[Any, ...], dict[str, Any], bool]:
     """Start the call's span. Returns the (possibly rewritten) arguments, and whether usage was injected.
 
     Only a ``CostspanRefusal`` escapes; any other failure here leaves the call uninstrumented.
     """
     try:
         options = args[1] if len(args) > 1 else kwargs["options"]
-        if options.method.lower() != "post":
+        method = options.method.lower()
+        provider = "azure.ai.openai" if isinstance(client, _AZURE) else "openai"
+        if method == "get":
+            if not options.url.startswith("/batches/") or options.url.count("/") != 2:
+                return None, args, kwargs, False
+            batch = read_request("/batches", {}, stream=False, provider=provider, server=_server(client))
+            return (BatchRetrieval(telemetry, batch) if batch else None), args, kwargs, False
+        if method != "post":
             return None, args, kwargs, False
         body = options.json_data if isinstance(options.json_data, Mapping) else {}
-        provider = "azure.ai.openai" if isinstance(client, _AZURE) else "openai"
         request = read_request(
             options.url,
             body,
@@ -64,9 +72,16 @@ def _begin(
         )
         if request is None:
             return None, args, kwargs, False
+        rewritten: dict[str, Any] | None = None
         injected = telemetry.settings.stream_usage and wants_usage_injection(request)
         if injected:
-            options = _copy_options(options, with_usage_requested(body))
+            rewritten = with_usage_requested(body)
+        elif request.endpoint == "/batches":
+            attribution, _ = telemetry.attributor.collect()
+            if attribution:
+                rewritten = with_batch_attribution(body, attribution)
+        if rewritten is not None:
+            options = _copy_options(options, rewritten)
             if len(args) > 1:
                 args = (args[0], options, *args[2:])
             else:
@@ -136,9 +151,15 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
     return request
 
 
-def observe(call: Call, result: Any, injected: bool) -> Any:
+def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
     """Hand back what the SDK returned, finishing the span now or watching the object that will finish it."""
     if call.finished:
+        return result
+    if isinstance(call, BatchRetrieval):
+        try:
+            call.finish_body(result, summarize_response(result), getattr(result, "_request_id", None))
+        except Exception:
+            logger.exception("costspan: could not record a finished batch job; the call was not affected")
         return result
     try:
         if isinstance(result, Stream):

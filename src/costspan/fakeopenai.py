@@ -57,6 +57,7 @@ class _State:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _text_of(content: Any) -> str:
@@ -157,6 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing --------------------------------------------------------------------------------------
     def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path.startswith("/v1/batches/"):
+            self._batch_status(path[len("/v1/batches/") :])
+            return
         self._json({"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}}, 404)
 
     def do_POST(self) -> None:
@@ -504,19 +509,46 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"created": int(time.time()), "data": [{"b64_json": "aW1hZ2U="}], "usage": usage})
 
     def _batches(self, body: dict[str, Any], scripted: Scripted) -> None:
-        now = int(time.time())
-        self._json(
-            {
-                "id": f"batch_fake{next(self.fake.state.ids):06d}",
-                "object": "batch",
-                "endpoint": body.get("endpoint", "/v1/chat/completions"),
-                "input_file_id": body.get("input_file_id", "file-fake"),
-                "completion_window": body.get("completion_window", "24h"),
-                "status": "validating",
-                "created_at": now,
-                "metadata": body.get("metadata"),
+        batch = {
+            "id": f"batch_fake{next(self.fake.state.ids):06d}",
+            "object": "batch",
+            "endpoint": body.get("endpoint", "/v1/chat/completions"),
+            "input_file_id": body.get("input_file_id", "file-fake"),
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "validating",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+        }
+        with self.fake.state.lock:
+            self.fake.state.batches[batch["id"]] = batch
+        self._json(batch)
+
+    def _batch_status(self, batch_id: str) -> None:
+        """A created batch reads as in progress on its first retrieval and completed (with usage) after."""
+        with self.fake.state.lock:
+            batch = self.fake.state.batches.get(batch_id)
+        if batch is None:
+            self._json({"error": {"message": f"no batch {batch_id}", "type": "invalid_request_error"}}, 404)
+            return
+        scripted = self.fake.next_scripted()
+        if batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        else:
+            usage = scripted.usage or {
+                "input_tokens": 120_000,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 30_000,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 150_000,
             }
-        )
+            batch.update(
+                status="completed",
+                completed_at=int(time.time()),
+                model=scripted.model or "gpt-4o-mini-2024-07-18",
+                usage=usage,
+                request_counts={"total": 100, "completed": 100, "failed": 0},
+            )
+        self._json(batch)
 
 
 def main() -> None:
