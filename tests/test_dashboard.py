@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main
-from costspan.dashboard import nice_ceiling, percent, tick, usd
+from costspan.dashboard import axis_ticks, compact, percent, tick, usd
 from costspan.store import CostRow, Store
 
 NOW = datetime.now(timezone.utc)
@@ -80,15 +80,15 @@ def page(store_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_formatting() -> None:
-    assert [usd(v) for v in (0, 0.4243, 0.000001264, 1, 1234.567)] == [
-        "$0.00",
-        "$0.424",
-        "$0.00000126",
-        "$1.00",
-        "$1,234.57",
-    ]
+    money = (0, 0.4243, 0.6, 0.05, 0.000001264, 1, 1234.567)
+    assert [usd(v) for v in money] == ["$0.00", "$0.424", "$0.600", "$0.0500", "$0.00000126", "$1.00", "$1,234.57"]
+    assert [compact(v) for v in (999, 25_213, 999_960, 1.3e9)] == ["999", "25.2k", "1.0M", "1.3B"]
     assert [tick(v) for v in (0, 0.0125, 0.05, 20, 1250.5)] == ["$0.00", "$0.0125", "$0.05", "$20.00", "$1,250.50"]
-    assert [nice_ceiling(v) for v in (0, 0.7, 1, 1.2, 2.2, 3, 7.5, 0.031)] == [1, 1, 1, 2, 2.5, 5, 10, 0.05]
+    assert axis_ticks(0) == [0, 1]
+    assert axis_ticks(5.8) == [0, 2, 4, 6]
+    assert axis_ticks(9.54) == [0, 2.5, 5, 7.5, 10]
+    assert axis_ticks(4) == [0, 1, 2, 3, 4]
+    assert [round(t, 6) for t in axis_ticks(0.0394)] == [0, 0.01, 0.02, 0.03, 0.04]
     assert [percent(v) for v in (None, 0.0, 0.0004, 0.5)] == ["n/a", "0.0%", "<0.1%", "50.0%"]
 
 
@@ -112,7 +112,7 @@ def test_empty_period_and_filters(store_path: Path, tmp_path: Path) -> None:
     assert "No calls in this period." in html and "customer_id = nobody" in html
     assert main(["dashboard", "--out", str(out), "--store", str(store_path), "--since", "1h", "--env", "prod"]) == 0
     html = out.read_text("utf-8")
-    assert "$0.60" in html and "Spend per hour" in html and "$4.60" not in html
+    assert "$0.600" in html and "Spend per hour" in html and "$4.60" not in html
 
 
 def test_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

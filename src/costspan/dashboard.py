@@ -115,16 +115,12 @@ def usd(value: float | None) -> str:
         return "n/a"
     if abs(value) >= 1 or value == 0:
         return f"${value:,.2f}"
-    return _cents_at_least(f"{value:.{2 - math.floor(math.log10(abs(value)))}f}")
+    return f"${value:.{2 - math.floor(math.log10(abs(value)))}f}"
 
 
 def tick(value: float) -> str:
     """An axis label: as few decimals as the round value needs, at least cents ($0.0125, $0.05, $20.00)."""
-    return _cents_at_least(f"{value:,.6f}")
-
-
-def _cents_at_least(number: str) -> str:
-    whole, _, decimals = number.partition(".")
+    whole, _, decimals = f"{value:,.6f}".partition(".")
     return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
@@ -134,25 +130,32 @@ def percent(value: float | None) -> str:
     return "<0.1%" if 0 < value < 0.0005 else f"{value * 100:.1f}%"
 
 
-def count(value: float | None) -> str:
+def compact(value: float | None) -> str:
+    """Large counts at a glance: 1.3B, 203.9M, 25.2k."""
     if value is None:
         return "n/a"
     for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= limit:
+        if abs(value) >= limit * 0.99995:  # 999,960 reads 1.0M, not 1000.0k
             return f"{value / limit:.1f}{suffix}"
     return f"{value:,.0f}"
+
+
+def exact(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
 
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value``: a round top for a chart axis."""
-    if value <= 0:
-        return 1.0
-    magnitude = 10 ** math.floor(math.log10(value))
-    return float(next(step * magnitude for step in (1, 2, 2.5, 5, 10) if step * magnitude >= value * (1 - 1e-9)))
+def axis_ticks(peak: float) -> list[float]:
+    """Round gridline values from 0 to at or above ``peak``: steps of 1, 2, 2.5 or 5 x 10^k, three to five of them."""
+    if peak <= 0:
+        return [0.0, 1.0]
+    rough = peak / 4
+    magnitude = 10 ** math.floor(math.log10(rough))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= rough * (1 - 1e-9))
+    return [step * i for i in range(math.ceil(peak / step * (1 - 1e-9)) + 1)]
 
 
 # --- charts ---------------------------------------------------------------------------------------------
@@ -167,14 +170,14 @@ def spend_chart(
     left, right, top, bottom = 64, 12, 12, 30
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(values[i] for values in series.values()) for i in range(len(buckets))]
-    y_max = nice_ceiling(max(totals, default=0.0))
+    ticks = axis_ticks(max(totals, default=0.0))
+    y_max = ticks[-1]
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="Spend per {every}, stacked by feature" xmlns="http://www.w3.org/2000/svg">'
     ]
-    for i in range(5):
-        value = y_max * i / 4
-        y = top + plot_h - plot_h * i / 4
+    for value in ticks:
+        y = top + plot_h - plot_h * value / y_max
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text class="axis" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_e(tick(value))}</text>')
     slot = plot_w / max(len(buckets), 1)
@@ -230,7 +233,7 @@ def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str
             f'<span class="name">{_e(_label(row[dimension]))}</span>'
             f'<span class="num">{_e(usd(row["spend_usd"]))}</span>'
             f'<span class="num muted">{_e(percent(share))}</span>'
-            f'<span class="num muted">{_e(count(row["requests"]))} req</span></li>'
+            f'<span class="num muted">{_e(compact(row["requests"]))} req</span></li>'
         )
     return f'<ol class="ranking">{"".join(lines)}</ol>'
 
@@ -247,15 +250,15 @@ def feature_table(rows: Sequence[dict[str, Any]], total: float, palette: dict[st
         body.append(
             "<tr>"
             f'<td><span class="swatch" style="background:{swatch}"></span>{_e(name)}</td>'
-            f'<td class="num">{_e(count(row["requests"]))}</td>'
+            f'<td class="num">{_e(exact(row["requests"]))}</td>'
             f'<td class="num">{_e(usd(row["spend_usd"]))}</td>'
             f'<td class="num">{_e(percent((row["spend_usd"] or 0.0) / total if total else None))}</td>'
             f'<td class="num">{_e(usd((row["spend_usd"] or 0.0) / row["requests"]))}</td>'
-            f'<td class="num">{_e(count(row["input_tokens"] + row["output_tokens"]))}</td>'
+            f'<td class="num">{_e(compact(row["input_tokens"] + row["output_tokens"]))}</td>'
             f'<td class="num">{"n/a" if latency is None else f"{latency:,.0f} ms"}</td>'
             f'<td class="num"><span class="meter"><span style="width:{100 * (rate or 0):.1f}%"></span></span>'
             f"{_e(percent(rate))}</td>"
-            f'<td class="num">{_e(count(row["p95_input_tokens"]))}</td>'
+            f'<td class="num">{_e(exact(row["p95_input_tokens"]))}</td>'
             "</tr>"
         )
     head = (
@@ -282,22 +285,22 @@ def render(data: DashboardData, generated_at: datetime | None = None) -> str:
     unpriced = totals["unpriced"] or 0
     cards = [
         _card("Spend", usd(spend), f"{usd(spend / days)} per day on average"),
-        _card("Requests", count(requests), f"{usd(spend / requests) if requests else 'n/a'} per request"),
+        _card("Requests", exact(requests), f"{usd(spend / requests) if requests else 'n/a'} per request"),
         _card(
             "Tokens",
-            count((totals["input_tokens"] or 0) + (totals["output_tokens"] or 0)),
-            f"{count(totals['input_tokens'])} in · {count(totals['output_tokens'])} out",
+            compact((totals["input_tokens"] or 0) + (totals["output_tokens"] or 0)),
+            f"{compact(totals['input_tokens'])} in · {compact(totals['output_tokens'])} out",
         ),
-        _card("Cache-hit rate", percent(totals["cache_hit_rate"]), f"{count(totals['cached_tokens'])} cached tokens"),
+        _card("Cache-hit rate", percent(totals["cache_hit_rate"]), f"{compact(totals['cached_tokens'])} cached tokens"),
         _card(
             "Unpriced calls",
-            count(unpriced),
+            exact(unpriced),
             "spend of these is unknown, not zero" if unpriced else "every call was priced",
             "warn" if unpriced else "",
         ),
     ]
     if totals["retries"]:
-        cards.append(_card("App-level retries", count(totals["retries"]), "billed again, counted again", "warn"))
+        cards.append(_card("App-level retries", exact(totals["retries"]), "billed again, counted again", "warn"))
     palette = colours(list(data.series))
     period = f"{data.since:%b %d %Y %H:%M} to {data.until:%b %d %Y %H:%M} UTC"
     scope = ", ".join(
