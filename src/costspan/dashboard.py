@@ -230,7 +230,7 @@ def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str
         share = spend / total if total else 0.0
         lines.append(
             f'<li><div class="bar" style="width:{100 * spend / biggest:.1f}%"></div>'
-            f'<span class="name">{_e(_label(row[dimension]))}</span>'
+            f'<span class="name" title="{_e(_label(row[dimension]))}">{_e(_label(row[dimension]))}</span>'
             f'<span class="num">{_e(usd(row["spend_usd"]))}</span>'
             f'<span class="num muted">{_e(percent(share))}</span>'
             f'<span class="num muted">{_e(compact(row["requests"]))} req</span></li>'

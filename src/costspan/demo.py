@@ -36,6 +36,7 @@ import costspan
 from costspan.exporter import CostspanSpanExporter
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli", "stark-industries")
 CUSTOMER_WEIGHTS = (34, 22, 16, 12, 9, 7)
@@ -300,7 +301,14 @@ def run(
     )
     provider.add_span_processor(BatchSpanProcessor(backdate, max_export_batch_size=512, schedule_delay_millis=500))
     instrumentor = CostspanInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
+    # The demo's own attribution settings, whatever OTEL_COSTSPAN_* variables the user's shell holds.
+    instrumentor.instrument(
+        tracer_provider=provider,
+        attribution_keys=DEFAULT_ATTRIBUTION_KEYS,
+        required_keys=DEFAULT_ATTRIBUTION_KEYS,
+        on_missing="warn",
+        stream_usage=True,
+    )
     fake = None if real_api else FakeOpenAI().start()
     try:
         if fake is not None:
