@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
+from costspan.paths import default_store_path
 from costspan.store import CostRow, Store
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class CostspanSpanExporter(SpanExporter):
     LOG_INTERVAL_S = 60.0
 
     def __init__(self, path: str | Path | None = None, *, timeout_s: float = 5.0) -> None:
-        self.path = path
+        self.path = Path(path) if path is not None else default_store_path()
         self.timeout_s = timeout_s
         self.failed_spans = 0
         self.stored_spans = 0
@@ -118,19 +119,15 @@ class CostspanSpanExporter(SpanExporter):
         self._shutdown = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        rows: list[CostRow] = []
-        try:
-            for span in spans:
-                row = row_from_span(span)
-                if row is not None:
-                    rows.append(row)
-        except Exception as error:
-            return self._failed(len(spans), error)
-        if not rows:
-            return SpanExportResult.SUCCESS
         with self._lock:
             if self._shutdown:
                 return SpanExportResult.FAILURE
+            try:
+                rows = [row for row in map(row_from_span, spans) if row is not None]
+            except Exception as error:
+                return self._failed(len(spans), error)
+            if not rows:
+                return SpanExportResult.SUCCESS
             try:
                 if self._store is None:
                     self._store = Store(self.path, timeout_s=self.timeout_s)
@@ -141,7 +138,7 @@ class CostspanSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def _failed(self, count: int, error: Exception) -> SpanExportResult:
-        self.failed_spans += count
+        self.failed_spans += count  # under self._lock
         now = time.monotonic()
         if now - self._last_log >= self.LOG_INTERVAL_S:
             self._last_log = now

@@ -24,11 +24,13 @@ and counted, and marked ``is_retry = 1``.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +39,11 @@ from costspan.paths import default_store_path
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
+# Queries over at least this many rows are split across this many reader connections (see Store._aggregate).
+PARALLEL_MIN_ROWS: Final = 200_000
+FIRST_NS: Final = -(2**63)
+LAST_NS: Final = 2**63 - 1
+PARALLEL_READERS: Final = min(4, os.cpu_count() or 1)
 
 # Columns one may group by (``--by``) and filter on (``--where``).
 DIMENSIONS: Final = (
@@ -204,6 +211,51 @@ def _nearest_rank(sorted_values: Sequence[int], fraction: float) -> int | None:
     return sorted_values[max(math.ceil(fraction * len(sorted_values)), 1) - 1]
 
 
+@dataclass
+class _Group:
+    """Running sums for one group of ``spend_by``; partial results from row ranges add up."""
+
+    requests: int = 0
+    spend: float = 0.0
+    priced: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    latency_total: float = 0.0
+    latency_count: int = 0
+    retries: int = 0
+    prompt_sizes: list[str] = field(default_factory=list)  # comma-separated input_tokens, one string per part
+
+    def add(self, sums: Sequence[Any]) -> None:
+        requests, spend, priced, input_tokens, output_tokens, cached, latency, latency_count, retries, sizes = sums
+        self.requests += requests
+        self.spend += spend
+        self.priced += priced
+        self.input_tokens += input_tokens or 0
+        self.output_tokens += output_tokens or 0
+        self.cached_tokens += cached or 0
+        self.latency_total += latency
+        self.latency_count += latency_count
+        self.retries += retries or 0
+        if sizes:
+            self.prompt_sizes.append(sizes)
+
+    def measures(self) -> dict[str, Any]:
+        sizes = sorted(map(int, ",".join(self.prompt_sizes).split(","))) if self.prompt_sizes else []
+        return {
+            "requests": self.requests,
+            "spend_usd": self.spend if self.priced else None,
+            "unpriced": self.requests - self.priced,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "avg_latency_ms": self.latency_total / self.latency_count if self.latency_count else None,
+            "cache_hit_rate": self.cached_tokens / self.input_tokens if self.input_tokens else None,
+            "p95_input_tokens": _nearest_rank(sizes, 0.95),
+            "retries": self.retries,
+        }
+
+
 class Store:
     """One SQLite store file. Thread-safe; open one per process (or per exporter)."""
 
@@ -219,6 +271,7 @@ class Store:
                 f"no costspan store at {self.path} yet. Export spans into it (`opentelemetry-instrument "
                 "--traces_exporter costspan ...`), run `costspan demo`, or pass --store / set COSTSPAN_STORE_PATH."
             )
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,41 +399,15 @@ class Store:
                 raise ValueError(f"unknown dimension {name!r}; choose from {', '.join(DIMENSIONS)}")
         if every is not None and every not in BUCKET_NS:
             raise ValueError(f"every must be one of {', '.join(BUCKET_NS)}")
-        conditions, parameters = self._filters(since, until, env, where)
-        keys = list(dims)
-        if every is not None:
-            keys.append(f"start_ns / {BUCKET_NS[every]}")
-        # One pass: SQLite sorts once for GROUP BY; the prompt sizes come back as one string per group and
-        # are sorted in Python (C speed) for the percentile, which SQLite has no aggregate for.
-        sql = f"""
-            SELECT {"".join(k + ", " for k in keys)}
-                   count(*), sum(cost_usd), count(*) - count(cost_usd), sum(input_tokens), sum(output_tokens),
-                   sum(cached_tokens), avg(latency_ms), sum(is_retry), group_concat(input_tokens)
-            FROM spans {conditions} {"GROUP BY " + ", ".join(keys) if keys else ""}
-        """
-        width = len(keys)
+        keys = [*dims, *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else [])]
         results = []
-        for row in self.query(sql, parameters):
-            key = tuple(row[:width])
-            requests, spend, unpriced, input_tokens, output_tokens, cached, latency, retries, prompts = row[width:]
-            if not requests:
-                continue  # an aggregate over no rows
+        since_ns = to_ns(since) if since is not None else FIRST_NS
+        until_ns = to_ns(until) if until is not None else LAST_NS
+        for key, group in self._aggregate(keys, since_ns, until_ns, env, where).items():
             result: dict[str, Any] = dict(zip(dims, key[: len(dims)], strict=True))
             if every is not None:
                 result["bucket"] = from_ns(key[-1] * BUCKET_NS[every])
-            input_tokens = input_tokens or 0
-            result.update(
-                requests=requests,
-                spend_usd=spend,
-                unpriced=unpriced,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens or 0,
-                cached_tokens=cached or 0,
-                avg_latency_ms=latency,
-                cache_hit_rate=(cached or 0) / input_tokens if input_tokens else None,
-                p95_input_tokens=_nearest_rank(sorted(map(int, prompts.split(","))), 0.95) if prompts else None,
-                retries=retries or 0,
-            )
+            result.update(group.measures())
             results.append(result)
         if top is not None:
             totals: dict[tuple[Any, ...], float] = {}
@@ -415,29 +442,61 @@ class Store:
     ) -> dict[str, Any]:
         """All matching spans as one row of measures (zero requests when nothing matches)."""
         rows = self.spend_by([], since=since, until=until, env=env, where=where)
-        if rows:
-            return rows[0]
-        return {
-            m: 0 if m in ("requests", "unpriced", "input_tokens", "output_tokens", "cached_tokens", "retries") else None
-            for m in MEASURES
-        }
+        return rows[0] if rows else _Group().measures()
 
-    @staticmethod
-    def _filters(
-        since: datetime | None, until: datetime | None, env: str | None, where: Mapping[str, str] | None
-    ) -> tuple[str, list[Any]]:
-        conditions = []
+    def _aggregate(
+        self, keys: Sequence[str], since_ns: int, until_ns: int, env: str | None, where: Mapping[str, str] | None
+    ) -> dict[tuple[Any, ...], _Group]:
+        """Partial aggregates per group, computed over slices of the period in parallel and merged.
+
+        SQLite sorts to GROUP BY, single-threaded; over many rows, slices sorted on several connections at once
+        finish sooner. The prompt sizes come back as one string per group, for the percentile SQLite has no
+        aggregate for.
+        """
+        conditions = ["start_ns >= ?", "start_ns < ?"]
         parameters: list[Any] = []
-        if since is not None:
-            conditions.append("start_ns >= ?")
-            parameters.append(to_ns(since))
-        if until is not None:
-            conditions.append("start_ns < ?")
-            parameters.append(to_ns(until))
         if env is not None:
             conditions.append("environment = ?")
             parameters.append(env)
         for name, value in (where or {}).items():
             conditions.append(f"{name} = ?")  # name is checked against DIMENSIONS by the caller
             parameters.append(value)
-        return ("WHERE " + " AND ".join(conditions)) if conditions else "", parameters
+        sql = f"""
+            SELECT {"".join(k + ", " for k in keys)}
+                   count(*), total(cost_usd), count(cost_usd), sum(input_tokens), sum(output_tokens),
+                   sum(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), group_concat(input_tokens)
+            FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
+        """
+        slices = self._slices(since_ns, until_ns)
+        if len(slices) > 1:
+            with ThreadPoolExecutor(len(slices)) as pool:
+                parts = list(pool.map(lambda bounds: self._read_apart(sql, [*bounds, *parameters]), slices))
+        else:
+            parts = [self.query(sql, [since_ns, until_ns, *parameters])]
+        width = len(keys)
+        groups: dict[tuple[Any, ...], _Group] = {}
+        for rows in parts:
+            for row in rows:
+                if row[width]:  # an aggregate over no rows has count 0
+                    groups.setdefault(tuple(row[:width]), _Group()).add(row[width:])
+        return groups
+
+    def _slices(self, since_ns: int, until_ns: int) -> list[tuple[int, int]]:
+        """[since, until) cut into equal time slices, one per reader, when it holds enough rows to be worth it."""
+        first, last, rows = self.query(
+            "SELECT min(start_ns), max(start_ns), count(*) FROM spans WHERE start_ns >= ? AND start_ns < ?",
+            (since_ns, until_ns),
+        )[0]
+        if rows < PARALLEL_MIN_ROWS or PARALLEL_READERS < 2:
+            return [(since_ns, until_ns)]
+        step = (last + 1 - first) // PARALLEL_READERS + 1
+        return [(start, min(start + step, last + 1)) for start in range(first, last + 1, step)]
+
+    def _read_apart(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """A read on a connection of its own (WAL readers do not block each other or the writers)."""
+        with self._errors():
+            db = sqlite3.connect(self.path, timeout=self.timeout_s)
+            try:
+                return db.execute(sql, parameters).fetchall()
+            finally:
+                db.close()
