@@ -76,6 +76,7 @@ COSTSPAN_BUDGET_LIMIT_USD: Final = "costspan.budget.limit_usd"
 COSTSPAN_BUDGET_USED_USD: Final = "costspan.budget.used_usd"
 COSTSPAN_BUDGET_RESERVED_USD: Final = "costspan.budget.reserved_usd"
 COSTSPAN_BUDGET_THRESHOLD: Final = "costspan.budget.threshold"
+COSTSPAN_BUDGET_OPERATION: Final = "costspan.budget.operation"  # reserve or settle, on ledger errors
 COSTSPAN_PROMPT_ESTIMATED_TOKENS: Final = "costspan.prompt.estimated_tokens"
 COSTSPAN_PROMPT_LIMIT: Final = "costspan.prompt.limit"
 
@@ -94,4 +95,5 @@ DEPLOYMENT_ENVIRONMENT_NAME: Final = "deployment.environment.name"
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
 METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
 METRIC_OPERATION_COST: Final = "gen_ai.client.operation.cost"
+METRIC_BUDGET_LEDGER_ERRORS: Final = "costspan.budget.ledger.errors"  # calls whose budget check could not run
 GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
