@@ -62,7 +62,10 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             pricer=pricer,
             attributor=Attributor(settings, tracer_provider),
             settings=settings,
-            guards=(*(kwargs.get("guards") or ()), *_budget_guards(settings.budget_file, pricer)),
+            guards=(
+                *(kwargs.get("guards") or ()),
+                *_budget_guards(settings.budget_file, pricer, kwargs.get("meter_provider")),
+            ),
         )
         self.telemetry = telemetry
         wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry))
@@ -76,14 +79,14 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self.telemetry = None
 
 
-def _budget_guards(path: str | None, pricer: Pricer) -> tuple[CallGuard, ...]:
+def _budget_guards(path: str | None, pricer: Pricer, meter_provider: Any) -> tuple[CallGuard, ...]:
     """The budget file's guard. A file that cannot be used is logged, and calls go on without budgets."""
     if not path:
         return ()
     from costspan.budgets import load_budget_guard
 
     try:
-        return (load_budget_guard(path, pricer=pricer),)
+        return (load_budget_guard(path, pricer=pricer, meter_provider=meter_provider),)
     except Exception as exc:
         logger.error("costspan: budgets are OFF: %s", exc)
         return ()
