@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 import openai
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import costspan
 from costspan import semconv
@@ -383,7 +385,13 @@ def test_large_prompt_event_warning_and_refusal(
 @pytest.mark.parametrize("policy", ["open", "closed"])
 def test_ledger_down(policy: str, fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]) -> None:
     dead = RedisLedger.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    guard = BudgetGuard([Budget({"customer_id": "*"}, "monthly", Decimal(1))], dead, on_ledger_error=policy)
+    reader = InMemoryMetricReader()
+    guard = BudgetGuard(
+        [Budget({"customer_id": "*"}, "monthly", Decimal(1))],
+        dead,
+        on_ledger_error=policy,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
     pipeline = guarded(instrumented, guard)
     with costspan.attribute(customer_id="acme"):
         if policy == "open":
@@ -395,6 +403,18 @@ def test_ledger_down(policy: str, fake_openai: FakeOpenAI, client: openai.OpenAI
             assert fake_openai.received == []
     assert guard.ledger_errors == 1
     assert any(e.name == semconv.EVENT_BUDGET_LEDGER_ERROR for e in pipeline.span().events)
+    data = reader.get_metrics_data()
+    assert data is not None
+    (point,) = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == semconv.METRIC_BUDGET_LEDGER_ERRORS
+        for p in m.data.data_points  # type: ignore[union-attr]
+    ]
+    assert point.value == 1
+    assert point.attributes == {semconv.ERROR_TYPE: "ConnectionError", semconv.COSTSPAN_BUDGET_OPERATION: "reserve"}
 
 
 # --- configured by environment variable -----------------------------------------------------------------------

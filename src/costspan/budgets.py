@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from costspan import semconv
 from costspan._call import RequestInfo
@@ -412,6 +412,7 @@ class BudgetGuard:
         prompt_warn_tokens: int = PROMPT_WARN_TOKENS,
         prompt_refuse_tokens: int = 0,
         on_alert: Callable[[BudgetAlert], None] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         if on_ledger_error not in LEDGER_POLICIES:
@@ -427,6 +428,11 @@ class BudgetGuard:
         self.on_alert = on_alert
         self.clock = clock
         self.ledger_errors = 0  # calls let through (or refused, when closed) because the ledger failed
+        self._ledger_error_counter = metrics.get_meter(__name__, meter_provider=meter_provider).create_counter(
+            semconv.METRIC_BUDGET_LEDGER_ERRORS,
+            unit="{call}",
+            description="Budget checks or settlements that failed because the ledger was unreachable",
+        )
         self._lock = threading.Lock()
         self._last_warning: dict[str, float] = {}
         self._alerted: set[tuple[str, str]] = set()
@@ -566,9 +572,15 @@ class BudgetGuard:
             budget, window, used_usd=to_usd(used), requested_usd=to_usd(amount), retry_after_s=retry_after
         )
 
-    def _ledger_failed(self, exc: Exception, span: Any, held: list[_Held]) -> None:
+    def _count_ledger_error(self, exc: Exception, operation: str) -> None:
         with self._lock:
             self.ledger_errors += 1
+        self._ledger_error_counter.add(
+            1, {semconv.ERROR_TYPE: type(exc).__name__, semconv.COSTSPAN_BUDGET_OPERATION: operation}
+        )
+
+    def _ledger_failed(self, exc: Exception, span: Any, held: list[_Held]) -> None:
+        self._count_ledger_error(exc, "reserve")
         reason = f"{type(exc).__name__}: {exc}"
         span.add_event(semconv.EVENT_BUDGET_LEDGER_ERROR, {semconv.ERROR_TYPE: type(exc).__name__})
         if self.fail_closed:
@@ -594,9 +606,8 @@ class BudgetGuard:
             actual = self._actual(cost, h.reservation)
             try:
                 settled = self.ledger.settle(h.reservation, actual)
-            except Exception:
-                with self._lock:
-                    self.ledger_errors += 1
+            except Exception as exc:
+                self._count_ledger_error(exc, "settle")
                 self._warn("settle", "costspan: could not settle a budget reservation; it stays at the worst case")
                 continue
             for threshold in h.budget.thresholds:
