@@ -606,3 +606,40 @@ def test_query_parameters_are_the_documented_ones() -> None:
     for path in QUERIES.glob("*.sql"):
         params = set(re.findall(r"\{(\w+):", path.read_text()))
         assert params in ({"start", "end"}, {"as_of"}), (path.name, params)
+
+
+# --- the sharded variant ----------------------------------------------------------------------------------------------
+
+CLUSTER_DIR = CLICKHOUSE_DIR / "cluster"
+
+
+def single_node_form(sql: str) -> str:
+    """A cluster statement as one node would run it without Keeper: no ON CLUSTER, no replication."""
+    sql = sql.replace(" ON CLUSTER '{cluster}'", "")
+    sql = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(, )?", lambda m: f"{m[1]}(", sql)
+    return sql.replace("_local", "")
+
+
+def format_query(statement: str) -> str:
+    """ClickHouse's own parser and formatter: raises on a syntax error, and normalizes layout for comparison."""
+    literal = "'" + statement.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(clickhouse().rows(f"SELECT formatQuery({literal}) AS f")[0]["f"])
+
+
+def test_cluster_ddl_parses_and_matches_the_single_node_schema() -> None:
+    single = {format_query(s) for path in sorted(CLICKHOUSE_DIR.glob("*.sql")) for s in statements(path.read_text())}
+    distributed = []
+    for path in sorted(CLUSTER_DIR.glob("*.sql")):
+        for statement in statements(path.read_text()):
+            assert "ON CLUSTER '{cluster}'" in statement, f"{path.name}: every statement runs on the whole cluster"
+            format_query(statement)  # parses, or raises
+            if "ENGINE = Distributed" in statement:
+                distributed.append(statement)
+                continue
+            formatted = format_query(single_node_form(statement))
+            assert formatted in single, f"{path.name}: differs from the single-node DDL:\n{formatted}"
+    # Copies of a span share its trace id: sharding by trace id puts them on one shard, where they are deduplicated.
+    assert [re.search(r"Distributed\('\{cluster\}', otel, (\w+), (.+)\)", s).groups() for s in distributed] == [  # type: ignore[union-attr]
+        ("otel_traces_local", "cityHash64(TraceId)"),
+        ("llm_cost_events_local", "cityHash64(trace_id)"),
+    ]

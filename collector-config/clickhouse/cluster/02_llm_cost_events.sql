@@ -1,0 +1,77 @@
+-- Sharded and replicated variant of ../02_llm_cost_events.sql. The materialized view runs on each shard's
+-- otel_traces_local, so each shard types its own spans; otel.llm_cost_events is a Distributed table over the shards
+-- with the same name and columns as the single-node table, so queries/*.sql run unchanged.
+--
+-- Deduplication stays exact: copies of a span share a trace id, so they were sharded to the same node
+-- (01_otel_traces.sql), where ReplacingMergeTree and FINAL collapse them; replicas of a shard agree through Keeper.
+CREATE TABLE IF NOT EXISTS otel.llm_cost_events_local ON CLUSTER '{cluster}'
+(
+    span_id String,
+    trace_id String,
+    timestamp DateTime64(9, 'UTC'),
+    feature LowCardinality(String),
+    route LowCardinality(String),
+    customer_id String,
+    environment LowCardinality(String),
+    service LowCardinality(String),
+    provider LowCardinality(String),
+    operation LowCardinality(String),
+    request_model LowCardinality(String),
+    response_model LowCardinality(String),
+    input_tokens Nullable(UInt64),
+    cached_tokens Nullable(UInt64),
+    cache_write_tokens Nullable(UInt64),
+    output_tokens Nullable(UInt64),
+    reasoning_tokens Nullable(UInt64),
+    latency_ms Float64,
+    cost_usd Nullable(Decimal(38, 18)),
+    cost_input_usd Nullable(Decimal(38, 18)),
+    cost_cache_read_usd Nullable(Decimal(38, 18)),
+    cost_cache_write_usd Nullable(Decimal(38, 18)),
+    cost_output_usd Nullable(Decimal(38, 18)),
+    pricing_status LowCardinality(String),
+    pricing_source LowCardinality(String),
+    pricing_version LowCardinality(String),
+    pricing_model LowCardinality(String),
+    error_type LowCardinality(String)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/otel/llm_cost_events_local', '{replica}')
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (trace_id, span_id)
+SETTINGS index_granularity = 8192;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS otel.llm_cost_events_mv ON CLUSTER '{cluster}' TO otel.llm_cost_events_local AS
+SELECT
+    SpanId AS span_id,
+    TraceId AS trace_id,
+    Timestamp AS timestamp,
+    SpanAttributes['feature'] AS feature,
+    SpanAttributes['route'] AS route,
+    SpanAttributes['customer_id'] AS customer_id,
+    SpanAttributes['environment'] AS environment,
+    ServiceName AS service,
+    SpanAttributes['gen_ai.provider.name'] AS provider,
+    SpanAttributes['gen_ai.operation.name'] AS operation,
+    SpanAttributes['gen_ai.request.model'] AS request_model,
+    SpanAttributes['gen_ai.response.model'] AS response_model,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.input_tokens']) AS input_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_read.input_tokens']) AS cached_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']) AS cache_write_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.output_tokens']) AS output_tokens,
+    toUInt64OrNull(SpanAttributes['gen_ai.usage.reasoning.output_tokens']) AS reasoning_tokens,
+    Duration / 1e6 AS latency_ms,
+    toDecimal128OrNull(SpanAttributes['gen_ai.usage.cost.amount'], 18) AS cost_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.input'], 18) AS cost_input_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.cache_read'], 18) AS cost_cache_read_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.cache_write'], 18) AS cost_cache_write_usd,
+    toDecimal128OrNull(SpanAttributes['costspan.cost.output'], 18) AS cost_output_usd,
+    SpanAttributes['costspan.pricing.status'] AS pricing_status,
+    SpanAttributes['costspan.pricing.source'] AS pricing_source,
+    SpanAttributes['costspan.pricing.version'] AS pricing_version,
+    SpanAttributes['costspan.pricing.model'] AS pricing_model,
+    SpanAttributes['error.type'] AS error_type
+FROM otel.otel_traces_local
+WHERE mapContains(SpanAttributes, 'costspan.pricing.status');
+
+CREATE TABLE IF NOT EXISTS otel.llm_cost_events ON CLUSTER '{cluster}' AS otel.llm_cost_events_local
+ENGINE = Distributed('{cluster}', otel, llm_cost_events_local, cityHash64(trace_id));
