@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -182,6 +183,18 @@ def test_bad_requests_get_a_clear_status(
     assert got == status
     if content_type == PROTOBUF:
         assert RpcStatus.FromString(raw).message  # the OTLP error body: google.rpc.Status
+
+
+def test_chunked_body_is_read(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
+    """Clients that stream their body (no Content-Length) are understood, not read as empty."""
+    body = encode_spans(llm_spans).SerializeToString()
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=30) as conn:
+        head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:100], body[100:]))
+        conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+    assert len(stored(receiver.exporter.path)) == 3
 
 
 def test_metrics_and_logs_are_accepted_and_ignored(receiver: OTLPReceiver) -> None:

@@ -63,6 +63,10 @@ class BadRequest(ValueError):
     """The request body cannot be decoded; answered with HTTP 400 (the client must not retry)."""
 
 
+class TooLarge(BadRequest):
+    """The request body is over ``MAX_BODY_BYTES``; answered with HTTP 413."""
+
+
 # --- decoding -------------------------------------------------------------------------------------------
 def _hex_ids_to_base64(node: Any) -> Any:
     """OTLP/JSON writes trace and span ids as hex, where the protobuf JSON mapping expects base64."""
@@ -315,16 +319,43 @@ class _Handler(BaseHTTPRequestHandler):
         logger.warning("costspan serve: %s %s -> %d: %s", self.command, self.path, status, message)
         self._reply(status, RpcStatus(code=status, message=message), content_type)
 
+    def _body(self) -> bytes:
+        """The request body, framed by Content-Length or chunked transfer encoding. Raises ``BadRequest``."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                try:
+                    size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise BadRequest("malformed chunked body") from None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():
+                        pass  # trailers
+                    return b"".join(chunks)
+                received += size
+                if received > MAX_BODY_BYTES:
+                    raise TooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(1024)  # the CRLF after each chunk
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if length > MAX_BODY_BYTES:
+            raise TooLarge(f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
+        return self.rfile.read(length) if length > 0 else b""
+
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         content_type = (self.headers.get("Content-Type") or PROTOBUF).split(";", 1)[0].strip().lower()
         reply_type = content_type if content_type in (PROTOBUF, JSON) else PROTOBUF
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._error(413, f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit", reply_type)
+        try:
+            body = self._body()
+        except BadRequest as exc:
+            self.close_connection = True  # the rest of the stream cannot be trusted to frame the next request
+            self._error(413 if isinstance(exc, TooLarge) else 400, str(exc), reply_type)
             return
-        body = self.rfile.read(length) if length else b""
         if path in _EMPTY_RESPONSES:
             self._reply(200, _EMPTY_RESPONSES[path](), reply_type)
             return
