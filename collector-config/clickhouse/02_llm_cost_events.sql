@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events
 (
     span_id String,
     trace_id String,
+    parent_span_id String,
     timestamp DateTime64(9, 'UTC'),
     feature LowCardinality(String),
     route LowCardinality(String),
@@ -19,12 +20,17 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events
     operation LowCardinality(String),
     request_model LowCardinality(String),
     response_model LowCardinality(String),
-    -- NULL means the response carried no usage (an error, a refusal): unknown, not zero.
+    -- NULL means the response carried no usage (an error, a refusal): unknown, not zero. With usage, the parts
+    -- (cached, cache-write, reasoning, audio, image) are 0 when absent.
     input_tokens Nullable(UInt64),
     cached_tokens Nullable(UInt64),
     cache_write_tokens Nullable(UInt64),
     output_tokens Nullable(UInt64),
     reasoning_tokens Nullable(UInt64),  -- already inside output_tokens: never add it again
+    input_audio_tokens Nullable(UInt64),
+    output_audio_tokens Nullable(UInt64),
+    input_image_tokens Nullable(UInt64),
+    output_image_tokens Nullable(UInt64),
     latency_ms Float64,
     -- NULL means costspan could not price the call (see pricing_status): never a guessed zero.
     cost_usd Nullable(Decimal(38, 18)),
@@ -36,7 +42,12 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events
     pricing_source LowCardinality(String),
     pricing_version LowCardinality(String),
     pricing_model LowCardinality(String),
-    error_type LowCardinality(String)
+    error_type LowCardinality(String),
+    -- for reconciliation with the provider's usage and cost APIs
+    request_id String,
+    prompt_cache_key String,
+    service_tier LowCardinality(String),
+    batch_id String
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
@@ -46,9 +57,11 @@ SETTINGS index_granularity = 8192;
 -- Only costspan spans: they alone carry costspan.pricing.status. Other GenAI instrumentations of the same call
 -- (which would double the spend) are left out.
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel.llm_cost_events_mv TO otel.llm_cost_events AS
+WITH mapContains(SpanAttributes, 'gen_ai.usage.input_tokens') AS has_usage
 SELECT
     SpanId AS span_id,
     TraceId AS trace_id,
+    ParentSpanId AS parent_span_id,
     Timestamp AS timestamp,
     SpanAttributes['feature'] AS feature,
     SpanAttributes['route'] AS route,
@@ -60,10 +73,14 @@ SELECT
     SpanAttributes['gen_ai.request.model'] AS request_model,
     SpanAttributes['gen_ai.response.model'] AS response_model,
     toUInt64OrNull(SpanAttributes['gen_ai.usage.input_tokens']) AS input_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_read.input_tokens']) AS cached_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']) AS cache_write_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.cache_read.input_tokens']), NULL) AS cached_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']), NULL) AS cache_write_tokens,
     toUInt64OrNull(SpanAttributes['gen_ai.usage.output_tokens']) AS output_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.reasoning.output_tokens']) AS reasoning_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.reasoning.output_tokens']), NULL) AS reasoning_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.input_audio_tokens']), NULL) AS input_audio_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.output_audio_tokens']), NULL) AS output_audio_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.input_image_tokens']), NULL) AS input_image_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.output_image_tokens']), NULL) AS output_image_tokens,
     Duration / 1e6 AS latency_ms,
     toDecimal128OrNull(SpanAttributes['gen_ai.usage.cost.amount'], 18) AS cost_usd,
     toDecimal128OrNull(SpanAttributes['costspan.cost.input'], 18) AS cost_input_usd,
@@ -74,6 +91,11 @@ SELECT
     SpanAttributes['costspan.pricing.source'] AS pricing_source,
     SpanAttributes['costspan.pricing.version'] AS pricing_version,
     SpanAttributes['costspan.pricing.model'] AS pricing_model,
-    SpanAttributes['error.type'] AS error_type
+    SpanAttributes['error.type'] AS error_type,
+    SpanAttributes['costspan.openai.request_id'] AS request_id,
+    SpanAttributes['costspan.openai.prompt_cache_key'] AS prompt_cache_key,
+    if(SpanAttributes['openai.response.service_tier'] != '', SpanAttributes['openai.response.service_tier'],
+       SpanAttributes['openai.request.service_tier']) AS service_tier,
+    SpanAttributes['costspan.openai.batch_id'] AS batch_id
 FROM otel.otel_traces
 WHERE mapContains(SpanAttributes, 'costspan.pricing.status');

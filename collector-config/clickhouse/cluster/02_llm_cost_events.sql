@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events_local ON CLUSTER '{cluster}'
 (
     span_id String,
     trace_id String,
+    parent_span_id String,
     timestamp DateTime64(9, 'UTC'),
     feature LowCardinality(String),
     route LowCardinality(String),
@@ -23,6 +24,10 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events_local ON CLUSTER '{cluster}'
     cache_write_tokens Nullable(UInt64),
     output_tokens Nullable(UInt64),
     reasoning_tokens Nullable(UInt64),
+    input_audio_tokens Nullable(UInt64),
+    output_audio_tokens Nullable(UInt64),
+    input_image_tokens Nullable(UInt64),
+    output_image_tokens Nullable(UInt64),
     latency_ms Float64,
     cost_usd Nullable(Decimal(38, 18)),
     cost_input_usd Nullable(Decimal(38, 18)),
@@ -33,7 +38,12 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events_local ON CLUSTER '{cluster}'
     pricing_source LowCardinality(String),
     pricing_version LowCardinality(String),
     pricing_model LowCardinality(String),
-    error_type LowCardinality(String)
+    error_type LowCardinality(String),
+    -- for reconciliation with the provider's usage and cost APIs
+    request_id String,
+    prompt_cache_key String,
+    service_tier LowCardinality(String),
+    batch_id String
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/otel/llm_cost_events_local', '{replica}')
 PARTITION BY toYYYYMM(timestamp)
@@ -41,9 +51,11 @@ ORDER BY (trace_id, span_id)
 SETTINGS index_granularity = 8192;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel.llm_cost_events_mv ON CLUSTER '{cluster}' TO otel.llm_cost_events_local AS
+WITH mapContains(SpanAttributes, 'gen_ai.usage.input_tokens') AS has_usage
 SELECT
     SpanId AS span_id,
     TraceId AS trace_id,
+    ParentSpanId AS parent_span_id,
     Timestamp AS timestamp,
     SpanAttributes['feature'] AS feature,
     SpanAttributes['route'] AS route,
@@ -55,10 +67,14 @@ SELECT
     SpanAttributes['gen_ai.request.model'] AS request_model,
     SpanAttributes['gen_ai.response.model'] AS response_model,
     toUInt64OrNull(SpanAttributes['gen_ai.usage.input_tokens']) AS input_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_read.input_tokens']) AS cached_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']) AS cache_write_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.cache_read.input_tokens']), NULL) AS cached_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.cache_creation.input_tokens']), NULL) AS cache_write_tokens,
     toUInt64OrNull(SpanAttributes['gen_ai.usage.output_tokens']) AS output_tokens,
-    toUInt64OrNull(SpanAttributes['gen_ai.usage.reasoning.output_tokens']) AS reasoning_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['gen_ai.usage.reasoning.output_tokens']), NULL) AS reasoning_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.input_audio_tokens']), NULL) AS input_audio_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.output_audio_tokens']), NULL) AS output_audio_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.input_image_tokens']), NULL) AS input_image_tokens,
+    if(has_usage, toUInt64OrZero(SpanAttributes['costspan.usage.output_image_tokens']), NULL) AS output_image_tokens,
     Duration / 1e6 AS latency_ms,
     toDecimal128OrNull(SpanAttributes['gen_ai.usage.cost.amount'], 18) AS cost_usd,
     toDecimal128OrNull(SpanAttributes['costspan.cost.input'], 18) AS cost_input_usd,
@@ -69,7 +85,12 @@ SELECT
     SpanAttributes['costspan.pricing.source'] AS pricing_source,
     SpanAttributes['costspan.pricing.version'] AS pricing_version,
     SpanAttributes['costspan.pricing.model'] AS pricing_model,
-    SpanAttributes['error.type'] AS error_type
+    SpanAttributes['error.type'] AS error_type,
+    SpanAttributes['costspan.openai.request_id'] AS request_id,
+    SpanAttributes['costspan.openai.prompt_cache_key'] AS prompt_cache_key,
+    if(SpanAttributes['openai.response.service_tier'] != '', SpanAttributes['openai.response.service_tier'],
+       SpanAttributes['openai.request.service_tier']) AS service_tier,
+    SpanAttributes['costspan.openai.batch_id'] AS batch_id
 FROM otel.otel_traces_local
 WHERE mapContains(SpanAttributes, 'costspan.pricing.status');
 
