@@ -42,7 +42,8 @@ def test_table_is_aligned_sorted_by_spend_and_explains_unpriced_calls(
     capsys: pytest.CaptureFixture[str], store_path: str
 ) -> None:
     out = report(capsys, store_path, "--env", "prod")
-    header, rule, chat, search, _, summary, note = out.splitlines()[:7]
+    title, _, header, rule, chat, search, _, summary, note = out.splitlines()[:9]
+    assert title == "Spend by feature, 2026-11-02 09:00 to 2026-11-03 09:00 UTC, environment prod"
     assert header.split() == ["feature", "requests", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
                               "cache", "hit", "p95", "prompt"]  # fmt: skip
     assert len(rule) == len(header)

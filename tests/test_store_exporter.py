@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,6 +113,28 @@ def test_an_unwritable_store_is_counted_and_never_raised(tmp_path: Path, caplog:
     assert exporter.stored_spans == 1
     exporter.shutdown()
     assert exporter.export([]) == SpanExportResult.FAILURE  # after shutdown, as every SDK exporter
+
+
+def test_a_store_locked_past_the_timeout_loses_the_batch_not_the_call(tmp_path: Path) -> None:
+    path = tmp_path / "spans.sqlite3"
+    Store(path).close()
+    exporter = CostspanSpanExporter(path, timeout_s=0.2)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # e.g. a stuck process mid-write
+    try:
+        with tracer.start_as_current_span("chat", attributes={semconv.GEN_AI_OPERATION_NAME: "chat"}):
+            pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (exporter.failed_spans, exporter.stored_spans) == (1, 0)
+    with tracer.start_as_current_span("chat", attributes={semconv.GEN_AI_OPERATION_NAME: "chat"}):
+        pass
+    assert exporter.stored_spans == 1
+    exporter.shutdown()
 
 
 def test_only_llm_spans_become_rows_and_unpriced_calls_keep_no_amount() -> None:

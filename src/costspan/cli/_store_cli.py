@@ -98,6 +98,17 @@ def read_filters(args: argparse.Namespace, now: datetime) -> Filters:
     )
 
 
+def describe(filters: Filters) -> str:
+    """The period and filters in words, for the line above a table."""
+    start = f"{filters.since:%Y-%m-%d %H:%M}" if filters.since else "the first call"
+    end = f"{filters.until:%Y-%m-%d %H:%M}" if filters.until else "now"
+    parts = [f"{start} to {end} UTC"]
+    if filters.env:
+        parts.append(f"environment {filters.env}")
+    parts.extend(f"{key}={value}" for key, value in filters.where.items())
+    return ", ".join(parts)
+
+
 def open_store(args: argparse.Namespace) -> Store:
     """The store named by --store (or the default), which must exist: reading never creates one."""
     return Store(args.store, create=False)

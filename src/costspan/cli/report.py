@@ -11,6 +11,7 @@ from costspan.cli._store_cli import (
     Column,
     add_filter_options,
     count,
+    describe,
     guarded,
     millis,
     open_store,
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         write_json(keys, rows, sys.stdout)
     else:
+        print(f"Spend by {', '.join(dimensions)}, {describe(filters)}\n")
         print(table(dimensions, args.every, rows))
     return 0
 
