@@ -171,9 +171,7 @@ def simulated_traffic(now: datetime, *, days: int, requests: int, seed: int = 7)
             continue
         route = rng.choices(routes, weights=(55, 20, 25))[0]
         customer = rng.choices(CUSTOMERS, weights=CUSTOMER_WEIGHTS)[0]
-        size = {"POST /api/chat": rng.randint(1, 5), "POST /api/documents/summarize": rng.randint(1, 8)}.get(
-            route, rng.randint(1, 8)
-        )
+        size = rng.randint(1, 5 if route == "POST /api/chat" else 8)
         visits.append(Visit(at, route, customer, size))
     night = start.replace(hour=2)
     while night < this_hour - timedelta(hours=1):
@@ -189,7 +187,7 @@ def simulated_traffic(now: datetime, *, days: int, requests: int, seed: int = 7)
 
 
 def real_api_traffic(now: datetime) -> list[Visit]:
-    """A dozen small calls for the real API: a fraction of a cent with the cheap models."""
+    """About ten small calls for the real API: a fraction of a cent with the cheap models."""
     routes = ["POST /api/chat"] * 4 + ["POST /api/documents/summarize"] * 2 + ["GET /api/search"] * 3
     visits = [Visit(now, route, CUSTOMERS[i % 3], 2) for i, route in enumerate(routes)]
     return [*visits, Visit(now, "cron:nightly-batch", "system", 2)]
