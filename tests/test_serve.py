@@ -213,6 +213,19 @@ def test_store_failure_answers_503_so_the_client_retries(tmp_path: Path, llm_spa
     assert receiver.counts.failed_batches == 1
 
 
+def test_serve_refuses_a_damaged_store_at_start(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"this is not a database" * 100)
+    result = subprocess.run(
+        [str(BIN / "costspan"), "serve", "--port", "0", "--store", str(damaged)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "costspan serve: error:" in result.stderr and str(damaged) in result.stderr
+
+
 @pytest.mark.integration
 def test_opentelemetry_instrument_app_into_costspan_serve(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     """The example app under `opentelemetry-instrument`, exporting OTLP to `costspan serve` in another process."""

@@ -43,8 +43,14 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from costspan.exporter import CostspanSpanExporter
     from costspan.serve import OTLPReceiver
+    from costspan.store import Store, StoreError
 
     store = args.store or default_store_path()
+    try:
+        Store(store).close()  # a damaged or unwritable store is an error now, not a 503 per batch later
+    except StoreError as exc:
+        print(f"costspan serve: error: {exc}", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s costspan serve: %(message)s", datefmt="%H:%M:%S"))
     logging.getLogger("costspan").addHandler(handler)
