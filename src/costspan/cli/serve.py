@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import Any
 
+from costspan.cli._store_cli import add_store_option
 from costspan.paths import default_store_path
 
 EPILOG = """\
@@ -34,9 +35,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=4318, help="port to listen on (default: %(default)s, OTLP/HTTP)")
-    parser.add_argument(
-        "--store", metavar="PATH", help=f"store file (default: $COSTSPAN_STORE_PATH or {default_store_path()})"
-    )
+    add_store_option(parser)
     parser.set_defaults(run=run)
 
 
