@@ -23,14 +23,16 @@ and counted, and marked ``is_retry = 1``.
 
 from __future__ import annotations
 
+import json
 import math
+import operator
 import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -39,10 +41,10 @@ from costspan.paths import default_store_path
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
+FIRST_NS: Final = -(2**63)  # the open ends of a period
+LAST_NS: Final = 2**63 - 1
 # Queries over at least this many rows are split across this many reader connections (see Store._aggregate).
 PARALLEL_MIN_ROWS: Final = 200_000
-FIRST_NS: Final = -(2**63)
-LAST_NS: Final = 2**63 - 1
 PARALLEL_READERS: Final = min(4, os.cpu_count() or 1)
 
 # Columns one may group by (``--by``) and filter on (``--where``).
@@ -121,6 +123,7 @@ class CostRow:
 
 
 ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
+_row_values = operator.attrgetter(*ROW_COLUMNS)
 
 # Schema migrations: MIGRATIONS[i] takes a file from user_version i to i + 1. Append, never edit.
 MIGRATIONS: Final = (
@@ -156,6 +159,11 @@ MIGRATIONS: Final = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSERT = f"INSERT OR IGNORE INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+
+# Traces of a batch holding more than one stored span: only those can hold a retry.
+_SHARED_TRACES = """
+SELECT trace_id FROM spans WHERE trace_id IN (SELECT value FROM json_each(?)) GROUP BY trace_id HAVING count(*) > 1
+"""
 
 # Marks the later calls of a handler that repeated the same request: same trace, parent span, model,
 # operation and prompt size, started after the first (span id breaks ties).
@@ -317,7 +325,8 @@ class Store:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (e.g. on a full disk)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
@@ -342,16 +351,18 @@ class Store:
 
     def insert(self, rows: Iterable[CostRow]) -> int:
         """Store rows in one transaction; returns how many were new (a span id already stored is skipped)."""
-        batch = [astuple(row) for row in rows]
-        if not batch:
+        rows = list(rows)
+        if not rows:
             return 0
-        retry_traces = {(row.trace_id,) for row in rows if isinstance(row, CostRow) and row.parent_span_id}
+        batch = list(map(_row_values, rows))
+        retry_traces = sorted({row.trace_id for row in rows if row.parent_span_id is not None})
         with self._write() as db:
             before = db.total_changes
             db.executemany(_INSERT, batch)
             added = db.total_changes - before
             if added and retry_traces:
-                db.executemany(_MARK_RETRIES, sorted(retry_traces))
+                shared = db.execute(_SHARED_TRACES, (json.dumps(retry_traces),)).fetchall()
+                db.executemany(_MARK_RETRIES, shared)
         return added
 
     def execute_write(self, sql: str, parameters: Iterable[Sequence[Any]]) -> int:
