@@ -6,12 +6,14 @@ import base64
 import gzip
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from costspan.exporter import CostspanSpanExporter, row_from_span
 from costspan.fakeopenai import FakeOpenAI
@@ -183,6 +186,39 @@ def test_bad_requests_get_a_clear_status(
     assert got == status
     if content_type == PROTOBUF:
         assert RpcStatus.FromString(raw).message  # the OTLP error body: google.rpc.Status
+
+
+def test_concurrent_clients_lose_and_duplicate_nothing(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
+    """Eight apps exporting at once (each batch twice, as a retrying client would): every span stored once."""
+    template = next(s for s in llm_spans if row_from_span(s) is not None)
+
+    def app(worker: int) -> list[int]:
+        rng = random.Random(worker)
+        statuses = []
+        for _ in range(5):
+            batch = [copy_with_new_ids(template, rng.getrandbits(128), rng.getrandbits(64)) for _ in range(20)]
+            body = encode_spans(batch).SerializeToString()
+            statuses += [post(receiver.endpoint + "/v1/traces", body)[0] for _ in range(2)]
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = [status for result in pool.map(app, range(8)) for status in result]
+    assert set(statuses) == {200}
+    assert len(stored(receiver.exporter.path)) == 8 * 5 * 20
+    assert (receiver.counts.stored, receiver.counts.duplicates) == (800, 800)
+
+
+def copy_with_new_ids(span: ReadableSpan, trace_id: int, span_id: int) -> ReadableSpan:
+    return ReadableSpan(
+        name=span.name,
+        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1)),
+        resource=span.resource,
+        attributes=span.attributes,
+        kind=span.kind,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def test_chunked_body_is_read(receiver: OTLPReceiver, llm_spans: list[ReadableSpan]) -> None:
