@@ -144,3 +144,15 @@ def test_loadbalancing_tier_routes_spans_by_trace_id() -> None:
     for exporter in exporters.values():
         assert "endpoint" not in exporter["protocol"]["otlp"], "the resolver supplies the endpoints"
         assert set(exporter["resolver"]) <= {"dns", "static", "k8s", "aws_cloud_map"}
+
+
+def test_trace_query_examples_name_only_attributes_costspan_writes() -> None:
+    text = (CONFIG_DIR / "queries-traces.md").read_text()
+    written = {v for k, v in vars(semconv).items() if k.isupper() and isinstance(v, str)}
+    written |= set(semconv.DEFAULT_ATTRIBUTION_KEYS)
+    traceql = set(re.findall(r"\bspan\.([a-z_][\w.]*[a-z_])", text))
+    jaeger = set(re.findall(r"\| `((?:[\w.]+=\S+ ?)+)` \|", text))
+    tags = {pair.split("=")[0] for row in jaeger for pair in row.split()} - {"error"}  # Jaeger's own error tag
+    assert traceql and tags
+    assert traceql <= written, traceql - written
+    assert tags <= written, tags - written
