@@ -411,23 +411,24 @@ class Store:
         if every is not None and every not in BUCKET_NS:
             raise ValueError(f"every must be one of {', '.join(BUCKET_NS)}")
         keys = [*dims, *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else [])]
-        results = []
         since_ns = to_ns(since) if since is not None else FIRST_NS
         until_ns = to_ns(until) if until is not None else LAST_NS
-        for key, group in self._aggregate(keys, since_ns, until_ns, env, where).items():
-            result: dict[str, Any] = dict(zip(dims, key[: len(dims)], strict=True))
+        groups = self._aggregate(keys, since_ns, until_ns, env, where)
+        width = len(dims)
+        if top is not None:  # before the measures, so that only the kept groups pay for their percentile
+            spend: dict[tuple[Any, ...], float] = {}
+            for key, group in groups.items():
+                spend[key[:width]] = spend.get(key[:width], 0.0) + group.spend
+            kept = set(sorted(spend, key=spend.__getitem__, reverse=True)[:top])
+            groups = {key: group for key, group in groups.items() if key[:width] in kept}
+        results = []
+        for key, group in groups.items():
+            result: dict[str, Any] = dict(zip(dims, key[:width], strict=True))
             if every is not None:
                 result["bucket"] = from_ns(key[-1] * BUCKET_NS[every])
             result.update(group.measures())
             results.append(result)
-        if top is not None:
-            totals: dict[tuple[Any, ...], float] = {}
-            for result in results:
-                group_key = tuple(result[d] for d in dims)
-                totals[group_key] = totals.get(group_key, 0.0) + (result["spend_usd"] or 0.0)
-            kept = set(sorted(totals, key=lambda k: -totals[k])[:top])
-            results = [r for r in results if tuple(r[d] for d in dims) in kept]
-        results.sort(key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), r["requests"] * -1))
+        results.sort(key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), -r["requests"]))
         return results
 
     def top(
