@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,7 +36,8 @@ columns:
   cache hit     cached prompt tokens / prompt tokens
   p95 prompt    95th percentile of prompt size in tokens (nearest rank)
 
-dimensions: {", ".join(DIMENSIONS)}
+dimensions (--by, --where):
+{textwrap.fill(", ".join(DIMENSIONS), width=100, initial_indent="  ", subsequent_indent="  ")}
 
 examples:
   costspan report                                      spend per feature over the last 7 days
