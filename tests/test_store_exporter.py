@@ -105,8 +105,8 @@ def test_an_unwritable_store_is_counted_and_never_raised(tmp_path: Path, caplog:
     llm_call()
     llm_call()
     assert (exporter.failed_spans, exporter.stored_spans) == (2, 0)
-    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1  # rate-limited
-    assert "damaged" in caplog.text and "Move it aside" in caplog.text
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "costspan.exporter"]  # once a minute at most
+    assert "damaged" in logged and "Move it aside" in logged
 
     path.rename(tmp_path / "spans.sqlite3.damaged")  # what the message says to do
     llm_call()
