@@ -15,10 +15,10 @@ that attribute), ``bucket`` (an aware UTC datetime, only with ``every``) and the
 ``DIMENSIONS`` lists the columns one may group and filter by.
 
 Writers from several processes share one file safely: WAL journal, a busy timeout, and every batch in one
-``BEGIN IMMEDIATE`` transaction. Rows are keyed by span id and inserted with ``INSERT OR IGNORE``, so a span
-delivered twice is stored once. A span that repeats an earlier call of the same handler (same trace, parent
-span, model, operation and prompt size) is an app-level retry: the provider billed it again, so it is kept
-and counted, and marked ``is_retry = 1``.
+``BEGIN IMMEDIATE`` transaction. Rows are keyed by span id and inserted with ``ON CONFLICT (span_id) DO
+NOTHING``, so a span delivered twice is stored once. A span that repeats an earlier call of the same handler
+(same trace, parent span, model, operation and prompt size) is an app-level retry: the provider billed it
+again, so it is kept and counted, and marked ``is_retry = 1``.
 """
 
 from __future__ import annotations
@@ -158,7 +158,11 @@ MIGRATIONS: Final = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-_INSERT = f"INSERT OR IGNORE INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+# Only a repeated span id is skipped; any other constraint failure is an error, never a silently lost row.
+_INSERT = (
+    f"INSERT INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))}) "
+    "ON CONFLICT (span_id) DO NOTHING"
+)
 
 # Traces of a batch holding more than one stored span: only those can hold a retry.
 _SHARED_TRACES = """
