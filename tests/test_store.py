@@ -170,3 +170,13 @@ def test_spend_by_measures_by_hand(tmp_path: Path) -> None:
         assert store.totals(since=T0 + timedelta(days=2))["requests"] == 0
         with pytest.raises(ValueError, match="unknown dimension"):
             store.spend_by(["feature; DROP TABLE spans"])
+
+
+def test_a_full_disk_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite3") as store:
+        store.insert([row(1)])
+        pages = store.query("PRAGMA page_count")[0][0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, without filling a disk
+        with pytest.raises(StoreError, match="Free disk space; nothing was written"):
+            store.insert([row(i, feature="x" * 500) for i in range(2, 200)])
+        assert store.count() == 1
