@@ -36,6 +36,15 @@ def row(n: int, at: datetime = T0, **fields: Any) -> CostRow:
     return CostRow(**values)
 
 
+def test_a_batch_job_recorded_by_two_processes_is_stored_once(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite3") as store:
+        job = {"operation": "batch", "batch_id": "batch_1", "input_tokens": 120_000}
+        created = row(1, operation="batch", batch_id="batch_1", input_tokens=None, cost_usd=None)
+        assert store.insert([created, row(2, **job)]) == 2
+        assert store.insert([row(3, **job)]) == 0  # the same job, read by another process: its own span id
+        assert store.count() == 2
+
+
 def test_a_span_delivered_twice_is_stored_once(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         assert store.insert([row(1), row(2), row(1)]) == 2

@@ -155,13 +155,19 @@ MIGRATIONS: Final = (
     ALTER TABLE spans ADD COLUMN original_pricing_version TEXT;
     ALTER TABLE spans ADD COLUMN repriced_at_ns INTEGER;
     """,
+    # 3: a finished Batch job is billed once, but every process that reads it records it: keep the first.
+    """
+    CREATE UNIQUE INDEX spans_batch_job ON spans (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-# Only a repeated span id is skipped; any other constraint failure is an error, never a silently lost row.
+# Only a repeated span id, or a batch job already recorded, is skipped; any other constraint failure is an error,
+# never a silently lost row.
 _INSERT = (
     f"INSERT INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))}) "
-    "ON CONFLICT (span_id) DO NOTHING"
+    "ON CONFLICT (span_id) DO NOTHING "
+    "ON CONFLICT (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL DO NOTHING"
 )
 
 # Traces of a batch holding more than one stored span: only those can hold a retry.
