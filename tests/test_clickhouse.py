@@ -163,6 +163,8 @@ class ClickHouse:
         return self.rows((QUERIES / name).read_text(), **params)
 
     def insert_traces(self, rows: Sequence[dict[str, Any]], database: str = "otel") -> None:
+        if not rows:  # an export request can carry no spans; ClickHouse refuses an empty INSERT
+            return
         payload = "\n".join(json.dumps(r) for r in rows)
         self.session.query(f"INSERT INTO {database}.otel_traces FORMAT JSONEachRow\n{payload}")
 

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import openai
 import pytest
 from opentelemetry import baggage, context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -177,10 +179,23 @@ class App:
         self.provider.shutdown()
 
 
+class RecordingReceiver(OtlpReceiver):
+    """Also keeps the raw export requests, to load them into the warehouse as the ClickHouse exporter would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[ExportTraceServiceRequest] = []
+
+    def _ingest(self, request: ExportTraceServiceRequest) -> None:
+        super()._ingest(request)
+        with self.lock:
+            self.requests.append(request)
+
+
 @pytest.fixture
-def rig(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[tuple[App, Rotel, OtlpReceiver]]:
+def rig(fake_openai: FakeOpenAI, tmp_path: Path) -> Iterator[tuple[App, Rotel, RecordingReceiver]]:
     binary = rotel_binary()
-    with OtlpReceiver() as receiver:
+    with RecordingReceiver() as receiver:
         rotel = Rotel(binary, receiver.endpoint, tmp_path / "rotel.log")
         rotel.start()
         app = App(rotel.endpoint, fake_openai.base_url)
@@ -197,7 +212,7 @@ def received_ids(receiver: OtlpReceiver) -> list[str]:
 
 
 def test_spans_cross_rotel_with_cost_and_attribution_and_losses_are_counted(
-    rig: tuple[App, Rotel, OtlpReceiver],
+    rig: tuple[App, Rotel, RecordingReceiver],
 ) -> None:
     app, rotel, receiver = rig
     phases: dict[str, list[str]] = {}
@@ -284,6 +299,33 @@ def test_spans_cross_rotel_with_cost_and_attribution_and_losses_are_counted(
             assert type(attrs[key]) is type(original[key]), key
         assert attrs[semconv.COSTSPAN_PRICING_STATUS] == semconv.STATUS_PRICED
         assert attrs[semconv.GEN_AI_USAGE_COST_AMOUNT] > 0
+
+    # Through to the warehouse: what crossed rotel, written as the ClickHouse exporter writes it, adds up to the
+    # app's spend minus exactly the dollars of the spans the crash lost.
+    from tests.test_clickhouse import clickhouse, exporter_rows, load_schema
+
+    engine = clickhouse()
+    engine.execute("DROP DATABASE IF EXISTS rotel_e2e")
+    try:
+        load_schema(engine, "rotel_e2e")
+        with receiver.lock:
+            requests = list(receiver.requests)
+        for request in requests:
+            engine.insert_traces(exporter_rows(request), "rotel_e2e")
+        (row,) = engine.rows(
+            "SELECT count() AS calls, sum(cost_usd) AS spend FROM rotel_e2e.llm_cost_events FINAL "
+            "WHERE customer_id = 'acme' AND feature = 'collector-test'"
+        )
+    finally:
+        engine.execute("DROP DATABASE IF EXISTS rotel_e2e")
+
+    def dollars(ids: list[str]) -> Decimal:
+        return sum((Decimal(repr(by_id[i].attributes[semconv.GEN_AI_USAGE_COST_AMOUNT])) for i in ids), Decimal(0))  # type: ignore[index]
+
+    lost_usd = dollars(phases["crash"])
+    assert row["calls"] == len(sent) - len(phases["crash"]), report
+    assert abs(Decimal(row["spend"]) - (dollars(sent) - lost_usd)) < Decimal("1e-12"), (row, report)
+    print(f"warehouse: {row['calls']} calls, ${row['spend']}; the crash lost ${lost_usd} of recorded spend")
 
 
 def _rotel_settings(binary: Path) -> tuple[set[str], set[tuple[str, str]]]:
