@@ -92,8 +92,11 @@ def attribute_map(attributes: Sequence[KeyValue]) -> dict[str, str]:
     return {kv.key: as_string(kv.value) for kv in attributes}
 
 
-_SPAN_KIND = {0: "Unspecified", 1: "Internal", 2: "Server", 3: "Client", 4: "Producer", 5: "Consumer"}
-_STATUS = {0: "Unset", 1: "Ok", 2: "Error"}
+# internal/coreinternal/traceutil SpanKindStr and StatusCodeStr, which the exporter uses. The view reads neither.
+_SPAN_KIND = {
+    k: f"SPAN_KIND_{n}" for k, n in enumerate(("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"))
+}
+_STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
 
 
 def exporter_rows(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
