@@ -99,6 +99,33 @@ def test_pipelines_use_defined_components_and_every_component_is_used(name: str)
         assert storage is None or storage in config["extensions"], f"{name}: queue storage {storage} undefined"
 
 
+# Settings keys of the components configured here, from each component's config.go (mapstructure tags) in
+# opentelemetry-collector(-contrib); exporterhelper's timeout, retry_on_failure and sending_queue included.
+KNOWN_KEYS: dict[str, set[str]] = {
+    "memory_limiter": {"check_interval", "limit_mib", "spike_limit_mib", "limit_percentage", "spike_limit_percentage"},
+    "batch": {"timeout", "send_batch_size", "send_batch_max_size", "metadata_keys", "metadata_cardinality_limit"},
+    "transform": {"error_mode", "trace_statements", "metric_statements", "log_statements", "flatten_data"},
+    "clickhouse": {
+        "endpoint", "username", "password", "database", "connection_params", "logs_table_name", "traces_table_name",
+        "metrics_table_name", "metrics_tables", "ttl", "table_engine", "cluster_name", "create_schema",
+        "async_insert", "timeout", "retry_on_failure", "sending_queue",
+    },
+    "loadbalancing": {"protocol", "resolver", "routing_key", "timeout", "retry_on_failure", "sending_queue"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_component_settings_are_known_keys(name: str) -> None:
+    config = load(name)
+    for kind in ("processors", "exporters"):
+        for component_id, settings in (config.get(kind) or {}).items():
+            known = KNOWN_KEYS.get(component_type(component_id))
+            if known is not None:
+                assert set(settings or {}) <= known, f"{name}: {component_id}: unknown {set(settings) - known}"
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert set(protocols) <= {"grpc", "http"}
+
+
 def test_transform_keeps_every_cost_and_token_attribute_numeric() -> None:
     statements = load("otelcol-contrib.yaml")["processors"]["transform/cost"]["trace_statements"][0]["statements"]
     doubles = {
