@@ -4,8 +4,8 @@
 
 - OTLP size: a real costspan span (the instrumentor, the real openai SDK, FakeOpenAI, attribution baggage)
   serialized as the OTLP/HTTP exporter sends it, alone and in a 512-span batch, raw and gzipped.
-- ClickHouse size: that many exporter-shaped rows in chdb (otel_traces and the llm_cost_events view), bytes on
-  disk per row after a merge.
+- ClickHouse: that many exporter-shaped rows in chdb (otel_traces and the llm_cost_events view): the time of each
+  query in clickhouse/queries/ over all of them, then bytes on disk per row after a merge.
 - Collector rate: rotel (PyPI) receiving OTLP/HTTP batches of 512 such spans from local client threads and
   forwarding them to its blackhole exporter. The load generator shares the machine's cores with rotel, so this is
   a floor, not rotel's ceiling.
@@ -82,7 +82,7 @@ def otlp_sizes(spans: list[ReadableSpan]) -> dict[str, float]:
 
 def clickhouse_bytes_per_row(spans: list[ReadableSpan], rows: int) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.test_clickhouse import clickhouse, exporter_rows, load_schema, otlp_request
+    from tests.test_clickhouse import QUERIES, clickhouse, exporter_rows, load_schema, otlp_request
 
     template = exporter_rows(otlp_request(spans))
     rng = random.Random(7)
@@ -109,6 +109,19 @@ def clickhouse_bytes_per_row(spans: list[ReadableSpan], rows: int) -> dict[str, 
             )
             chunk.append(row)
         engine.insert_traces(chunk)
+    # Query times before the final merge: what a live table with unmerged parts costs FINAL.
+    timings: dict[str, float] = {}
+    params = {
+        "start": "2000-01-01 00:00:00",
+        "end": "2100-01-01 00:00:00",
+        "as_of": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(base // 10**9 + 86_400)),
+    }
+    for path in sorted(QUERIES.glob("*.sql")):
+        sql = path.read_text()
+        wanted = {k: v for k, v in params.items() if "{" + k + ":" in sql}
+        started = time.perf_counter()
+        engine.rows(sql, **wanted)
+        timings[f"query_ms_{path.stem}"] = (time.perf_counter() - started) * 1000
     engine.execute("OPTIMIZE TABLE otel.otel_traces FINAL")
     engine.execute("OPTIMIZE TABLE otel.llm_cost_events FINAL")
     sizes = engine.rows(
@@ -116,7 +129,7 @@ def clickhouse_bytes_per_row(spans: list[ReadableSpan], rows: int) -> dict[str, 
         "WHERE database = 'otel' AND active GROUP BY table"
     )
     engine.execute("DROP DATABASE otel")
-    return {f"{r['table']}_bytes_per_row": int(r["bytes"]) / int(r["rows"]) for r in sizes}
+    return {**{f"{r['table']}_bytes_per_row": int(r["bytes"]) / int(r["rows"]) for r in sizes}, **timings}
 
 
 def free_port() -> int:
