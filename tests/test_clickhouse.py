@@ -737,3 +737,35 @@ def test_every_query_agrees_with_the_embedded_store_to_the_cent(warehouse: Wareh
             assert_money(r["mtd_usd"], mtd[r["customer_id"]]["spend_usd"] or 0.0, r["customer_id"])
     finally:
         store.close()
+
+
+def test_a_batch_job_recorded_by_two_processes_counts_once(fake_openai: FakeOpenAI) -> None:
+    """Two processes read the same finished batch; each records the job (own span id, same derived trace)."""
+    spans: list[ReadableSpan] = []
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0) as client:
+        batch = client.batches.create(input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h")
+        client.batches.retrieve(batch.id)  # in progress
+        for _process in range(2):  # a fresh instrumentation is what a second process has
+            pipeline = make_pipeline()
+            try:
+                client.batches.retrieve(batch.id)
+                spans += pipeline.spans()
+            finally:
+                pipeline.instrumentor.uninstrument()
+    assert len(spans) == 2 and spans[0].context.span_id != spans[1].context.span_id
+    engine = clickhouse()
+    engine.execute("DROP DATABASE IF EXISTS costspan_batch")
+    try:
+        load_schema(engine, "costspan_batch")
+        engine.insert_traces(exporter_rows(otlp_request(spans[:1])), "costspan_batch")
+        engine.insert_traces(exporter_rows(otlp_request(spans[1:])), "costspan_batch")
+        rows = engine.rows(
+            "SELECT batch_id, input_tokens, cost_usd FROM costspan_batch.llm_cost_events FINAL "
+            "WHERE operation = 'batch'"
+        )
+    finally:
+        engine.execute("DROP DATABASE IF EXISTS costspan_batch")
+    assert len(rows) == 1
+    assert rows[0]["batch_id"] == batch.id
+    # gpt-4o-mini at batch rates: 120,000 x $0.075 + 30,000 x $0.30 per million = $0.018
+    assert Decimal(rows[0]["cost_usd"]) == Decimal("0.018")

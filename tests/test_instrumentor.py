@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
 from costspan import MissingAttributionError, semconv
+from costspan._call import batch_job_context
 from costspan.fakeopenai import FakeOpenAI, Scripted
 from tests.conftest import Pipeline, make_pipeline
 
@@ -373,6 +374,8 @@ def test_batch_job_cost_is_recorded_once_and_attributed_to_its_submitter(
     # 120,000 x 0.075 + 30,000 x 0.30 = 9,000 + 9,000 micro-dollars.
     assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.018, abs=1e-12)
     assert job[0].start_time == batch.created_at * 1_000_000_000
+    # Every process recording this job puts it in one trace, derived from the batch id, so warehouses dedupe it.
+    assert job[0].context.trace_id == batch_job_context(batch.id).trace_id
 
 
 def test_azure_client_reports_azure_provider(pipeline: Pipeline, fake_openai: FakeOpenAI) -> None:

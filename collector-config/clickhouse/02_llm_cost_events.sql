@@ -5,6 +5,8 @@
 -- re-sends after a timeout, writes the same span twice. Both copies share (trace_id, span_id), the sorting key of
 -- this ReplacingMergeTree, so merges keep one; queries read with FINAL so unmerged copies never count twice
 -- either. A call the application really made twice (its own retry) has two span ids and counts twice.
+-- A finished Batch job is recorded by every process that reads it, each with its own span id but all in one trace
+-- derived from the batch id: for those rows the key is the batch id, so the job counts once.
 CREATE TABLE IF NOT EXISTS otel.llm_cost_events
 (
     span_id String,
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (trace_id, span_id)
+ORDER BY (trace_id, if(operation = 'batch' AND batch_id != '' AND input_tokens IS NOT NULL, batch_id, span_id))
 SETTINGS index_granularity = 8192;
 
 -- Only costspan spans: they alone carry costspan.pricing.status. Other GenAI instrumentations of the same call

@@ -6,6 +6,7 @@ patches in ``_patch.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -16,7 +17,18 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, use_span
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+    use_span,
+)
 
 from costspan import semconv
 from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
@@ -176,7 +188,14 @@ class Telemetry:
             raise
         return call
 
-    def _open(self, request: RequestInfo, start_ns: int, attribution: dict[str, str], missing: list[str]) -> Call:
+    def _open(
+        self,
+        request: RequestInfo,
+        start_ns: int,
+        attribution: dict[str, str],
+        missing: list[str],
+        parent: Context | None = None,
+    ) -> Call:
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: request.operation,
             semconv.GEN_AI_PROVIDER_NAME: request.provider,
@@ -199,7 +218,9 @@ class Telemetry:
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
         name = f"{request.operation} {request.model}" if request.model else request.operation
-        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
+        span = self.tracer.start_span(
+            name, context=parent, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns
+        )
         call = Call(self, span, request, start_ns)
         call.attribution = attribution
         return call
@@ -222,7 +243,23 @@ class Telemetry:
         job = replace(request, model=summary.model)
         created_ns = int(getattr(body, "created_at", 0) or 0) * 1_000_000_000 or time.time_ns()
         completed_ns = int(getattr(body, "completed_at", 0) or 0) * 1_000_000_000 or None
-        self._open(job, created_ns, attribution, []).finish(summary, request_id, end_ns=completed_ns)
+        parent = set_span_in_context(NonRecordingSpan(batch_job_context(str(batch_id))))
+        self._open(job, created_ns, attribution, [], parent).finish(summary, request_id, end_ns=completed_ns)
+
+
+def batch_job_context(batch_id: str) -> SpanContext:
+    """A remote parent whose trace id follows from the batch id alone.
+
+    Every process that records the same finished job puts its span in this one trace, so a warehouse keyed (and
+    sharded) by trace id meets all the copies in one place and keeps one; it is also where to look for a job.
+    """
+    digest = hashlib.sha256(f"costspan batch {batch_id}".encode()).digest()
+    return SpanContext(
+        trace_id=int.from_bytes(digest[:16], "big") or 1,
+        span_id=int.from_bytes(digest[16:24], "big") or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
 
 
 def with_batch_attribution(body: Mapping[str, Any], attribution: Mapping[str, str]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS otel.llm_cost_events_local ON CLUSTER '{cluster}'
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/otel/llm_cost_events_local', '{replica}')
 PARTITION BY toYYYYMM(timestamp)
-ORDER BY (trace_id, span_id)
+ORDER BY (trace_id, if(operation = 'batch' AND batch_id != '' AND input_tokens IS NOT NULL, batch_id, span_id))
 SETTINGS index_granularity = 8192;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel.llm_cost_events_mv ON CLUSTER '{cluster}' TO otel.llm_cost_events_local AS
