@@ -11,6 +11,7 @@ Each function accepts SDK pydantic objects or the plain dicts of the wire format
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,30 +49,29 @@ class _Malformed(Exception):
     pass
 
 
-def _get(obj: Any, name: str) -> Any:
-    """A field of a JSON dict or an SDK model, or None.
+_NO_FIELDS: Mapping[str, Any] = {}
+
+
+def _fields(obj: Any) -> Mapping[str, Any]:
+    """The fields of a JSON dict or an SDK model, as a mapping (empty for None).
 
     Models are read through ``__dict__``: ``getattr`` on a pydantic model lacking the field raises and catches
-    AttributeError inside pydantic, which costs microseconds. Fields the installed SDK does not know yet (newer
+    AttributeError inside pydantic, which costs microseconds. Fields the installed SDK does not know yet (a newer
     API) are in ``__pydantic_extra__``.
     """
     if obj is None:
-        return None
+        return _NO_FIELDS
     if type(obj) is dict:
-        return obj.get(name)
+        return obj
     fields = getattr(obj, "__dict__", None)
     if fields is None:
-        return getattr(obj, name, None)
+        return _NO_FIELDS
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return {**extra, **fields} if extra else fields
+
+
+def _count(fields: Mapping[str, Any], name: str, *, required: bool = False) -> int:
     value = fields.get(name)
-    if value is None:
-        extra = getattr(obj, "__pydantic_extra__", None)
-        if extra:
-            value = extra.get(name)
-    return value
-
-
-def _count(obj: Any, name: str, *, required: bool = False) -> int:
-    value = _get(obj, name)
     if value is None:
         if required:
             raise _Malformed(name)
@@ -90,13 +90,13 @@ def _check_parts(usage: Usage) -> Usage:
     return usage
 
 
-def _chat_usage(usage: Any) -> Usage:
+def _chat_usage(usage: Mapping[str, Any]) -> Usage:
     """Chat Completions, legacy Completions and Embeddings (``prompt_tokens``/``completion_tokens``)."""
-    prompt = _get(usage, "prompt_tokens_details")
-    completion = _get(usage, "completion_tokens_details")
+    prompt = _fields(usage.get("prompt_tokens_details"))
+    completion = _fields(usage.get("completion_tokens_details"))
     return Usage(
-        input_tokens=_count(usage, "prompt_tokens", required=True),
-        output_tokens=_count(usage, "completion_tokens"),  # absent for embeddings
+        _count(usage, "prompt_tokens", required=True),
+        _count(usage, "completion_tokens"),  # absent for embeddings
         cache_read_tokens=_count(prompt, "cached_tokens"),
         cache_write_tokens=_count(prompt, "cache_write_tokens"),
         input_audio_tokens=_count(prompt, "audio_tokens"),
@@ -108,14 +108,14 @@ def _chat_usage(usage: Any) -> Usage:
     )
 
 
-def _responses_usage(usage: Any) -> Usage:
+def _responses_usage(usage: Mapping[str, Any]) -> Usage:
     """Responses API, Images and audio transcription (``input_tokens``/``output_tokens``)."""
     # Responses says input_tokens_details; transcription says input_token_details.
-    details = _get(usage, "input_tokens_details") or _get(usage, "input_token_details")
-    output = _get(usage, "output_tokens_details")
+    details = _fields(usage.get("input_tokens_details") or usage.get("input_token_details"))
+    output = _fields(usage.get("output_tokens_details"))
     return Usage(
-        input_tokens=_count(usage, "input_tokens", required=True),
-        output_tokens=_count(usage, "output_tokens"),
+        _count(usage, "input_tokens", required=True),
+        _count(usage, "output_tokens"),
         cache_read_tokens=_count(details, "cached_tokens"),
         cache_write_tokens=_count(details, "cache_write_tokens"),
         input_audio_tokens=_count(details, "audio_tokens"),
@@ -127,13 +127,12 @@ def _responses_usage(usage: Any) -> Usage:
 
 def normalize_usage(usage: Any) -> Usage | None:
     """Normalize any OpenAI usage object; ``None`` when it is missing or malformed."""
-    if usage is None:
-        return None
+    fields = _fields(usage)
     try:
-        if _get(usage, "prompt_tokens") is not None:
-            return _check_parts(_chat_usage(usage))
-        if _get(usage, "input_tokens") is not None:
-            return _check_parts(_responses_usage(usage))
+        if fields.get("prompt_tokens") is not None:
+            return _check_parts(_chat_usage(fields))
+        if fields.get("input_tokens") is not None:
+            return _check_parts(_responses_usage(fields))
     except _Malformed:
         return None
     return None
@@ -145,33 +144,32 @@ def _str_or_none(value: Any) -> str | None:
 
 def summarize_response(body: Any) -> ResponseSummary:
     """Summarize a parsed (non-streamed) response body of any endpoint."""
+    fields = _fields(body)
     summary = ResponseSummary(
-        model=_str_or_none(_get(body, "model")),
-        response_id=_str_or_none(_get(body, "id")),
-        service_tier=_str_or_none(_get(body, "service_tier")),
-        usage=normalize_usage(_get(body, "usage")),
+        model=_str_or_none(fields.get("model")),
+        response_id=_str_or_none(fields.get("id")),
+        service_tier=_str_or_none(fields.get("service_tier")),
+        usage=normalize_usage(fields.get("usage")),
     )
-    object_type = _get(body, "object")
+    object_type = fields.get("object")
     if object_type == "batch":
         summary.batch_id = summary.response_id
     elif object_type == "response":
-        summary.finish_reasons = _responses_finish_reasons(body)
+        summary.finish_reasons = _responses_finish_reasons(fields)
     else:
-        choices = _get(body, "choices")
+        choices = fields.get("choices")
         if isinstance(choices, list):
-            summary.finish_reasons = [r for c in choices if (r := _str_or_none(_get(c, "finish_reason")))]
+            summary.finish_reasons = [r for c in choices if (r := _str_or_none(_fields(c).get("finish_reason")))]
     return summary
 
 
-def _responses_finish_reasons(response: Any) -> list[str]:
-    status = _get(response, "status")
+def _responses_finish_reasons(response: Mapping[str, Any]) -> list[str]:
+    status = response.get("status")
     if status == "incomplete":
-        reason = _str_or_none(_get(_get(response, "incomplete_details"), "reason"))
+        reason = _str_or_none(_fields(response.get("incomplete_details")).get("reason"))
         return [reason or "incomplete"]
     return [status] if isinstance(status, str) else []
 
-
-_NO_FIELDS: dict[str, Any] = {}
 
 # Responses API stream events that carry the final response object (and its usage).
 _RESPONSES_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
