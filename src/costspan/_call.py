@@ -532,13 +532,14 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> No
 class StreamObserver:
     """Watches a stream's items for the span; shared by the sync and async stream proxies."""
 
-    __slots__ = ("broken", "call", "hide_usage_chunk", "request_id", "state", "texts")
+    __slots__ = ("_add", "broken", "call", "hide_usage_chunk", "request_id", "state", "texts")
 
     def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
         self.call = call
         self.hide_usage_chunk = hide_usage_chunk
         self.request_id = request_id
         self.state = StreamSummary()
+        self._add = self.state.add
         self.broken = False
         self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
 
@@ -547,7 +548,7 @@ class StreamObserver:
         if self.broken:
             return False
         try:
-            usage_only = self.state.add(item)
+            usage_only = self._add(item)
             if self.texts is not None:
                 self._collect_text(item)
             return usage_only and self.hide_usage_chunk

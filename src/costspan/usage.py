@@ -191,34 +191,40 @@ class StreamSummary:
         """Record one item; return True when it is a usage-only chunk (no choices, usage set)."""
         self.items += 1
         summary = self.summary
-        # Read the field from __dict__: getattr on a pydantic model without a `type` field (every chat chunk)
-        # raises and catches AttributeError inside pydantic, which costs microseconds per chunk.
-        event_type = getattr(item, "__dict__", _NO_FIELDS).get("type")
-        if isinstance(event_type, str) and event_type.startswith("response."):
-            response = getattr(item, "response", None)
-            if response is not None:
-                if event_type in _RESPONSES_TERMINAL_EVENTS:
-                    final = summarize_response(response)
-                    final.batch_id = summary.batch_id
-                    self.summary = final
-                elif summary.model is None:
-                    summary.model = _str_or_none(getattr(response, "model", None))
-                    summary.response_id = _str_or_none(getattr(response, "id", None))
+        # Fields through __dict__ (see _fields): a chat chunk has no `type`, and getattr would raise inside pydantic.
+        fields = getattr(item, "__dict__", _NO_FIELDS)
+        event_type = fields.get("type")
+        if event_type is not None:
+            if isinstance(event_type, str) and event_type.startswith("response."):
+                self._add_response_event(event_type, fields.get("response"))
             return False
         if summary.model is None:
-            summary.model = _str_or_none(getattr(item, "model", None))
-            summary.response_id = _str_or_none(getattr(item, "id", None))
-        tier = getattr(item, "service_tier", None)
+            summary.model = _str_or_none(fields.get("model"))
+            summary.response_id = _str_or_none(fields.get("id"))
+        tier = fields.get("service_tier")
         if tier is not None:
             summary.service_tier = tier
-        choices = getattr(item, "choices", None)
+        choices = fields.get("choices")
         if choices:
             for choice in choices:
-                reason = getattr(choice, "finish_reason", None)
+                reason = choice.finish_reason
                 if reason:
                     summary.finish_reasons.append(reason)
-        usage = getattr(item, "usage", None)
+        usage = fields.get("usage")
         if usage is not None:
             summary.usage = normalize_usage(usage)
             return not choices
         return False
+
+    def _add_response_event(self, event_type: str, response: Any) -> None:
+        if response is None:
+            return
+        summary = self.summary
+        if event_type in _RESPONSES_TERMINAL_EVENTS:
+            final = summarize_response(response)
+            final.batch_id = summary.batch_id
+            self.summary = final
+        elif summary.model is None:
+            fields = _fields(response)
+            summary.model = _str_or_none(fields.get("model"))
+            summary.response_id = _str_or_none(fields.get("id"))
