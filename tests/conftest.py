@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -89,3 +90,19 @@ def client(fake_openai: FakeOpenAI) -> Iterator[openai.OpenAI]:
 @pytest.fixture
 def async_client(fake_openai: FakeOpenAI) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0)
+
+
+@pytest.fixture
+def instrumented() -> Iterator[list[Pipeline]]:
+    """Collects pipelines a test makes with ``make_pipeline``, and uninstruments them after it."""
+    made: list[Pipeline] = []
+    yield made
+    for pipeline in made:
+        pipeline.instrumentor.uninstrument()
+
+
+@pytest.fixture
+def http(base_url: str) -> Iterator[httpx.Client]:
+    """A real HTTP client for the app under test; the module provides the ``base_url`` fixture."""
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        yield c

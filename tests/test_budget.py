@@ -6,7 +6,6 @@ Calls go through the real openai SDK to the loopback FakeOpenAI, with the real O
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -39,15 +38,6 @@ from tests.test_ledger import free_port
 
 UTC = timezone.utc
 MESSAGES = [{"role": "user", "content": "Summarize the quarterly numbers."}]  # 32 characters
-
-
-@pytest.fixture
-def instrumented() -> Iterator[list[Pipeline]]:
-    """Collects pipelines made by a test, and uninstruments them after it."""
-    made: list[Pipeline] = []
-    yield made
-    for pipeline in made:
-        pipeline.instrumentor.uninstrument()
 
 
 def guarded(instrumented: list[Pipeline], guard: BudgetGuard) -> Pipeline:

@@ -156,20 +156,6 @@ def base_url(request: pytest.FixtureRequest, fake_openai: FakeOpenAI) -> Iterato
         yield from serve_werkzeug(flask_app(fake_openai))
 
 
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture
-def instrumented() -> Iterator[list[Pipeline]]:
-    made: list[Pipeline] = []
-    yield made
-    for pipeline in made:
-        pipeline.instrumentor.uninstrument()
-
-
 def route_template(base_url: str, request: pytest.FixtureRequest) -> str:
     flask = "flask" in request.node.callspec.id
     return "/api/v1/chat/<chat_id>" if flask else "/api/v1/chat/{chat_id}"

@@ -61,20 +61,6 @@ def base_url(fake_openai: FakeOpenAI) -> Iterator[str]:
     yield from serve_werkzeug(get_wsgi_application())
 
 
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture
-def instrumented() -> Iterator[list[Pipeline]]:
-    made: list[Pipeline] = []
-    yield made
-    for pipeline in made:
-        pipeline.instrumentor.uninstrument()
-
-
 def test_spoofed_baggage_is_removed_and_route_is_the_pattern(http: httpx.Client, instrumented: list[Pipeline]) -> None:
     pipeline = make_pipeline()
     instrumented.append(pipeline)
