@@ -1,13 +1,21 @@
 """Per-call overhead of costspan versus the bare OpenAI SDK, and versus the floor of one bare OTel span.
 
-    .venv/bin/python benchmarks/overhead.py [--rounds 15] [--calls 400] [--chunks 200]
+    .venv/bin/python benchmarks/overhead.py              # CPU instructions under callgrind: exact, repeatable
+    .venv/bin/python benchmarks/overhead.py --timed      # CPU time, medians over interleaved rounds
 
-The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not drown the figure. Each round
-times, back to back: the bare SDK, the bare SDK followed by the floor (one OTel SDK span started and ended with the
-same number of attributes through the same ``BatchSpanProcessor``), and the instrumented SDK. The floor is the
-difference of the first two, so it is measured under the same cache pressure as costspan's own work. Times are
-the calling thread's CPU time, so other processes on a noisy machine do not count; the report is the median over
-interleaved rounds, and ratios.
+The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not drown the figure. Variants:
+
+- ``bare``: the SDK call, not instrumented;
+- ``floor``: the bare SDK call followed by one OTel SDK span started and ended with the same attributes as a
+  costspan chat span, through the same ``BatchSpanProcessor``. Its difference from ``bare`` is the floor: what any
+  span-producing instrumentation pays, measured where it would run;
+- ``costspan``: the instrumented SDK call (wrapping, usage, pricing, attribution, span and metrics);
+- ``bare_stream`` / ``costspan_stream``: a 200-chunk stream, for the cost per chunk.
+
+On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
+evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
+every run. Each variant runs twice, with two call counts, and the difference cancels start-up. Timed mode reports
+the calling thread's CPU time, median over many short interleaved rounds.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
 streamed chunk.
@@ -17,9 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -28,7 +43,8 @@ from opentelemetry import baggage, context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from costspan.instrumentor import CostspanInstrumentor
@@ -41,6 +57,8 @@ USAGE = {
     "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
 }
+CHUNKS = 200
+VARIANTS = ("bare", "floor", "costspan", "bare_stream", "costspan_stream")
 
 
 class DiscardExporter(SpanExporter):
@@ -49,6 +67,7 @@ class DiscardExporter(SpanExporter):
 
 
 def completion_body() -> bytes:
+    message = {"role": "assistant", "content": "Hello!"}
     return json.dumps(
         {
             "id": "chatcmpl-bench",
@@ -56,7 +75,7 @@ def completion_body() -> bytes:
             "created": 0,
             "model": "gpt-4.1-2025-04-14",
             "service_tier": "default",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": USAGE,
         }
     ).encode()
@@ -77,8 +96,8 @@ def stream_body(chunks: int) -> bytes:
     return "".join(parts).encode()
 
 
-def make_client(chunks: int) -> openai.OpenAI:
-    completion, stream = completion_body(), stream_body(chunks)
+def make_client() -> openai.OpenAI:
+    completion, stream = completion_body(), stream_body(CHUNKS)
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         if b'"stream":true' in request.content or b'"stream": true' in request.content:
@@ -89,100 +108,147 @@ def make_client(chunks: int) -> openai.OpenAI:
     return openai.OpenAI(api_key="sk-bench", base_url="https://api.openai.com/v1", http_client=http_client)
 
 
+class Bench:
+    """The SDK client, a tracer provider like an app's, and one callable per variant."""
+
+    def __init__(self) -> None:
+        self.client = make_client()
+        self.tracer_provider = TracerProvider()
+        self.processor = BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000, schedule_delay_millis=200)
+        self.tracer_provider.add_span_processor(self.processor)
+        self.meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        self.instrumentor = CostspanInstrumentor()
+        ctx = context.get_current()
+        for key, value in {"feature": "bench", "route": "/bench", "customer_id": "c1", "environment": "prod"}.items():
+            ctx = baggage.set_baggage(key, value, ctx)
+        context.attach(ctx)
+        self.attributes = self._costspan_span_attributes()
+        self.floor_tracer = self.tracer_provider.get_tracer("floor")
+
+    def _costspan_span_attributes(self) -> dict[str, Any]:
+        captured = TracerProvider()
+        sample = InMemorySpanExporter()
+        captured.add_span_processor(SimpleSpanProcessor(sample))
+        self.instrumentor.instrument(tracer_provider=captured, meter_provider=self.meter_provider)
+        self.plain()
+        self.instrumentor.uninstrument()
+        return dict(sample.get_finished_spans()[0].attributes or {})
+
+    def instrument(self, on: bool) -> None:
+        if on:
+            self.instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
+        else:
+            self.instrumentor.uninstrument()
+
+    def plain(self) -> Any:
+        return self.client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+
+    def streamed(self) -> None:
+        for _ in self.client.chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        ):
+            pass
+
+    def plain_and_floor_span(self) -> None:
+        self.plain()
+        span = self.floor_tracer.start_span("chat gpt-4.1", kind=SpanKind.CLIENT)
+        span.set_attributes(self.attributes)
+        span.end()
+
+    def variant(self, name: str) -> Callable[[], Any]:
+        """The callable for a variant, with instrumentation switched on or off to match."""
+        self.instrument(name.startswith("costspan"))
+        if name == "floor":
+            return self.plain_and_floor_span
+        return self.streamed if name.endswith("stream") else self.plain
+
+
+# --- instruction counts ---------------------------------------------------------------------------------------
+
+
+def child(variant: str, calls: int) -> None:
+    bench = Bench()
+    run = bench.variant(variant)
+    for _ in range(calls):
+        run()
+
+
+def instructions(variant: str, calls: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        cmd += [sys.executable, __file__, "--child", variant, "--calls", str(calls)]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        match = re.search(r"Collected : (\d+)", result.stderr)
+        if match is None:
+            raise RuntimeError(f"callgrind printed no total:\n{result.stderr[-2000:]}")
+        return int(match.group(1))
+
+
+def per_call_instructions(variant: str, few: int, many: int) -> float:
+    return (instructions(variant, many) - instructions(variant, few)) / (many - few)
+
+
+def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
+    added = per_call["costspan"] - per_call["bare"]
+    floor = per_call["floor"] - per_call["bare"]
+    per_chunk = (per_call["costspan_stream"] - per_call["bare_stream"] - added) / CHUNKS
+    print(f"  bare SDK call (mock transport)          {per_call['bare'] * scale:12,.1f} {unit}")
+    print(f"  instrumented SDK call                   {per_call['costspan'] * scale:12,.1f} {unit}")
+    print(f"  added by costspan                       {added * scale:12,.1f} {unit}")
+    print(f"  floor: one bare OTel span, same attrs   {floor * scale:12,.1f} {unit}")
+    print(f"  added / floor                           {added / floor:12.2f} x    (target <= 1.5)")
+    print(f"  added / bare call                       {100 * added / per_call['bare']:12.2f} %    (target < 5)")
+    print(f"  added per streamed chunk                {per_chunk * scale:12,.1f} {unit}")
+
+
+def count_instructions(few: int, many: int) -> None:
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
+    print(f"callgrind instructions per call ({many} - {few} calls per variant; {CHUNKS} chunks per stream)")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {v: pool.submit(per_call_instructions, v, few, many) for v in VARIANTS}
+        per_call = {v: future.result() for v, future in futures.items()}
+    report(per_call, "instr")
+
+
+# --- CPU time ---------------------------------------------------------------------------------------------------
+
+
 def per_call_us(fn: Callable[[], Any], calls: int) -> float:
-    # CPU time of the calling thread: other processes on a busy machine do not count, and neither does the
-    # span processor's export thread. What is left is what the user's call itself pays.
+    # CPU time of the calling thread: other processes do not count, nor does the span processor's export thread.
     start = time.thread_time_ns()
     for _ in range(calls):
         fn()
     return (time.thread_time_ns() - start) / calls / 1000
 
 
+def time_rounds(rounds: int, calls: int) -> None:
+    bench = Bench()
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(rounds):  # many short interleaved rounds; the median discards the disturbed ones
+        for name in VARIANTS:
+            run = bench.variant(name)
+            samples[name].append(per_call_us(run, max(calls // 10, 3) if name.endswith("stream") else calls))
+    bench.processor.shutdown()
+    print(f"thread CPU time per call, median of {rounds} interleaved rounds of {calls} calls")
+    report({name: statistics.median(values) for name, values in samples.items()}, "µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=400)
-    parser.add_argument("--chunks", type=int, default=200)
+    parser.add_argument("--timed", action="store_true", help="measure CPU time instead of instructions")
+    parser.add_argument("--rounds", type=int, default=61, help="timed mode: interleaved rounds")
+    parser.add_argument("--calls", type=int, default=50, help="calls per round (timed) or per run (child)")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    client = make_client(args.chunks)
-    tracer_provider = TracerProvider()
-    processor = BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000, schedule_delay_millis=200)
-    tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    instrumentor = CostspanInstrumentor()
-    floor_tracer = tracer_provider.get_tracer("floor")
-
-    ctx = context.get_current()
-    for key, value in {"feature": "bench", "route": "/bench", "customer_id": "c1", "environment": "prod"}.items():
-        ctx = baggage.set_baggage(key, value, ctx)
-    context.attach(ctx)
-
-    def plain() -> Any:
-        return client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
-
-    def streamed() -> Any:
-        for _ in client.chat.completions.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-        ):
-            pass
-
-    # The floor: one span with as many attributes as a costspan chat span carries, through the same processor.
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    captured = TracerProvider()
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    sample = InMemorySpanExporter()
-    captured.add_span_processor(SimpleSpanProcessor(sample))
-    instrumentor.uninstrument()
-    instrumentor.instrument(tracer_provider=captured, meter_provider=meter_provider)
-    plain()
-    instrumentor.uninstrument()
-    attributes = dict(sample.get_finished_spans()[0].attributes or {})
-
-    def floor() -> None:
-        span = floor_tracer.start_span("chat gpt-4.1", kind=SpanKind.CLIENT)
-        span.set_attributes(attributes)
-        span.end()
-
-    def plain_with_floor_span() -> None:
-        # The floor measured where it would run: next to a real SDK call, with the same cache pressure.
-        plain()
-        floor()
-
-    keys = ("bare", "bare_floor", "costspan", "floor", "bare_stream", "costspan_stream")
-    results: dict[str, list[float]] = {k: [] for k in keys}
-    for fn in (plain, streamed):  # warm up both paths
-        fn()
-    for _ in range(args.rounds):
-        results["bare"].append(per_call_us(plain, args.calls))
-        results["bare_floor"].append(per_call_us(plain_with_floor_span, args.calls))
-        results["bare_stream"].append(per_call_us(streamed, args.calls // 10))
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        results["costspan"].append(per_call_us(plain, args.calls))
-        results["costspan_stream"].append(per_call_us(streamed, args.calls // 10))
-        instrumentor.uninstrument()
-        results["floor"].append(per_call_us(floor, args.calls))
-    processor.shutdown()
-
-    med = {k: statistics.median(v) for k, v in results.items()}
-    added = [c - b for c, b in zip(results["costspan"], results["bare"], strict=True)]
-    added_stream = [c - b for c, b in zip(results["costspan_stream"], results["bare_stream"], strict=True)]
-    added_med = statistics.median(added)
-    floor_med = statistics.median(f - b for f, b in zip(results["bare_floor"], results["bare"], strict=True))
-    per_chunk = (statistics.median(added_stream) - added_med) / args.chunks
-    print(f"rounds={args.rounds} calls/round={args.calls} chunks/stream={args.chunks} attributes={len(attributes)}")
-    print(f"  bare SDK call (mock transport)        {med['bare']:9.1f} µs")
-    print(f"  instrumented SDK call                 {med['costspan']:9.1f} µs")
-    print(f"  added by costspan (median of rounds)  {added_med:9.1f} µs")
-    print(f"  floor: one bare OTel span, same attrs {floor_med:9.1f} µs   (next to an SDK call)")
-    print(f"  floor, in a tight loop (hot caches)   {med['floor']:9.1f} µs")
-    print(f"  added / floor                         {added_med / floor_med:9.2f} x   (target <= 1.5)")
-    print(f"  added / bare call                     {100 * added_med / med['bare']:9.2f} %   (target < 5)")
-    print(f"  bare streamed call                    {med['bare_stream']:9.1f} µs")
-    print(f"  instrumented streamed call            {med['costspan_stream']:9.1f} µs")
-    print(f"  added per streamed chunk              {per_chunk * 1000:9.0f} ns   (target < 1000)")
+    if args.child:
+        child(args.child, args.calls)
+    elif args.timed:
+        time_rounds(args.rounds, args.calls)
+    else:
+        count_instructions(few=10, many=60)
 
 
 if __name__ == "__main__":
