@@ -82,7 +82,7 @@ def collect(
         moment += step
     index = {bucket: i for i, bucket in enumerate(buckets)}
     series = {name: [0.0] * len(buckets) for name in shown}
-    for row in store.spend_by(["feature"], every=every, **window):
+    for row in store.spend_by(["feature"], every=every, percentiles=False, **window):
         position = index.get(row["bucket"])
         if position is not None:
             name = _label(row["feature"])
@@ -94,13 +94,13 @@ def collect(
         every=every,
         env=env,
         where=dict(where or {}),
-        totals=store.totals(**window),
+        totals=store.totals(percentiles=False, **window),
         buckets=buckets,
         series=series,
         features=features,
-        customers=store.top("customer_id", TOP_N, **window),
-        routes=store.top("route", TOP_N, **window),
-        models=store.top("response_model", TOP_N, **window),
+        customers=store.top("customer_id", TOP_N, percentiles=False, **window),
+        routes=store.top("route", TOP_N, percentiles=False, **window),
+        models=store.top("response_model", TOP_N, percentiles=False, **window),
     )
 
 

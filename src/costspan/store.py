@@ -408,11 +408,14 @@ class Store:
         where: Mapping[str, str] | None = None,
         every: str | None = None,
         top: int | None = None,
+        percentiles: bool = True,
     ) -> list[dict[str, Any]]:
         """Spend and usage per group of ``dimensions`` (and per ``every`` = "hour"/"day" bucket).
 
         ``since`` is inclusive, ``until`` exclusive. ``top`` keeps the N groups with the highest spend over
         the whole period (all their buckets). Rows come sorted by bucket, then spend, highest first.
+        ``percentiles=False`` skips the p95 prompt size (``p95_input_tokens`` is None): it is most of the cost
+        of a query over many rows.
         """
         dims = list(dict.fromkeys(dimensions))
         for name in [*dims, *(where or {})]:
@@ -423,7 +426,7 @@ class Store:
         keys = [*dims, *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else [])]
         since_ns = to_ns(since) if since is not None else FIRST_NS
         until_ns = to_ns(until) if until is not None else LAST_NS
-        groups = self._aggregate(keys, since_ns, until_ns, env, where)
+        groups = self._aggregate(keys, since_ns, until_ns, env, where, percentiles)
         width = len(dims)
         if top is not None:  # before the measures, so that only the kept groups pay for their percentile
             spend: dict[tuple[Any, ...], float] = {}
@@ -450,9 +453,12 @@ class Store:
         until: datetime | None = None,
         env: str | None = None,
         where: Mapping[str, str] | None = None,
+        percentiles: bool = True,
     ) -> list[dict[str, Any]]:
         """The ``n`` groups of one dimension that spent most, biggest first."""
-        return self.spend_by([dimension], since=since, until=until, env=env, where=where, top=n)
+        return self.spend_by(
+            [dimension], since=since, until=until, env=env, where=where, top=n, percentiles=percentiles
+        )
 
     def totals(
         self,
@@ -461,13 +467,20 @@ class Store:
         until: datetime | None = None,
         env: str | None = None,
         where: Mapping[str, str] | None = None,
+        percentiles: bool = True,
     ) -> dict[str, Any]:
         """All matching spans as one row of measures (zero requests when nothing matches)."""
-        rows = self.spend_by([], since=since, until=until, env=env, where=where)
+        rows = self.spend_by([], since=since, until=until, env=env, where=where, percentiles=percentiles)
         return rows[0] if rows else _Group().measures()
 
     def _aggregate(
-        self, keys: Sequence[str], since_ns: int, until_ns: int, env: str | None, where: Mapping[str, str] | None
+        self,
+        keys: Sequence[str],
+        since_ns: int,
+        until_ns: int,
+        env: str | None,
+        where: Mapping[str, str] | None,
+        percentiles: bool = True,
     ) -> dict[tuple[Any, ...], _Group]:
         """Partial aggregates per group, computed over slices of the period in parallel and merged.
 
@@ -483,10 +496,11 @@ class Store:
         for name, value in (where or {}).items():
             conditions.append(f"{name} = ?")  # name is checked against DIMENSIONS by the caller
             parameters.append(value)
+        prompt_sizes = "group_concat(input_tokens)" if percentiles else "NULL"
         sql = f"""
             SELECT {"".join(k + ", " for k in keys)}
                    count(*), total(cost_usd), count(cost_usd), sum(input_tokens), sum(output_tokens),
-                   sum(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), group_concat(input_tokens)
+                   sum(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), {prompt_sizes}
             FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
         """
         slices = self._slices(since_ns, until_ns)

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             env=args.env,
             where=parse_where(args.where),
             every="hour",
+            percentiles=False,
         )
     alerts = find_alerts(hourly, dimensions, hour, args.factor, args.min_spend)
     rows = [

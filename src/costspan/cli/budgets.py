@@ -86,7 +86,7 @@ def standings(store: Store, budgets: list[Budget], now: datetime) -> list[Standi
         window = window_at(budget.window, now, budget.tz)
         fixed = {k: v for k, v in budget.scope.items() if v != "*"}
         spread = [k for k, v in budget.scope.items() if v == "*"]
-        rows = store.spend_by(spread, since=window.start, until=window.end, where=fixed)
+        rows = store.spend_by(spread, since=window.start, until=window.end, where=fixed, percentiles=False)
         if not spread and not rows:
             rows = [{"spend_usd": 0.0}]
         for row in rows:
