@@ -326,6 +326,12 @@ def ledger_url(data: Mapping[str, Any]) -> str:
     return raw
 
 
+def load_budgets(path: str | Path) -> list[Budget]:
+    """The budgets a TOML or YAML budget file sets (see docs/budgets.md). Raises ``BudgetFileError``."""
+    path = Path(path)
+    return parse_budgets(_read(path), str(path))[1]
+
+
 def load_budget_guard(path: str | Path, **overrides: Any) -> BudgetGuard:
     """A ``BudgetGuard`` from a TOML or YAML budget file (see docs/budgets.md). Raises ``BudgetFileError``."""
     path = Path(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from costspan import environment_variables as env
-from costspan.budgets import Budget, BudgetFileError, Window, _read, parse_budgets, window_at
+from costspan.budgets import Budget, BudgetFileError, Window, load_budgets, window_at
 from costspan.cli._store_cli import (
     Column,
     UsageError,
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if path is None:
         raise UsageError(f"give the budget file with --file PATH (or set {env.OTEL_COSTSPAN_BUDGET_FILE})")
     try:
-        _, budgets = parse_budgets(_read(path), str(path))
+        budgets = load_budgets(path)
     except BudgetFileError as error:
         raise UsageError(str(error)) from None
     now = datetime.now(timezone.utc)
