@@ -45,6 +45,7 @@ class Attributor:
         self.keys = settings.attribution_keys
         self.required = settings.required_keys
         self.policy = settings.on_missing
+        self._environment_fallback = "environment" in self.keys
         self._tracer_provider = tracer_provider
         self._last_warning = 0.0
 
@@ -62,8 +63,8 @@ class Attributor:
     def collect(self) -> tuple[dict[str, str], list[str]]:
         """Attribution of the current context, and the required keys it lacks (logged if the policy is warn)."""
         entries = baggage.get_all()
-        found = {key: str(entries[key]) for key in self.keys if key in entries}
-        if "environment" in self.keys and "environment" not in found:
+        found = {key: v if type(v := entries[key]) is str else str(v) for key in self.keys if key in entries}
+        if self._environment_fallback and "environment" not in found:
             environment = self._resource_environment()
             if environment:
                 found["environment"] = environment

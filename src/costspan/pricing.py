@@ -304,7 +304,8 @@ class PackagedPrices:
         if info is None:
             return None
         tier = None if service_tier in STANDARD_TIERS else service_tier
-        cache_key = (provider, info.id, at.astimezone(timezone.utc).date(), tier, batch)
+        day = (at if at.tzinfo is timezone.utc else at.astimezone(timezone.utc)).date()
+        cache_key = (provider, info.id, day, tier, batch)
         cached = self._sheets.get(cache_key)
         if cached is not None:
             return cached

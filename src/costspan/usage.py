@@ -70,11 +70,9 @@ def _fields(obj: Any) -> Mapping[str, Any]:
     return {**extra, **fields} if extra else fields
 
 
-def _count(fields: Mapping[str, Any], name: str, *, required: bool = False) -> int:
+def _count(fields: Mapping[str, Any], name: str) -> int:
     value = fields.get(name)
     if value is None:
-        if required:
-            raise _Malformed(name)
         return 0
     # bool is an int subclass; a bool token count is a malformed payload, not 1.
     if type(value) is not int or value < 0:
@@ -94,17 +92,18 @@ def _chat_usage(usage: Mapping[str, Any]) -> Usage:
     """Chat Completions, legacy Completions and Embeddings (``prompt_tokens``/``completion_tokens``)."""
     prompt = _fields(usage.get("prompt_tokens_details"))
     completion = _fields(usage.get("completion_tokens_details"))
-    return Usage(
-        _count(usage, "prompt_tokens", required=True),
+    return Usage(  # positional, in field order: this runs on every call
+        _count(usage, "prompt_tokens"),  # present: normalize_usage checked
         _count(usage, "completion_tokens"),  # absent for embeddings
-        cache_read_tokens=_count(prompt, "cached_tokens"),
-        cache_write_tokens=_count(prompt, "cache_write_tokens"),
-        input_audio_tokens=_count(prompt, "audio_tokens"),
-        input_image_tokens=_count(prompt, "image_tokens"),
-        reasoning_tokens=_count(completion, "reasoning_tokens"),
-        output_audio_tokens=_count(completion, "audio_tokens"),
-        prediction_accepted_tokens=_count(completion, "accepted_prediction_tokens"),
-        prediction_rejected_tokens=_count(completion, "rejected_prediction_tokens"),
+        _count(prompt, "cached_tokens"),
+        _count(prompt, "cache_write_tokens"),
+        _count(completion, "reasoning_tokens"),
+        _count(prompt, "audio_tokens"),
+        _count(completion, "audio_tokens"),
+        _count(prompt, "image_tokens"),
+        0,
+        _count(completion, "accepted_prediction_tokens"),
+        _count(completion, "rejected_prediction_tokens"),
     )
 
 
@@ -114,7 +113,7 @@ def _responses_usage(usage: Mapping[str, Any]) -> Usage:
     details = _fields(usage.get("input_tokens_details") or usage.get("input_token_details"))
     output = _fields(usage.get("output_tokens_details"))
     return Usage(
-        _count(usage, "input_tokens", required=True),
+        _count(usage, "input_tokens"),  # present: normalize_usage checked
         _count(usage, "output_tokens"),
         cache_read_tokens=_count(details, "cached_tokens"),
         cache_write_tokens=_count(details, "cache_write_tokens"),
