@@ -769,3 +769,33 @@ def test_a_batch_job_recorded_by_two_processes_counts_once(fake_openai: FakeOpen
     assert rows[0]["batch_id"] == batch.id
     # gpt-4o-mini at batch rates: 120,000 x $0.075 + 30,000 x $0.30 per million = $0.018
     assert Decimal(rows[0]["cost_usd"]) == Decimal("0.018")
+
+
+def test_app_level_retries_count_twice_and_are_marked(fake_openai: FakeOpenAI) -> None:
+    """A handler that repeats the same request is billed twice: both rows count, the later one is marked."""
+    pipeline = make_pipeline()
+    try:
+        handler = pipeline.tracer_provider.get_tracer("app")
+        with (
+            openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0) as client,
+            handler.start_as_current_span("POST /api/chat"),
+        ):
+            for text in ("same question", "same question", "a different, longer question"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+        spans = pipeline.spans()
+    finally:
+        pipeline.instrumentor.uninstrument()
+    engine = clickhouse()
+    engine.execute("DROP DATABASE IF EXISTS costspan_retry")
+    try:
+        load_schema(engine, "costspan_retry")
+        engine.insert_traces(exporter_rows(otlp_request(spans)), "costspan_retry")
+        engine.insert_traces(exporter_rows(otlp_request(spans)), "costspan_retry")  # and delivered twice
+        rows = engine.rows(
+            "SELECT input_tokens, is_retry, cost_usd FROM costspan_retry.llm_cost_calls ORDER BY timestamp, span_id"
+        )
+    finally:
+        engine.execute("DROP DATABASE IF EXISTS costspan_retry")
+    assert [bool(r["is_retry"]) for r in rows] == [False, True, False]
+    assert rows[0]["input_tokens"] == rows[1]["input_tokens"] != rows[2]["input_tokens"]
+    assert Decimal(rows[0]["cost_usd"]) == Decimal(rows[1]["cost_usd"])  # billed twice, counted twice
