@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -11,18 +10,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-
-def any_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return tuple(any_value(v) for v in value.array_value.values)
-    return getattr(value, kind) if kind else None
+from costspan.serve import decode_request, readable_spans
 
 
 class OtlpReceiver:
-    """Collects received spans as dicts: name, span_id (hex), attributes, resource attributes."""
+    """Collects received spans as dicts: name, span_id (hex), attributes, resource attributes.
+
+    Decoding is ``costspan serve``'s own (the official opentelemetry-proto messages).
+    """
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
@@ -35,10 +31,9 @@ class OtlpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
                 if self.path == "/v1/traces":
-                    receiver._ingest(ExportTraceServiceRequest.FromString(body))
+                    content_type = self.headers.get("content-type", "application/x-protobuf")
+                    receiver._ingest(decode_request(body, content_type, self.headers.get("content-encoding", "")))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -54,19 +49,17 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def _ingest(self, request: ExportTraceServiceRequest) -> None:
-        for resource_spans in request.resource_spans:
-            resource = {a.key: any_value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    record = {
-                        "name": span.name,
-                        "span_id": span.span_id.hex(),
-                        "kind": span.kind,
-                        "attributes": {a.key: any_value(a.value) for a in span.attributes},
-                        "resource": resource,
-                    }
-                    with self.lock:
-                        self.spans.append(record)
+        records = [
+            {
+                "name": span.name,
+                "span_id": f"{span.context.span_id:016x}",
+                "attributes": dict(span.attributes or {}),
+                "resource": dict(span.resource.attributes),
+            }
+            for span in readable_spans(request).spans
+        ]
+        with self.lock:
+            self.spans.extend(records)
 
     def __enter__(self) -> OtlpReceiver:
         self.thread.start()

@@ -62,7 +62,6 @@ COSTSPAN_PRICING_MODEL: Final = "costspan.pricing.model"  # the price-data model
 COSTSPAN_PRICING_NOTE: Final = "costspan.pricing.note"  # e.g. an unknown service tier
 
 COSTSPAN_ATTRIBUTION_MISSING: Final = "costspan.attribution.missing"
-COSTSPAN_STREAM_USAGE_INJECTED: Final = "costspan.stream.usage_injected"
 COSTSPAN_REFUSED: Final = "costspan.refused"  # why costspan refused the call before sending it
 
 # Budgets and prompt-size guardrails: span events on the call's span, and their attributes.
