@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -23,7 +22,7 @@ from costspan import semconv
 from costspan.fakeopenai import FakeOpenAI, Scripted
 from costspan.pricing import Pricer
 from costspan.usage import Usage, normalize_usage
-from tests.conftest import Pipeline, make_pipeline
+from tests.conftest import Pipeline
 
 AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
 M = 1_000_000
@@ -403,38 +402,27 @@ def test_e2e_unknown_fine_tune_has_no_amount(
     assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
 
 
-def test_e2e_batch_usage_bills_batch_rates_tagged_with_the_batch_id() -> None:
-    """A Batch object that reports usage (batches created after 2025-09-07 do) is billed at batch rates.
+def test_e2e_batch_usage_bills_batch_rates_tagged_with_the_batch_id(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """A finished Batch that reports usage is billed at batch rates, as of its creation (2026-11: in force).
 
     gpt-4.1 batch: 600,000 x 1 + 200,000 x 0.50 (cache read keeps its standard rate in the data's batch
     variant) + 100,000 x 4 = 600,000 + 100,000 + 400,000 = 1,100,000 -> $1.10
     """
-    batch = {
-        "id": "batch_abc123",
-        "object": "batch",
-        "endpoint": "/v1/chat/completions",
-        "model": "gpt-4.1-2025-04-14",
-        "input_file_id": "file-in",
-        "completion_window": "24h",
-        "status": "completed",
-        "created_at": 1_762_000_000,
-        "usage": {
-            "input_tokens": 800_000,
-            "input_tokens_details": {"cached_tokens": 200_000},
-            "output_tokens": 100_000,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": 900_000,
-        },
+    usage = {
+        "input_tokens": 800_000,
+        "input_tokens_details": {"cached_tokens": 200_000},
+        "output_tokens": 100_000,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 900_000,
     }
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=batch))
-    p = make_pipeline()
-    try:
-        with openai.OpenAI(
-            base_url="http://127.0.0.1:9/v1", api_key="sk-test", http_client=httpx.Client(transport=transport)
-        ) as c:
-            c.batches.create(input_file_id="file-in", endpoint="/v1/chat/completions", completion_window="24h")
-        a = dict(p.span().attributes or {})
-    finally:
-        p.instrumentor.uninstrument()
-    assert a[semconv.COSTSPAN_BATCH_ID] == "batch_abc123"
+    # The create call, a first read (in progress), then the read that finds the job finished.
+    fake_openai.script(Scripted(), Scripted(), Scripted(usage=usage, model="gpt-4.1-2025-04-14"))
+    batch = client.batches.create(input_file_id="file-in", endpoint="/v1/chat/completions", completion_window="24h")
+    client.batches.retrieve(batch.id)
+    client.batches.retrieve(batch.id)
+    job = pipeline.spans()[-1]
+    a = dict(job.attributes or {})
+    assert a[semconv.COSTSPAN_BATCH_ID] == batch.id
     assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == 1.1
