@@ -17,7 +17,7 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, Provider
 
 from costspan import semconv
-from costspan.pricing import Pricer, PriceSheet, usage_counts
+from costspan.pricing import Cost, Pricer, PriceSheet, usage_counts
 from costspan.usage import Usage
 
 AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
@@ -86,15 +86,16 @@ def test_price_sheet_equals_genai_prices(info: ModelInfo, context: dict[str, str
             )
         except ValueError as refusal:  # e.g. cached tokens and image tokens, but which cached tokens were images?
             assert "Missing usage" in str(refusal)
-            assert sheet.cost(counts) is None, usage
+            assert sheet.cost(usage) is None, usage
             refused += 1
             continue
-        buckets = sheet.cost(counts)
-        assert buckets is not None, usage
-        ours_input = buckets["input"] + buckets["cache_read"] + buckets["cache_write"] + buckets["other"]
-        assert (ours_input, buckets["output"]) == (theirs.input_price, theirs.output_price), usage
-        assert sum(buckets.values(), Decimal(0)) == theirs.total_price, usage
-        lines = sheet.breakdown(counts)
+        amounts = sheet.cost(usage)
+        assert amounts is not None, usage
+        cost = Cost(semconv.STATUS_PRICED, amounts, sheet.scale)
+        ours_input = cost.input + cost.cache_read + cost.cache_write
+        assert (ours_input, cost.output) == (theirs.input_price, theirs.output_price), usage
+        assert cost.total == theirs.total_price, usage
+        lines = sheet.breakdown(usage)
         assert lines is not None
         assert sum((line.amount for line in lines), Decimal(0)) == theirs.total_price
     assert refused < USAGES_PER_CONTEXT  # most usages are comparable

@@ -34,7 +34,7 @@ from costspan import semconv
 from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
 from costspan.config import Settings
 from costspan.metrics import METRIC_ATTRIBUTION_KEYS, CallMetrics
-from costspan.pricing import STANDARD_TIERS, Cost, Pricer, as_utc, provider_price_id
+from costspan.pricing import STANDARD_TIERS, Cost, Pricer, provider_price_id
 from costspan.usage import ResponseSummary, StreamSummary, Usage
 
 logger = logging.getLogger("costspan")
@@ -451,12 +451,12 @@ class Call:
             cost = telemetry.pricer.price(
                 usage,
                 response_model or request.model,
-                at=as_utc(self.start_ns),
+                at=self.start_ns,
                 provider=provider_price_id(request.provider),
                 service_tier=tier,
                 batch=summary is not None and summary.batch_id is not None,  # a Batch object's usage: batch rates
             )
-        _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
+        cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
         span.set_attributes(attributes)
         self._settle(cost)
 
@@ -482,7 +482,7 @@ class Call:
             (end_ns - self.start_ns) / 1e9,
             usage.input_tokens if usage else None,
             usage.output_tokens if usage else None,
-            float(cost.total) if cost.total is not None else None,
+            cost_usd,
         )
         span.end(end_time=end_ns)
 
@@ -505,7 +505,8 @@ def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:
             attributes[name] = value
 
 
-def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> None:
+def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> float | None:
+    """Adds the cost attributes; returns the amount in USD (None when not priced)."""
     attributes[semconv.COSTSPAN_PRICING_STATUS] = cost.status
     if cost.source:
         attributes[semconv.COSTSPAN_PRICING_SOURCE] = cost.source
@@ -515,18 +516,20 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> No
         attributes[semconv.COSTSPAN_PRICING_MODEL] = cost.model_id
     if cost.note:
         attributes[semconv.COSTSPAN_PRICING_NOTE] = cost.note
-    if cost.total is None:
-        return
-    amount = float(cost.total)
+    floats = cost.floats()
+    if floats is None:
+        return None
+    amount = floats[0]
     attributes[semconv.GEN_AI_USAGE_COST_AMOUNT] = amount
     attributes[semconv.GEN_AI_USAGE_COST_CURRENCY] = "USD"
     attributes[semconv.GEN_AI_USAGE_COST_SOURCE] = "local"
-    attributes[semconv.COSTSPAN_COST_INPUT] = float(cost.input)
-    attributes[semconv.COSTSPAN_COST_CACHE_READ] = float(cost.cache_read)
-    attributes[semconv.COSTSPAN_COST_CACHE_WRITE] = float(cost.cache_write)
-    attributes[semconv.COSTSPAN_COST_OUTPUT] = float(cost.output)
+    attributes[semconv.COSTSPAN_COST_INPUT] = floats[1]
+    attributes[semconv.COSTSPAN_COST_CACHE_READ] = floats[2]
+    attributes[semconv.COSTSPAN_COST_CACHE_WRITE] = floats[3]
+    attributes[semconv.COSTSPAN_COST_OUTPUT] = floats[4]
     if compat:
         attributes[semconv.GEN_AI_USAGE_COST_COMPAT] = amount
+    return amount
 
 
 class StreamObserver:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
+from operator import attrgetter
 from typing import Protocol
 
 import genai_prices
@@ -47,20 +48,59 @@ _ZERO = Decimal(0)
 STANDARD_TIERS = frozenset({None, "", "default", "auto", "standard"})
 
 
+def billed_tier(service_tier: str | None) -> str | None:
+    """The service tier that has prices of its own; None for the standard rate."""
+    return None if service_tier in STANDARD_TIERS else service_tier
+
+
 @dataclass(slots=True)  # not frozen: built on every call, and a frozen dataclass costs ~1 µs more
 class Cost:
-    """The priced outcome of one call. ``total`` is None unless ``status`` is ``priced``."""
+    """The priced outcome of one call. ``total`` is None unless ``status`` is ``priced``.
+
+    Amounts are kept as exact integers in units of ``10**-scale`` USD (prices are decimal, so nothing is lost),
+    because Decimal arithmetic and ``float(Decimal)`` on every call cost microseconds. Read them as Decimals
+    through the properties, or as floats (correctly rounded) with ``floats()``.
+    """
 
     status: str
-    total: Decimal | None = None
-    input: Decimal = _ZERO  # uncached input, all modalities
-    cache_read: Decimal = _ZERO
-    cache_write: Decimal = _ZERO
-    output: Decimal = _ZERO
+    # Uncached input (all modalities), cache reads, cache writes, output; None unless priced.
+    amounts: tuple[int, int, int, int] | None = None
+    scale: int = 0
     source: str | None = None  # which price data priced it: "genai-prices" or "override:<file>"
     version: str | None = None  # that data's version, so stored events can be re-priced later
     model_id: str | None = None  # the price-data model the name resolved to
     note: str | None = None
+
+    def _usd(self, units: int) -> Decimal:
+        return Decimal(units).scaleb(-self.scale)
+
+    @property
+    def total(self) -> Decimal | None:
+        return None if self.amounts is None else self._usd(sum(self.amounts))
+
+    @property
+    def input(self) -> Decimal:
+        return _ZERO if self.amounts is None else self._usd(self.amounts[0])
+
+    @property
+    def cache_read(self) -> Decimal:
+        return _ZERO if self.amounts is None else self._usd(self.amounts[1])
+
+    @property
+    def cache_write(self) -> Decimal:
+        return _ZERO if self.amounts is None else self._usd(self.amounts[2])
+
+    @property
+    def output(self) -> Decimal:
+        return _ZERO if self.amounts is None else self._usd(self.amounts[3])
+
+    def floats(self) -> tuple[float, float, float, float, float] | None:
+        """(total, input, cache_read, cache_write, output) as floats; int / int rounds correctly."""
+        if self.amounts is None:
+            return None
+        divisor = 10**self.scale
+        a, b, c, d = self.amounts
+        return (a + b + c + d) / divisor, a / divisor, b / divisor, c / divisor, d / divisor
 
 
 # --- the unit hierarchy, from genai-prices' registry --------------------------------------------------------
@@ -80,6 +120,9 @@ _USAGE_KEYS: Mapping[str, str] = {
 
 
 _REPORTED = frozenset(_USAGE_KEYS.values())
+_USAGE_FIELDS = {theirs: ours for ours, theirs in _USAGE_KEYS.items()}
+# Cost.amounts positions; a unit that is neither cached nor output is billed as input.
+_AMOUNT_INDEX = {"cache_read": 1, "cache_write": 2, "output": 3}
 
 
 def usage_counts(usage: Usage) -> dict[str, int]:
@@ -137,10 +180,23 @@ def _bucket(dimensions: Mapping[str, str]) -> str:
     return direction if direction in ("input", "output") else "other"
 
 
-class PriceSheet:
-    """A resolved ``ModelPrice``, precompiled so that pricing a call is a handful of arithmetic steps."""
+def _count_reader(fields: tuple[str, ...]) -> Callable[[Usage], tuple[int, ...]]:
+    """Reads these Usage fields as a tuple, in one C call when there are several (attrgetter's usual case)."""
+    if len(fields) > 1:
+        return attrgetter(*fields)
+    getters = [attrgetter(name) for name in fields]
+    return lambda usage: tuple(get(usage) for get in getters)
 
-    __slots__ = ("joins", "model_price", "units")
+
+def _scale_of(rates: Iterable[Decimal]) -> int:
+    """The number of decimal places that makes every rate an integer."""
+    return max((-exponent for rate in rates if isinstance(exponent := rate.as_tuple().exponent, int)), default=0)
+
+
+class PriceSheet:
+    """A resolved ``ModelPrice``, precompiled so that pricing a call is a handful of integer operations."""
+
+    __slots__ = ("_counts", "_nested", "_plan", "joins", "model_price", "scale", "units")
 
     def __init__(self, model_price: ModelPrice) -> None:
         registry = _get_registry()
@@ -172,31 +228,60 @@ class PriceSheet:
             )
         self.units = tuple(units)
         self.model_price = model_price
+        self._counts = _count_reader(tuple(_USAGE_FIELDS[unit.usage_key] for unit in self.units))
+        self._nested = tuple((i, unit.descendants) for i, unit in enumerate(units) if unit.descendants)
+        # Per unit: (Cost.amounts index, rate or tiers in 10**-scale USD per token).
+        rates = [unit.rate for unit in units if unit.rate is not None]
+        rates += [rate for unit in units for _, rate in unit.tiers]
+        self.scale = scale = _scale_of(rates)
+        self._plan = tuple(
+            (
+                _AMOUNT_INDEX.get(unit.bucket, 0),
+                None if unit.rate is None else int(unit.rate.scaleb(scale)),
+                tuple((start, int(rate.scaleb(scale))) for start, rate in unit.tiers),
+            )
+            for unit in units
+        )
 
-    def _ambiguous(self, counts: Mapping[str, int]) -> bool:
+    def _ambiguous(self, usage: Usage) -> bool:
+        counts = usage_counts(usage)
         return any(not counts.get(j) and counts.get(a) and counts.get(b) for j, a, b in self.joins)
 
-    def cost(self, counts: Mapping[str, int]) -> dict[str, Decimal] | None:
-        """Dollars per bucket for these usage counts; None when the counts contradict each other."""
-        if self.joins and self._ambiguous(counts):
+    def _leaves(self, usage: Usage) -> list[int] | None:
+        """Per unit, the tokens billed at its rate: its count less those of more specific units (cached audio
+        is not billed again as cached, nor as audio). None when the counts contradict each other."""
+        if self.joins and self._ambiguous(usage):
             return None
-        leaves = [0] * len(self.units)
-        total_input = counts.get("input_tokens", 0)
-        buckets = {"input": _ZERO, "cache_read": _ZERO, "cache_write": _ZERO, "output": _ZERO, "other": _ZERO}
-        for i, unit in enumerate(self.units):
-            leaf = counts.get(unit.usage_key, 0)
-            for j in unit.descendants:
+        leaves = list(self._counts(usage))
+        for i, descendants in self._nested:  # more specific units come first, so their leaves are final
+            leaf = leaves[i]
+            for j in descendants:
                 leaf -= leaves[j]
             if leaf < 0:
                 return None
             leaves[i] = leaf
-            if not leaf:
-                continue
-            rate = unit.rate
-            if rate is None:  # tiered: the whole request is billed at the tier its input size reaches
-                rate = next(price for start, price in unit.tiers if total_input > start)
-            buckets[unit.bucket] += rate * leaf
-        return buckets
+        return leaves
+
+    @staticmethod
+    def _unit_rate(unit: _PricedUnit, input_tokens: int) -> Decimal:
+        if unit.rate is not None:
+            return unit.rate
+        # Tiered: the whole request is billed at the tier its input size reaches.
+        return next(price for start, price in unit.tiers if input_tokens > start)
+
+    def cost(self, usage: Usage) -> tuple[int, int, int, int] | None:
+        """``Cost.amounts`` for this usage, in 10**-scale USD; None when its counts contradict each other."""
+        leaves = self._leaves(usage)
+        if leaves is None:
+            return None
+        amounts = [0, 0, 0, 0]
+        # Equal lengths by construction; strict=True would cost ~200 ns here.
+        for (index, rate, tiers), leaf in zip(self._plan, leaves, strict=False):
+            if leaf:
+                if rate is None:  # tiered: the whole request is billed at the tier its input size reaches
+                    rate = next(price for start, price in tiers if usage.input_tokens > start)
+                amounts[index] += rate * leaf
+        return amounts[0], amounts[1], amounts[2], amounts[3]
 
     def rate(self, price_key: str, input_tokens: int = 0) -> Decimal | None:
         """The per-million rate for a price key at this prompt size (for budgets and `costspan price`)."""
@@ -211,25 +296,18 @@ class PriceSheet:
             return rate
         return price if isinstance(price, Decimal) else None
 
-    def breakdown(self, counts: Mapping[str, int]) -> list[BillLine] | None:
+    def breakdown(self, usage: Usage) -> list[BillLine] | None:
         """``cost`` line by line, for people (`costspan price`); None when the counts contradict each other."""
-        if self._ambiguous(counts):
+        leaves = self._leaves(usage)
+        if leaves is None:
             return None
-        leaves = [0] * len(self.units)
-        total_input = counts.get("input_tokens", 0)
         lines = []
-        for i, unit in enumerate(self.units):
-            leaf = counts.get(unit.usage_key, 0) - sum(leaves[j] for j in unit.descendants)
-            if leaf < 0:
-                return None
-            leaves[i] = leaf
+        for unit, leaf in zip(self.units, leaves, strict=True):
             if leaf:
-                unit_rate = unit.rate
-                if unit_rate is None:
-                    unit_rate = next(price for start, price in unit.tiers if total_input > start)
-                rate = self.rate(unit.price_key, total_input)
+                rate = self.rate(unit.price_key, usage.input_tokens)
                 assert rate is not None
-                lines.append(BillLine(unit.price_key, unit.bucket, leaf, rate, unit_rate * leaf))
+                amount = self._unit_rate(unit, usage.input_tokens) * leaf
+                lines.append(BillLine(unit.price_key, unit.bucket, leaf, rate, amount))
         return lines
 
 
@@ -251,6 +329,7 @@ class ResolvedPrice:
     version: str
     model_id: str
     tier_known: bool
+    whole_day: bool = True  # holds for the whole UTC day (no time-of-day rates), so it may be memoized per day
 
 
 class PriceSource(Protocol):
@@ -276,7 +355,6 @@ class PackagedPrices:
         self.version = genai_prices.__version__
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ModelInfo | None] = {}
-        self._sheets: dict[tuple[str, str, date, str | None, bool], ResolvedPrice] = {}
 
     def models(self, provider: str) -> list[ModelInfo]:
         """Every model the data knows for a provider (for `costspan price --list`)."""
@@ -303,12 +381,7 @@ class PackagedPrices:
         info = self.find_model(model, provider)
         if info is None:
             return None
-        tier = None if service_tier in STANDARD_TIERS else service_tier
-        day = (at if at.tzinfo is timezone.utc else at.astimezone(timezone.utc)).date()
-        cache_key = (provider, info.id, day, tier, batch)
-        cached = self._sheets.get(cache_key)
-        if cached is not None:
-            return cached
+        tier = billed_tier(service_tier)
         context: dict[str, str] = {}
         tier_known = True
         if tier is not None:
@@ -319,36 +392,58 @@ class PackagedPrices:
             # Without a batch price the data would fall back to the standard one: flag it rather than guess.
             tier_known = tier_known and _has_variant(info.price_variants, "processing", "batch", at)
             context["processing"] = "batch"
-        resolved = ResolvedPrice(
-            PriceSheet(info.get_prices(at, context or None)), self.source, self.version, info.id, tier_known
-        )
-        if not time_of_day_priced(info):  # a time-of-day price must not be cached for the whole day
-            with self._lock:
-                self._sheets[cache_key] = resolved
-        return resolved
+        sheet = PriceSheet(info.get_prices(at, context or None))
+        return ResolvedPrice(sheet, self.source, self.version, info.id, tier_known, not time_of_day_priced(info))
 
 
 def time_of_day_priced(info: ModelInfo) -> bool:
-    """Whether any of the model's prices depend on the time of day (then they are not cached per day)."""
+    """Whether any of the model's prices depend on the time of day (then they are not memoized per day)."""
     prices = info.prices if isinstance(info.prices, list) else []
     return any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices) or any(
         isinstance(v.constraint, TimeOfDateConstraint) for v in info.price_variants or ()
     )
 
 
+_NS_PER_DAY = 86_400 * 10**9
+_MEMO_LIMIT = 4096  # distinct (model, day, tier) lookups kept; far more than an app uses in a day
+
+
+def _utc_day(at: datetime | int) -> int:
+    """Days since the Unix epoch, in UTC, of a datetime or of Unix nanoseconds."""
+    if isinstance(at, int):
+        return at // _NS_PER_DAY
+    return int(at.timestamp() // 86_400)
+
+
 class Pricer:
-    """Prices calls from an ordered list of price layers; the first layer that knows the model wins."""
+    """Prices calls from an ordered list of price layers; the first layer that knows the model wins.
+
+    ``at`` is when the call started: a datetime, or Unix nanoseconds (the span's clock, which spares the
+    request path a datetime). Resolved prices are memoized per UTC day unless they change within the day, so
+    pricing a call is a dict lookup and a few integer operations.
+    """
 
     def __init__(self, layers: Iterable[PriceSource] | None = None) -> None:
         self.layers: tuple[PriceSource, ...] = tuple(layers) if layers is not None else (packaged_prices(),)
         self._warned: set[str] = set()
+        self._memo: dict[tuple[str, str, int, str | None, bool], ResolvedPrice] = {}
 
     def resolve(
-        self, model: str, provider: str, at: datetime, service_tier: str | None = None, batch: bool = False
+        self, model: str, provider: str, at: datetime | int, service_tier: str | None = None, batch: bool = False
     ) -> ResolvedPrice | None:
+        tier = billed_tier(service_tier)
+        key = (model, provider, _utc_day(at), tier, batch)
+        resolved = self._memo.get(key)
+        if resolved is not None:
+            return resolved
+        when = at if isinstance(at, datetime) else as_utc(at)
         for layer in self.layers:
-            resolved = layer.resolve(model, provider, at, service_tier, batch)
+            resolved = layer.resolve(model, provider, when, tier, batch)
             if resolved is not None:
+                if resolved.whole_day:
+                    if len(self._memo) >= _MEMO_LIMIT:
+                        self._memo.clear()
+                    self._memo[key] = resolved
                 return resolved
         return None
 
@@ -357,7 +452,7 @@ class Pricer:
         usage: Usage | None,
         model: str | None,
         *,
-        at: datetime,
+        at: datetime | int,
         provider: str = "openai",
         service_tier: str | None = None,
         batch: bool = False,
@@ -376,8 +471,8 @@ class Pricer:
                 model_id=resolved.model_id,
                 note=_missing_variant_note(resolved.model_id, service_tier, batch),
             )
-        buckets = resolved.sheet.cost(usage_counts(usage))
-        if buckets is None:
+        amounts = resolved.sheet.cost(usage)
+        if amounts is None:
             return Cost(
                 semconv.STATUS_INCOMPLETE,
                 source=resolved.source,
@@ -385,17 +480,8 @@ class Pricer:
                 model_id=resolved.model_id,
                 note="usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
             )
-        return Cost(
-            semconv.STATUS_PRICED,
-            total=sum(buckets.values(), _ZERO),
-            input=buckets["input"] + buckets["other"],
-            cache_read=buckets["cache_read"],
-            cache_write=buckets["cache_write"],
-            output=buckets["output"],
-            source=resolved.source,
-            version=resolved.version,
-            model_id=resolved.model_id,
-        )
+        sheet = resolved.sheet
+        return Cost(semconv.STATUS_PRICED, amounts, sheet.scale, resolved.source, resolved.version, resolved.model_id)
 
     def _warn_unknown(self, model: str) -> None:
         if model not in self._warned:

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -44,13 +43,12 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, Tier, TieredPrices
 
 from costspan.pricing import (
-    STANDARD_TIERS,
     PackagedPrices,
     PriceSheet,
     PriceSource,
     ResolvedPrice,
+    billed_tier,
     packaged_prices,
-    time_of_day_priced,
 )
 
 if sys.version_info >= (3, 11):
@@ -375,7 +373,7 @@ class _Validator:
             model=model.strip().lower(),
             provider=provider,
             effective_from=self.date(item.get("effective_from"), ("models", index, "effective_from")),
-            service_tier=None if tier in STANDARD_TIERS else tier,
+            service_tier=billed_tier(tier),
             batch=batch,
             rates=rates,
         )
@@ -442,34 +440,18 @@ class OverridePrices:
       ``effective_from`` day on; before the first of them, the packaged price applies, so a new rate never
       rewrites history. A tier or batch call with no entry of its own is ``unknown_tier``, never standard.
     - A provider's discount applies to every price of that provider, the file's and the packaged ones.
-    Lookups are memoized per (model, provider, UTC day, tier, batch), as in ``PackagedPrices``.
+    The file's dates are whole UTC days, so its own rates hold all day (``Pricer`` memoizes them per day).
     """
 
     def __init__(self, pricing: PricingFile, packaged: PackagedPrices | None = None) -> None:
         self.pricing = pricing
         self.packaged = packaged or packaged_prices()
-        self._lock = threading.Lock()
-        self._resolved: dict[tuple[str, str, date, str | None, bool], ResolvedPrice | None] = {}
 
     def resolve(
         self, model: str, provider: str, at: datetime, service_tier: str | None, batch: bool
     ) -> ResolvedPrice | None:
-        tier = None if service_tier in STANDARD_TIERS else service_tier
+        tier = billed_tier(service_tier)
         day = at.astimezone(timezone.utc).date()
-        key = (model, provider, day, tier, batch)
-        try:
-            return self._resolved[key]
-        except KeyError:
-            pass
-        resolved, cacheable = self._resolve(model, provider, at, day, tier, batch)
-        if cacheable:
-            with self._lock:
-                self._resolved[key] = resolved
-        return resolved
-
-    def _resolve(
-        self, model: str, provider: str, at: datetime, day: date, tier: str | None, batch: bool
-    ) -> tuple[ResolvedPrice | None, bool]:
         pricing = self.pricing
         target = pricing.alias_for(model)
         name = target or model
@@ -478,14 +460,13 @@ class OverridePrices:
         in_force = [e for e in entries if e.effective_from is None or e.effective_from <= day]
         discount = pricing.discounts.get(provider, Decimal(0))
         if in_force:
-            return self._from_entries(in_force, tier, batch, discount), True
-        cacheable = info is None or not time_of_day_priced(info)
+            return self._from_entries(in_force, tier, batch, discount)
         packaged = self.packaged.resolve(name, provider, at, tier, batch)
         if packaged is None or (target is None and not discount):
-            return packaged, cacheable
+            return packaged
         sheet = PriceSheet(discounted(packaged.sheet.model_price, discount)) if discount else packaged.sheet
         version = f"{pricing.digest}+{packaged.source} {packaged.version}"
-        return ResolvedPrice(sheet, pricing.source, version, packaged.model_id, packaged.tier_known), cacheable
+        return ResolvedPrice(sheet, pricing.source, version, packaged.model_id, packaged.tier_known, packaged.whole_day)
 
     def _from_entries(
         self, in_force: list[RateEntry], tier: str | None, batch: bool, discount: Decimal

@@ -16,7 +16,7 @@ from typing import Any
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 from costspan import environment_variables as env
-from costspan.pricing import STANDARD_TIERS, BillLine, Pricer, PriceSource, packaged_prices, usage_counts
+from costspan.pricing import STANDARD_TIERS, BillLine, Pricer, PriceSource, packaged_prices
 from costspan.usage import Usage
 
 EPILOG = """\
@@ -205,7 +205,7 @@ def _price(args: argparse.Namespace) -> int:
     )
     if cost.status != "priced":
         raise _Failure(f"{cost.status}: {cost.note or 'cannot price this call'}")
-    lines = resolved.sheet.breakdown(usage_counts(usage)) if usage else []
+    lines = resolved.sheet.breakdown(usage) if usage else []
     assert lines is not None  # _usage checked the parts against their totals
     tier = args.tier if args.tier not in STANDARD_TIERS else "standard"
     report: dict[str, Any] = {
