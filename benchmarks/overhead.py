@@ -204,6 +204,7 @@ def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
     print(f"  floor: one bare OTel span, same attrs   {floor * scale:12,.1f} {unit}")
     print(f"  added / floor                           {added / floor:12.2f} x    (target <= 1.5)")
     print(f"  added / bare call                       {100 * added / per_call['bare']:12.2f} %    (target < 5)")
+    print(f"  floor / bare call                       {100 * floor / per_call['bare']:12.2f} %    (what a span alone costs)")
     print(f"  added per streamed chunk                {per_chunk * scale:12,.1f} {unit}")
 
 
@@ -252,7 +253,7 @@ def main() -> None:
     elif args.timed:
         time_rounds(args.rounds, args.calls)
     else:
-        count_instructions(few=10, many=60)
+        count_instructions(few=10, many=110)
 
 
 if __name__ == "__main__":

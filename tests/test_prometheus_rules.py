@@ -15,7 +15,6 @@ import pytest
 import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 
-from costspan import semconv
 from costspan.metrics import CallMetrics
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "collector-config" / "prometheus"
@@ -46,7 +45,7 @@ def test_rules_use_the_name_the_python_exporter_exposes() -> None:
     try:
         metrics = CallMetrics(provider.get_meter("costspan"))
         metrics.record(
-            {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_PROVIDER_NAME: "openai"},
+            ("chat", "openai", None, None, None, None),
             {"feature": "search", "route": "/search", "environment": "production"},
             0.5,
             100,

@@ -33,7 +33,7 @@ from opentelemetry.trace import (
 from costspan import semconv
 from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
 from costspan.config import Settings
-from costspan.metrics import METRIC_ATTRIBUTION_KEYS, CallMetrics
+from costspan.metrics import CallMetrics
 from costspan.pricing import STANDARD_TIERS, Cost, Pricer, provider_price_id
 from costspan.usage import ResponseSummary, StreamSummary, Usage
 
@@ -105,19 +105,19 @@ def read_request(
     model = body.get("model")
     tier = body.get("service_tier")
     cache_key = body.get("prompt_cache_key")
-    return RequestInfo(
-        endpoint=path,
-        operation=operation,
-        api_type=api_type,
-        provider=provider,
-        model=model if isinstance(model, str) else None,
-        stream=stream or body.get("stream") is True,
-        service_tier=tier if isinstance(tier, str) else None,
-        prompt_cache_key=cache_key if isinstance(cache_key, str) else None,
-        max_output_tokens=max_tokens if type(max_tokens) is int else None,
-        server_address=address,
-        server_port=port,
-        body=body,
+    return RequestInfo(  # positional, in field order: this runs on every call
+        path,
+        operation,
+        api_type,
+        provider,
+        model if type(model) is str else None,
+        stream or body.get("stream") is True,
+        tier if type(tier) is str else None,
+        cache_key if type(cache_key) is str else None,
+        max_tokens if type(max_tokens) is int else None,
+        address,
+        port,
+        body,
     )
 
 
@@ -218,12 +218,8 @@ class Telemetry:
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
         name = f"{request.operation} {request.model}" if request.model else request.operation
-        span = self.tracer.start_span(
-            name, context=parent, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns
-        )
-        call = Call(self, span, request, start_ns)
-        call.attribution = attribution
-        return call
+        span = self.tracer.start_span(name, parent, SpanKind.CLIENT, attributes, start_time=start_ns)
+        return Call(self, span, request, start_ns, attribution)
 
     def record_batch_job(
         self, request: RequestInfo, body: Any, summary: ResponseSummary, request_id: str | None
@@ -333,12 +329,14 @@ class Call:
 
     __slots__ = ("attribution", "finished", "request", "settlements", "span", "start_ns", "telemetry")
 
-    def __init__(self, telemetry: Telemetry, span: Any, request: RequestInfo, start_ns: int) -> None:
+    def __init__(
+        self, telemetry: Telemetry, span: Any, request: RequestInfo, start_ns: int, attribution: dict[str, str]
+    ) -> None:
         self.telemetry = telemetry
         self.span = span
         self.request = request
         self.start_ns = start_ns
-        self.attribution: dict[str, str] = {}
+        self.attribution = attribution
         self.settlements: list[Callable[[Cost | None], None]] = []
         self.finished = False
 
@@ -458,27 +456,12 @@ class Call:
             )
         cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
         span.set_attributes(attributes)
-        self._settle(cost)
+        if self.settlements:
+            self._settle(cost)
 
-        metric_base: dict[str, Any] = {
-            semconv.GEN_AI_OPERATION_NAME: request.operation,
-            semconv.GEN_AI_PROVIDER_NAME: request.provider,
-        }
-        if request.model:
-            metric_base[semconv.GEN_AI_REQUEST_MODEL] = request.model
-        if response_model:
-            metric_base[semconv.GEN_AI_RESPONSE_MODEL] = response_model
-        if request.server_address:
-            metric_base[semconv.SERVER_ADDRESS] = request.server_address
-        if error_type:
-            metric_base[semconv.ERROR_TYPE] = error_type
-        attribution = self.attribution
-        metric_attribution = {k: attribution[k] for k in METRIC_ATTRIBUTION_KEYS if k in attribution}
-        if telemetry.settings.metrics_customer_id and "customer_id" in attribution:
-            metric_attribution["customer_id"] = attribution["customer_id"]
         telemetry.metrics.record(
-            metric_base,
-            metric_attribution,
+            (request.operation, request.provider, request.model, response_model, request.server_address, error_type),
+            self.attribution,
             (end_ns - self.start_ns) / 1e9,
             usage.input_tokens if usage else None,
             usage.output_tokens if usage else None,
@@ -493,16 +476,19 @@ def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:
     attributes[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
     attributes[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
     attributes[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
-    for name, value in (
-        (semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS, usage.input_audio_tokens),
-        (semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS, usage.output_audio_tokens),
-        (semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS, usage.input_image_tokens),
-        (semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS, usage.output_image_tokens),
-        (semconv.COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS, usage.prediction_accepted_tokens),
-        (semconv.COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS, usage.prediction_rejected_tokens),
-    ):
-        if value:
-            attributes[name] = value
+    # Parts most calls lack, only when present (plain ifs: this runs on every call).
+    if usage.input_audio_tokens:
+        attributes[semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS] = usage.input_audio_tokens
+    if usage.output_audio_tokens:
+        attributes[semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS] = usage.output_audio_tokens
+    if usage.input_image_tokens:
+        attributes[semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS] = usage.input_image_tokens
+    if usage.output_image_tokens:
+        attributes[semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS] = usage.output_image_tokens
+    if usage.prediction_accepted_tokens:
+        attributes[semconv.COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS] = usage.prediction_accepted_tokens
+    if usage.prediction_rejected_tokens:
+        attributes[semconv.COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS] = usage.prediction_rejected_tokens
 
 
 def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> float | None:

@@ -62,7 +62,8 @@ def _begin(
             return (BatchRetrieval(telemetry, batch) if batch else None), args, kwargs, False
         if method != "post":
             return None, args, kwargs, False
-        body = options.json_data if isinstance(options.json_data, Mapping) else {}
+        json_data = options.json_data
+        body = json_data if type(json_data) is dict or isinstance(json_data, Mapping) else {}
         request = read_request(
             options.url,
             body,
@@ -104,7 +105,8 @@ _servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
 
 def _server(client: Any) -> tuple[str | None, int | None]:
     """The client's (host, port), cached per base-URL object: formatting the URL costs more than the rest."""
-    url = client.base_url
+    # The attribute behind the public property, which in openai 3.x runs an import statement on every read.
+    url = getattr(client, "_base_url", None) or client.base_url
     cached = _servers.get(id(url))
     if cached is not None and cached[0] is url:
         return cached[1]
@@ -162,6 +164,9 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
             logger.exception("costspan: could not record a finished batch job; the call was not affected")
         return result
     try:
+        if isinstance(result, BaseModel):  # the common case first: a parsed body
+            call.finish_body(result, summarize_response(result), getattr(result, "_request_id", None))
+            return result
         if isinstance(result, Stream):
             return SyncStreamProxy(result, StreamObserver(call, injected, _header_request_id(result.response)))
         if isinstance(result, AsyncStream):
@@ -175,8 +180,7 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
             return SyncRawResponseProxy(result, call, injected)
         if isinstance(result, AsyncAPIResponse):
             return AsyncRawResponseProxy(result, call, injected)
-        request_id = getattr(result, "_request_id", None) if isinstance(result, BaseModel) else None
-        call.finish_body(result, summarize_response(result), request_id)
+        call.finish_body(result, summarize_response(result), None)
     except Exception:
         logger.exception("costspan: could not read an OpenAI response; the call was not affected")
         call.finish(None, None)

@@ -63,11 +63,17 @@ class Attributor:
     def collect(self) -> tuple[dict[str, str], list[str]]:
         """Attribution of the current context, and the required keys it lacks (logged if the policy is warn)."""
         entries = baggage.get_all()
-        found = {key: v if type(v := entries[key]) is str else str(v) for key in self.keys if key in entries}
+        found = {}
+        for key in self.keys:  # a loop, not a comprehension: this runs on every call
+            value = entries.get(key)
+            if value is not None:
+                found[key] = value if type(value) is str else str(value)
         if self._environment_fallback and "environment" not in found:
             environment = self._resource_environment()
             if environment:
                 found["environment"] = environment
+        if not self.required:
+            return found, []
         missing = [key for key in self.required if key not in found]
         if missing and self.policy == "warn":
             now = time.monotonic()

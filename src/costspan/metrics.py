@@ -2,9 +2,10 @@
 
 Recording a histogram point in the OpenTelemetry SDK costs ~9 µs (attribute cleaning and hashing), and a call
 records four: more than the span itself. So, like ``BatchSpanProcessor`` does for spans, the request path only
-queues the measurements; they are recorded into the SDK instruments when a metric reader collects (through an
-observable instrument's callback, which the SDK runs before it reads the synchronous instruments) or by a
-background thread once the queue grows, so memory stays bounded between collections.
+queues the call's raw values (one tuple); their attribute sets are built, and the points recorded into the SDK
+instruments, when a metric reader collects (through an observable instrument's callback, which the SDK runs
+before it reads the synchronous instruments) or by a background thread once the queue grows, so memory stays
+bounded between collections.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -31,11 +32,25 @@ METRIC_ATTRIBUTION_KEYS = ("feature", "route", "environment")
 
 _DRAIN_THRESHOLD = 2048
 
-_Measurement = tuple[dict[str, Any], dict[str, Any], float, "int | None", "int | None", "float | None"]
+# What identifies a call on every metric: operation, provider, request model, response model, server address,
+# error type (None where not known).
+CallKey = tuple[str, str, "str | None", "str | None", "str | None", "str | None"]
+_Measurement = tuple[CallKey, Mapping[str, str], float, "int | None", "int | None", "float | None"]
+_KEY_ATTRIBUTES = (
+    semconv.GEN_AI_OPERATION_NAME,
+    semconv.GEN_AI_PROVIDER_NAME,
+    semconv.GEN_AI_REQUEST_MODEL,
+    semconv.GEN_AI_RESPONSE_MODEL,
+    semconv.SERVER_ADDRESS,
+    semconv.ERROR_TYPE,
+)
 
 
 class CallMetrics:
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, *, customer_id: bool = False) -> None:
+        # customer_id is high-cardinality: on the cost metric only when the user opts in.
+        self.attribution_keys = METRIC_ATTRIBUTION_KEYS + (("customer_id",) if customer_id else ())
+        self._key_attributes: dict[CallKey, dict[str, Any]] = {}
         self.tokens = meter.create_histogram(
             semconv.METRIC_TOKEN_USAGE,
             unit="{token}",
@@ -68,16 +83,17 @@ class CallMetrics:
 
     def record(
         self,
-        base: dict[str, Any],
-        attribution: dict[str, Any],
+        key: CallKey,
+        attribution: Mapping[str, str],
         duration_s: float,
         input_tokens: int | None,
         output_tokens: int | None,
         cost_usd: float | None,
     ) -> None:
-        """Queue one call's measurements (a deque append; safe from any thread)."""
+        """Queue one call's measurements (a deque append; safe from any thread). ``attribution`` is the call's
+        whole attribution, not to be changed afterwards; only the metric keys of it are recorded."""
         queue = self._queue
-        queue.append((base, attribution, duration_s, input_tokens, output_tokens, cost_usd))
+        queue.append((key, attribution, duration_s, input_tokens, output_tokens, cost_usd))
         if len(queue) >= _DRAIN_THRESHOLD:
             if self._drainer is None:  # started only by a process that records faster than its reader collects
                 self._drainer = threading.Thread(target=self._drain_when_woken, name="costspan-metrics", daemon=True)
@@ -95,15 +111,26 @@ class CallMetrics:
                 except Exception:
                     logger.exception("costspan: failed to record a metric point")
 
+    def _base(self, key: CallKey) -> dict[str, Any]:
+        base = self._key_attributes.get(key)
+        if base is None:
+            if len(self._key_attributes) > 4096:  # bounded even if models or error types never repeat
+                self._key_attributes.clear()
+            base = {name: value for name, value in zip(_KEY_ATTRIBUTES, key, strict=True) if value}
+            self._key_attributes[key] = base
+        return base
+
     def _record_now(self, measurement: _Measurement) -> None:
-        base, attribution, duration_s, input_tokens, output_tokens, cost_usd = measurement
+        key, attribution, duration_s, input_tokens, output_tokens, cost_usd = measurement
+        base = self._base(key)
         self.duration.record(duration_s, base)
         if input_tokens is not None:
             self.tokens.record(input_tokens, {**base, semconv.GEN_AI_TOKEN_TYPE: "input"})
         if output_tokens is not None:
             self.tokens.record(output_tokens, {**base, semconv.GEN_AI_TOKEN_TYPE: "output"})
         if cost_usd is not None:
-            self.cost.record(cost_usd, {**base, **attribution})
+            labels = {name: attribution[name] for name in self.attribution_keys if name in attribution}
+            self.cost.record(cost_usd, {**base, **labels})
 
     def _on_collect(self, options: CallbackOptions) -> Iterable[Observation]:
         self.drain()

@@ -59,24 +59,23 @@ def _fields(obj: Any) -> Mapping[str, Any]:
     AttributeError inside pydantic, which costs microseconds. Fields the installed SDK does not know yet (a newer
     API) are in ``__pydantic_extra__``.
     """
-    if obj is None:
-        return _NO_FIELDS
-    if type(obj) is dict:
-        return obj
-    fields = getattr(obj, "__dict__", None)
-    if fields is None:
-        return _NO_FIELDS
-    extra = getattr(obj, "__pydantic_extra__", None)
+    try:  # an SDK model: the common case, tried first
+        fields = obj.__dict__
+        extra = obj.__pydantic_extra__
+    except AttributeError:
+        if type(obj) is dict:
+            return obj
+        return getattr(obj, "__dict__", _NO_FIELDS)  # None, or a model from pydantic v1
     return {**extra, **fields} if extra else fields
 
 
-def _count(fields: Mapping[str, Any], name: str) -> int:
-    value = fields.get(name)
+def _count(value: Any) -> int:
+    """A token count: 0 when absent. Anything else than a non-negative int is malformed (bool is an int
+    subclass, and a bool token count is a malformed payload, not 1)."""
     if value is None:
         return 0
-    # bool is an int subclass; a bool token count is a malformed payload, not 1.
     if type(value) is not int or value < 0:
-        raise _Malformed(name)
+        raise _Malformed(value)
     return value
 
 
@@ -90,37 +89,37 @@ def _check_parts(usage: Usage) -> Usage:
 
 def _chat_usage(usage: Mapping[str, Any]) -> Usage:
     """Chat Completions, legacy Completions and Embeddings (``prompt_tokens``/``completion_tokens``)."""
-    prompt = _fields(usage.get("prompt_tokens_details"))
-    completion = _fields(usage.get("completion_tokens_details"))
+    prompt = _fields(usage.get("prompt_tokens_details")).get
+    completion = _fields(usage.get("completion_tokens_details")).get
     return Usage(  # positional, in field order: this runs on every call
-        _count(usage, "prompt_tokens"),  # present: normalize_usage checked
-        _count(usage, "completion_tokens"),  # absent for embeddings
-        _count(prompt, "cached_tokens"),
-        _count(prompt, "cache_write_tokens"),
-        _count(completion, "reasoning_tokens"),
-        _count(prompt, "audio_tokens"),
-        _count(completion, "audio_tokens"),
-        _count(prompt, "image_tokens"),
+        _count(usage.get("prompt_tokens")),  # present: normalize_usage checked
+        _count(usage.get("completion_tokens")),  # absent for embeddings
+        _count(prompt("cached_tokens")),
+        _count(prompt("cache_write_tokens")),
+        _count(completion("reasoning_tokens")),
+        _count(prompt("audio_tokens")),
+        _count(completion("audio_tokens")),
+        _count(prompt("image_tokens")),
         0,
-        _count(completion, "accepted_prediction_tokens"),
-        _count(completion, "rejected_prediction_tokens"),
+        _count(completion("accepted_prediction_tokens")),
+        _count(completion("rejected_prediction_tokens")),
     )
 
 
 def _responses_usage(usage: Mapping[str, Any]) -> Usage:
     """Responses API, Images and audio transcription (``input_tokens``/``output_tokens``)."""
     # Responses says input_tokens_details; transcription says input_token_details.
-    details = _fields(usage.get("input_tokens_details") or usage.get("input_token_details"))
-    output = _fields(usage.get("output_tokens_details"))
+    details = _fields(usage.get("input_tokens_details") or usage.get("input_token_details")).get
+    output = _fields(usage.get("output_tokens_details")).get
     return Usage(
-        _count(usage, "input_tokens"),  # present: normalize_usage checked
-        _count(usage, "output_tokens"),
-        cache_read_tokens=_count(details, "cached_tokens"),
-        cache_write_tokens=_count(details, "cache_write_tokens"),
-        input_audio_tokens=_count(details, "audio_tokens"),
-        input_image_tokens=_count(details, "image_tokens"),
-        reasoning_tokens=_count(output, "reasoning_tokens"),
-        output_image_tokens=_count(output, "image_tokens"),
+        _count(usage.get("input_tokens")),  # present: normalize_usage checked
+        _count(usage.get("output_tokens")),
+        cache_read_tokens=_count(details("cached_tokens")),
+        cache_write_tokens=_count(details("cache_write_tokens")),
+        input_audio_tokens=_count(details("audio_tokens")),
+        input_image_tokens=_count(details("image_tokens")),
+        reasoning_tokens=_count(output("reasoning_tokens")),
+        output_image_tokens=_count(output("image_tokens")),
     )
 
 
@@ -144,22 +143,26 @@ def _str_or_none(value: Any) -> str | None:
 def summarize_response(body: Any) -> ResponseSummary:
     """Summarize a parsed (non-streamed) response body of any endpoint."""
     fields = _fields(body)
-    summary = ResponseSummary(
-        model=_str_or_none(fields.get("model")),
-        response_id=_str_or_none(fields.get("id")),
-        service_tier=_str_or_none(fields.get("service_tier")),
-        usage=normalize_usage(fields.get("usage")),
-    )
     object_type = fields.get("object")
-    if object_type == "batch":
-        summary.batch_id = summary.response_id
-    elif object_type == "response":
-        summary.finish_reasons = _responses_finish_reasons(fields)
-    else:
+    finish_reasons = []
+    if object_type == "response":
+        finish_reasons = _responses_finish_reasons(fields)
+    elif object_type != "batch":
         choices = fields.get("choices")
-        if isinstance(choices, list):
-            summary.finish_reasons = [r for c in choices if (r := _str_or_none(_fields(c).get("finish_reason")))]
-    return summary
+        if type(choices) is list:
+            for choice in choices:  # a loop, not a comprehension: this runs on every call
+                reason = _fields(choice).get("finish_reason")
+                if reason and type(reason) is str:
+                    finish_reasons.append(reason)
+    response_id = _str_or_none(fields.get("id"))
+    return ResponseSummary(  # positional, in field order
+        _str_or_none(fields.get("model")),
+        response_id,
+        _str_or_none(fields.get("service_tier")),
+        finish_reasons,
+        normalize_usage(fields.get("usage")),
+        response_id if object_type == "batch" else None,
+    )
 
 
 def _responses_finish_reasons(response: Mapping[str, Any]) -> list[str]:
