@@ -4,6 +4,10 @@
 deterministic: it follows from the request, so a test can compute the expected dollars by hand. A test may also
 script the exact usage, status or service tier of the next responses with ``FakeOpenAI.script``.
 
+Like the provider, it keeps its own bill of what it served (``FakeOpenAI.billed``), priced at its own rates
+(``FakeOpenAI.rates``), and reports it through the organization Costs and Usage endpoints (admin keys only), so
+``costspan reconcile`` can be tested against it. ``FakeOpenAI.bill`` adds usage the instrumentation never saw.
+
 Run it alone with ``python -m costspan.fakeopenai --port 8899``.
 """
 
@@ -14,11 +18,13 @@ import itertools
 import json
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 # Request model -> the dated snapshot the API reports back, as the real API does.
 SNAPSHOTS = {
@@ -31,6 +37,21 @@ SNAPSHOTS = {
     "o3": "o3-2025-04-16",
 }
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+# The stand-in bills at its own published rates, USD per million tokens (input, cached input, output), kept apart
+# from costspan's price data on purpose: reconciliation compares two independent sources. Unlisted models bill 0.
+PROVIDER_RATES: dict[str, tuple[str, str, str]] = {
+    "gpt-4.1-2025-04-14": ("2.00", "0.50", "8.00"),
+    "gpt-4.1-mini-2025-04-14": ("0.40", "0.10", "1.60"),
+    "gpt-4o-mini-2024-07-18": ("0.15", "0.075", "0.60"),
+    "gpt-4o-2024-08-06": ("2.50", "1.25", "10.00"),
+    "gpt-5-2025-08-07": ("1.25", "0.125", "10.00"),
+    "gpt-5-mini-2025-08-07": ("0.25", "0.025", "2.00"),
+    "o3-2025-04-16": ("2.00", "0.50", "8.00"),
+    "text-embedding-3-small": ("0.02", "0", "0"),
+}
+ADMIN_KEY_PREFIX = "sk-admin-"
+DAY_S = 86_400
 
 
 @dataclass
@@ -51,6 +72,19 @@ class Received:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Billed:
+    """One billed request, as the provider's ledger holds it."""
+
+    at: int  # Unix seconds
+    kind: str  # "completions" (chat, responses, legacy) or "embeddings": the Usage API endpoint it shows under
+    model: str
+    input_tokens: int
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    project_id: str = "proj_fake"
+
+
 @dataclass
 class _State:
     script: deque[Scripted] = field(default_factory=deque)
@@ -58,6 +92,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    billed: list[Billed] = field(default_factory=list)
 
 
 def _text_of(content: Any) -> str:
@@ -109,6 +144,7 @@ class FakeOpenAI:
     def __init__(self, port: int = 0, latency_s: float = 0.0) -> None:
         self.state = _State()
         self.latency_s = latency_s
+        self.rates = {model: tuple(map(Decimal, rates)) for model, rates in PROVIDER_RATES.items()}
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = _QuietServer(("127.0.0.1", port), handler)
         self._thread: threading.Thread | None = None
@@ -124,6 +160,26 @@ class FakeOpenAI:
     @property
     def received(self) -> list[Received]:
         return self.state.received
+
+    @property
+    def billed(self) -> list[Billed]:
+        return self.state.billed
+
+    def bill(self, *entries: Billed) -> None:
+        """Add to the provider's ledger directly: usage from clients costspan never saw, or from past days."""
+        with self.state.lock:
+            self.state.billed.extend(entries)
+
+    def cost_of(self, entry: Billed) -> dict[str, Decimal]:
+        """The provider's charge for one ledger entry, by line item."""
+        zero = Decimal(0)
+        rate_in, rate_cached, rate_out = self.rates.get(entry.model, (zero, zero, zero))
+        per_token = Decimal(1_000_000)
+        return {
+            f"{entry.model}, input": (entry.input_tokens - entry.cached_tokens) * rate_in / per_token,
+            f"{entry.model}, cached input": entry.cached_tokens * rate_cached / per_token,
+            f"{entry.model}, output": entry.output_tokens * rate_out / per_token,
+        }
 
     def script(self, *answers: Scripted) -> None:
         with self.state.lock:
@@ -158,11 +214,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing --------------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        path = self.path.split("?")[0]
+        parts = urlsplit(self.path)
+        path = parts.path
         if path.startswith("/v1/batches/"):
             self._batch_status(path[len("/v1/batches/") :])
             return
-        self._json({"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}}, 404)
+        reports: dict[str, Callable[[dict[str, list[str]]], None]] = {
+            "/v1/organization/costs": self._costs,
+            "/v1/organization/usage/completions": lambda query: self._usage("completions", query),
+            "/v1/organization/usage/embeddings": lambda query: self._usage("embeddings", query),
+        }
+        report = reports.get(path)
+        if report is None:
+            self._json({"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}}, 404)
+        elif self._admin_authorized():
+            # Array parameters arrive as `group_by=a&group_by=b` (the SDK's form) or `group_by[]=a`.
+            query: dict[str, list[str]] = defaultdict(list)
+            for name, values in parse_qs(parts.query).items():
+                query[name.removesuffix("[]")].extend(values)
+            report(query)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -202,6 +272,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}}, 404)
             return
         route(body, scripted)
+
+    def _record_bill(self, kind: str, model: str, usage: dict[str, Any] | None) -> None:
+        """The provider bills what it generated, whether or not the response showed the usage."""
+        if not usage:
+            return
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        entry = Billed(
+            at=int(time.time()),
+            kind=kind,
+            model=model,
+            input_tokens=int(usage.get("prompt_tokens", usage.get("input_tokens")) or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens", usage.get("output_tokens")) or 0),
+        )
+        self.fake.bill(entry)
 
     def _headers_common(self, status: int, content_type: str, length: int | None = None) -> None:
         self.send_response(status)
@@ -263,6 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         words = text.split(" ")
         usage = self._chat_usage(body, scripted, len(words))
         model = self._model(body, scripted)
+        self._record_bill("completions", model, usage)
         tier = self._tier(body, scripted)
         created = int(time.time())
         cid = f"chatcmpl-fake{next(self.fake.state.ids):06d}"
@@ -361,8 +447,10 @@ class _Handler(BaseHTTPRequestHandler):
             "content": [{"type": "output_text", "text": text, "annotations": []}],
         }
         final = {**base, "status": "completed", "output": [message]}
+        usage = self._responses_usage(body, scripted, len(words))
+        self._record_bill("completions", model, usage)
         if not scripted.omit_usage:
-            final["usage"] = self._responses_usage(body, scripted, len(words))
+            final["usage"] = usage
         if not body.get("stream"):
             self._json(final)
             return
@@ -451,10 +539,12 @@ class _Handler(BaseHTTPRequestHandler):
         items = inputs if isinstance(inputs, list) else [inputs]
         prompt = sum(len(_text_of(i)) // 4 + 1 for i in items)
         usage = scripted.usage or {"prompt_tokens": prompt, "total_tokens": prompt}
+        model = self._model(body, scripted)
+        self._record_bill("embeddings", model, usage)
         self._json(
             {
                 "object": "list",
-                "model": self._model(body, scripted),
+                "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2]} for i in range(len(items))],
                 "usage": usage,
             }
@@ -470,6 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         cid = f"cmpl-fake{next(self.fake.state.ids):06d}"
         model = self._model(body, scripted)
+        self._record_bill("completions", model, usage)
 
         def completion(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
             return {
@@ -549,6 +640,105 @@ class _Handler(BaseHTTPRequestHandler):
                 request_counts={"total": 100, "completed": 100, "failed": 0},
             )
         self._json(batch)
+
+    # --- organization Costs and Usage (admin keys) --------------------------------------------------------------
+    def _admin_authorized(self) -> bool:
+        key = (self.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        if key.startswith(ADMIN_KEY_PREFIX):
+            return True
+        message = (
+            "This endpoint requires an admin API key (sk-admin-...), created by an organization owner."
+            if key
+            else "You didn't provide an API key."
+        )
+        self._json({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}}, 401)
+        return False
+
+    def _bucket_page(
+        self, query: dict[str, list[str]], results: Callable[[list[Billed], set[str]], list[dict[str, Any]]]
+    ) -> None:
+        """Daily buckets from ``start_time``, ``limit`` to a page; ``page`` is the cursor the last page returned."""
+        try:
+            start = int(query["start_time"][0])
+            end = int(query["end_time"][0]) if query.get("end_time") else int(time.time()) + 1
+            limit = int(query["limit"][0]) if query.get("limit") else 7
+        except (KeyError, ValueError):
+            self._json(
+                {"error": {"message": "start_time (Unix seconds) is required", "type": "invalid_request_error"}}, 400
+            )
+            return
+        group_by = set(query.get("group_by", []))
+        projects = set(query.get("project_ids", []))
+        first = int(query["page"][0].removeprefix("page_")) if query.get("page") else 0
+        starts = list(range(start - start % DAY_S, end, DAY_S))
+        with self.fake.state.lock:
+            billed = [e for e in self.fake.state.billed if not projects or e.project_id in projects]
+        data = []
+        for bucket_start in starts[first : first + limit]:
+            bucket_end = bucket_start + DAY_S
+            entries = [e for e in billed if max(start, bucket_start) <= e.at < min(end, bucket_end)]
+            data.append(
+                {
+                    "object": "bucket",
+                    "start_time": bucket_start,
+                    "end_time": bucket_end,
+                    "results": results(entries, group_by),
+                }
+            )
+        more = first + limit < len(starts)
+        self._json(
+            {"object": "page", "data": data, "has_more": more, "next_page": f"page_{first + limit}" if more else None}
+        )
+
+    def _costs(self, query: dict[str, list[str]]) -> None:
+        def results(entries: list[Billed], group_by: set[str]) -> list[dict[str, Any]]:
+            sums: dict[tuple[str | None, str | None], Decimal] = defaultdict(Decimal)
+            for entry in entries:
+                project = entry.project_id if "project_id" in group_by else None
+                for line_item, amount in self.fake.cost_of(entry).items():
+                    sums[(line_item if "line_item" in group_by else None, project)] += amount
+            return [
+                {
+                    "object": "organization.costs.result",
+                    "amount": {"value": float(amount), "currency": "usd"},
+                    "line_item": line_item,
+                    "project_id": project,
+                }
+                for (line_item, project), amount in sums.items()
+                if amount or line_item is None
+            ]
+
+        self._bucket_page(query, results)
+
+    def _usage(self, kind: str, query: dict[str, list[str]]) -> None:
+        def results(entries: list[Billed], group_by: set[str]) -> list[dict[str, Any]]:
+            sums: dict[tuple[str | None, str | None], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+            for entry in entries:
+                if entry.kind != kind:
+                    continue
+                key = (
+                    entry.model if "model" in group_by else None,
+                    entry.project_id if "project_id" in group_by else None,
+                )
+                sums[key][0] += entry.input_tokens
+                sums[key][1] += entry.cached_tokens
+                sums[key][2] += entry.output_tokens
+                sums[key][3] += 1
+            rows = []
+            for (model, project), (input_tokens, cached, output_tokens, requests) in sums.items():
+                row: dict[str, Any] = {
+                    "object": f"organization.usage.{kind}.result",
+                    "input_tokens": input_tokens,
+                    "num_model_requests": requests,
+                    "model": model,
+                    "project_id": project,
+                }
+                if kind == "completions":
+                    row.update(input_cached_tokens=cached, output_tokens=output_tokens)
+                rows.append(row)
+            return rows
+
+        self._bucket_page(query, results)
 
 
 def main() -> None:

@@ -274,6 +274,20 @@ class _Group:
         }
 
 
+def filter_sql(env: str | None, where: Mapping[str, str] | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions (after the period's ``start_ns >= ? AND start_ns < ?``) and their parameters for the
+    environment and ``where`` filters. Names must be checked against DIMENSIONS by the caller."""
+    conditions = ["start_ns >= ?", "start_ns < ?"]
+    parameters: list[Any] = []
+    if env is not None:
+        conditions.append("environment = ?")
+        parameters.append(env)
+    for name, value in (where or {}).items():
+        conditions.append(f"{name} = ?")
+        parameters.append(value)
+    return conditions, parameters
+
+
 class Store:
     """One SQLite store file. Thread-safe; open one per process (or per exporter)."""
 
@@ -488,14 +502,7 @@ class Store:
         finish sooner. The prompt sizes come back as one string per group, for the percentile SQLite has no
         aggregate for.
         """
-        conditions = ["start_ns >= ?", "start_ns < ?"]
-        parameters: list[Any] = []
-        if env is not None:
-            conditions.append("environment = ?")
-            parameters.append(env)
-        for name, value in (where or {}).items():
-            conditions.append(f"{name} = ?")  # name is checked against DIMENSIONS by the caller
-            parameters.append(value)
+        conditions, parameters = filter_sql(env, where)
         prompt_sizes = "group_concat(input_tokens)" if percentiles else "NULL"
         sql = f"""
             SELECT {"".join(k + ", " for k in keys)}

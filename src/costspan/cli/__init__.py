@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules under costspan.cli, in the order `costspan --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "report", "alerts", "budgets", "reprice", "price", "dashboard", "serve")
+SUBCOMMANDS: tuple[str, ...] = (
+    "demo",
+    "report",
+    "alerts",
+    "budgets",
+    "reconcile",
+    "reprice",
+    "price",
+    "dashboard",
+    "serve",
+)
 
 DESCRIPTION = """\
 See which feature, route, customer and environment spent your LLM money.
