@@ -6,6 +6,7 @@ patches in ``_patch.py``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -139,7 +140,9 @@ class CallGuard(Protocol):
     """Runs before a request is sent (e.g. a budget check).
 
     ``admit`` may raise a ``CostspanRefusal`` to refuse the call; it returns a callback that is given the
-    final ``Cost`` (``None`` when the call failed) so that reservations settle.
+    final ``Cost`` (``None`` when the call failed) so that reservations settle. A guard whose ``blocking``
+    attribute is true waits on I/O: for ``AsyncOpenAI`` calls, costspan runs its ``admit`` and its settlement in
+    a worker thread, never on the event loop.
     """
 
     def admit(self, request: RequestInfo, attribution: Mapping[str, str]) -> Callable[[Cost | None], None] | None: ...
@@ -163,6 +166,7 @@ class Telemetry:
         self.attributor = attributor
         self.settings = settings
         self.guards = guards
+        self.blocking_guards = any(getattr(guard, "blocking", False) for guard in guards)
         self._batches_seen: OrderedDict[str | None, None] = OrderedDict()
         self._batches_lock = threading.Lock()
 
@@ -456,9 +460,6 @@ class Call:
             )
         cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
         span.set_attributes(attributes)
-        if self.settlements:
-            self._settle(cost)
-
         telemetry.metrics.record(
             (request.operation, request.provider, request.model, response_model, request.server_address, error_type),
             self.attribution,
@@ -467,7 +468,27 @@ class Call:
             usage.output_tokens if usage else None,
             cost_usd,
         )
+        if self.settlements:
+            loop = _running_loop() if telemetry.blocking_guards else None
+            if loop is not None:
+                # Settling waits on the ledger: do it in a worker thread, not on the app's event loop. The span
+                # ends there once settled (budget alerts are events on it); its end time is already fixed.
+                loop.run_in_executor(None, self._settle_and_end, cost, end_ns)
+                return
+            self._settle(cost)
         span.end(end_time=end_ns)
+
+    def _settle_and_end(self, cost: Cost | None, end_ns: int) -> None:
+        self._settle(cost)
+        self.span.end(end_time=end_ns)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ in ``_call.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import weakref
@@ -23,6 +24,7 @@ from openai._streaming import AsyncStream, Stream
 from costspan._call import (
     BatchRetrieval,
     Call,
+    RequestInfo,
     StreamObserver,
     Telemetry,
     read_request,
@@ -44,13 +46,11 @@ except ImportError:  # pragma: no cover - every supported SDK has it
     _AZURE = ()
 
 
-def _begin(
+def _read(
     telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Call | BatchRetrieval | None, tuple[Any, ...], dict[str, Any], bool]:
-    """Start the call's span. Returns the (possibly rewritten) arguments, and whether usage was injected.
-
-    Only a ``CostspanRefusal`` escapes; any other failure here leaves the call uninstrumented.
-    """
+) -> tuple[RequestInfo | BatchRetrieval | None, tuple[Any, ...], dict[str, Any], bool]:
+    """What the call asks for (None: not a call that bills), its (possibly rewritten) arguments, and whether
+    usage was injected. Never raises: a failure here leaves the call uninstrumented."""
     try:
         options = args[1] if len(args) > 1 else kwargs["options"]
         method = options.method.lower()
@@ -90,14 +90,21 @@ def _begin(
     except Exception:
         logger.exception("costspan: could not read an OpenAI request; this call is not instrumented")
         return None, args, kwargs, False
+    return request, args, kwargs, injected
+
+
+def _start(telemetry: Telemetry, request: RequestInfo | BatchRetrieval | None) -> Call | BatchRetrieval | None:
+    """Open the call's span and run the guards. Only a ``CostspanRefusal`` escapes; any other failure leaves
+    the call uninstrumented."""
+    if not isinstance(request, RequestInfo):
+        return request
     try:
-        call = telemetry.start(request)
+        return telemetry.start(request)
     except CostspanRefusal:
         raise
     except Exception:
         logger.exception("costspan: could not start a span; this call is not instrumented")
-        return None, args, kwargs, False
-    return call, args, kwargs, injected
+        return None
 
 
 _servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
@@ -125,7 +132,8 @@ def _copy_options(options: Any, json_data: dict[str, Any]) -> Any:
 
 def wrap_sync_request(telemetry: Telemetry) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call, args, kwargs, injected = _begin(telemetry, instance, args, kwargs)
+        request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
+        call = _start(telemetry, request)
         if call is None:
             return wrapped(*args, **kwargs)
         try:
@@ -140,7 +148,13 @@ def wrap_sync_request(telemetry: Telemetry) -> Any:
 
 def wrap_async_request(telemetry: Telemetry) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call, args, kwargs, injected = _begin(telemetry, instance, args, kwargs)
+        request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
+        if telemetry.blocking_guards and isinstance(request, RequestInfo):
+            # Guards wait on a ledger on disk or across the network: in a worker thread (which sees this task's
+            # context, hence its Baggage), so that the event loop runs other tasks meanwhile.
+            call = await asyncio.to_thread(_start, telemetry, request)
+        else:
+            call = _start(telemetry, request)
         if call is None:
             return await wrapped(*args, **kwargs)
         try:

@@ -425,6 +425,7 @@ class BudgetGuard:
             raise ValueError(f'on_ledger_error must be "open" or "closed", not {on_ledger_error!r}')
         self.budgets = tuple(budgets)
         self.ledger = ledger
+        self.blocking = getattr(ledger, "blocking", True)  # see CallGuard: async calls admit and settle off the loop
         self.pricer = pricer or Pricer()
         self.fail_closed = on_ledger_error == "closed"
         self.default_max_output_tokens = default_max_output_tokens

@@ -53,6 +53,10 @@ class Ledger(Protocol):
     """Atomic per-key counters. Any method may raise when the backend is unreachable; the guard applies its
     fail-open or fail-closed policy."""
 
+    # True when a method may wait on I/O (a file lock, the network): calls from AsyncOpenAI then run it off the
+    # event loop, so that other tasks keep running meanwhile.
+    blocking: bool
+
     def reserve(self, key: str, amount: int, cap: int, expires_at: float) -> tuple[Reservation | None, int]:
         """Add ``amount`` to the key's ``used`` unless that would cross ``cap`` (or the key is already at it).
 
@@ -80,6 +84,8 @@ def _denied(used: int, amount: int, cap: int) -> bool:
 
 class MemoryLedger:
     """In-process ledger. Expired windows are dropped lazily."""
+
+    blocking = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -158,6 +164,8 @@ RETURNING used - :amount
 
 class SQLiteLedger:
     """Ledger in a SQLite file shared by the processes of one host (default: the embedded store)."""
+
+    blocking = True
 
     BUSY_TIMEOUT_MS = 10_000
 
@@ -260,6 +268,8 @@ return redis.call('HINCRBY', KEYS[1], 'settled', ARGV[2])
 
 class RedisLedger:
     """Ledger shared by many replicas through Redis. Amounts stay exact up to 2**53 nano-dollars (~$9M) per key."""
+
+    blocking = True
 
     def __init__(self, client: Any, prefix: str = "costspan:budget:") -> None:
         self.client = client
