@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -12,6 +12,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from costspan.serve import decode_request, readable_spans
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class OtlpReceiver:
@@ -61,7 +64,7 @@ class OtlpReceiver:
         with self.lock:
             self.spans.extend(records)
 
-    def __enter__(self) -> OtlpReceiver:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 import costspan
 from costspan import semconv
@@ -37,7 +38,9 @@ from tests.conftest import Pipeline, make_pipeline
 from tests.test_ledger import free_port
 
 UTC = timezone.utc
-MESSAGES = [{"role": "user", "content": "Summarize the quarterly numbers."}]  # 32 characters
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Summarize the quarterly numbers."}  # 32 characters
+]
 
 
 def guarded(instrumented: list[Pipeline], guard: BudgetGuard) -> Pipeline:
@@ -267,7 +270,7 @@ def test_a_stream_closed_before_its_usage_keeps_the_worst_case(
     ledger = MemoryLedger()
     guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal(1))], ledger))
     with costspan.attribute(customer_id="acme"):
-        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, stream=True)
         next(iter(stream))
         stream.close()
     (key,) = ledger._counters
@@ -354,13 +357,13 @@ def test_large_prompt_event_warning_and_refusal(
 ) -> None:
     guard = BudgetGuard([], MemoryLedger(), prompt_warn_tokens=1_000, prompt_refuse_tokens=5_000)
     pipeline = guarded(instrumented, guard)
-    big = [{"role": "user", "content": "x" * 8_000}]  # about 2,000 tokens
-    huge = [{"role": "user", "content": "x" * 40_000}]  # about 10,000 tokens
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 8_000}]  # about 2,000 tokens
+    huge: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 40_000}]  # about 10,000 tokens
     with caplog.at_level(logging.WARNING, logger="costspan"):
-        client.chat.completions.create(model="gpt-4o-mini", messages=big)  # type: ignore[arg-type]
-        client.chat.completions.create(model="gpt-4o-mini", messages=big)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o-mini", messages=big)
+        client.chat.completions.create(model="gpt-4o-mini", messages=big)
         with pytest.raises(PromptTooLarge, match="prompt_refuse_tokens"):
-            client.chat.completions.create(model="gpt-4o-mini", messages=huge)  # type: ignore[arg-type]
+            client.chat.completions.create(model="gpt-4o-mini", messages=huge)
     assert len(fake_openai.received) == 2
     spans = pipeline.spans()
     assert all(any(e.name == semconv.EVENT_PROMPT_LARGE for e in s.events) for s in spans)
@@ -401,8 +404,9 @@ def test_ledger_down(policy: str, fake_openai: FakeOpenAI, client: openai.OpenAI
         for sm in rm.scope_metrics
         for m in sm.metrics
         if m.name == semconv.METRIC_BUDGET_LEDGER_ERRORS
-        for p in m.data.data_points  # type: ignore[union-attr]
+        for p in m.data.data_points
     ]
+    assert isinstance(point, NumberDataPoint)
     assert point.value == 1
     assert point.attributes == {semconv.ERROR_TYPE: "ConnectionError", semconv.COSTSPAN_BUDGET_OPERATION: "reserve"}
 

@@ -132,7 +132,9 @@ def exporter_rows(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
 def otlp_request(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
     request = encode_spans(spans)
     # Through the wire format and back, as the collector receives it.
-    return ExportTraceServiceRequest.FromString(request.SerializeToString())
+    received = ExportTraceServiceRequest()
+    received.ParseFromString(request.SerializeToString())
+    return received
 
 
 # --- the engine ---------------------------------------------------------------------------------------------------

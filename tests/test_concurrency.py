@@ -6,12 +6,13 @@ import asyncio
 import threading
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from costspan import attribute
 from costspan.fakeopenai import FakeOpenAI
 from tests.conftest import Pipeline
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def spans_by_customer(pipeline: Pipeline) -> dict[str, str]:

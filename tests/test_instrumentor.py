@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import baggage, context
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
@@ -47,7 +48,7 @@ RESPONSES_USAGE = {
 # The 600 reasoning tokens are inside the 800 output tokens: adding them again would bill 6000 more.
 RESPONSES_COST = 0.0088125
 
-MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
 
 
 def run(maybe_awaitable: Any) -> Any:
@@ -62,7 +63,7 @@ def attrs(pipeline: Pipeline) -> dict[str, Any]:
 
 def assert_chat_priced(pipeline: Pipeline, *, stream: bool) -> dict[str, Any]:
     span = pipeline.span()
-    a = dict(span.attributes or {})
+    a: dict[str, Any] = dict(span.attributes or {})
     assert span.kind is SpanKind.CLIENT
     assert span.name == "chat gpt-4.1"
     assert a[semconv.GEN_AI_OPERATION_NAME] == "chat"
@@ -193,7 +194,9 @@ def test_chat_with_raw_response(pipeline: Pipeline, any_client: Any, fake_openai
 def test_chat_with_streaming_response(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
     fake_openai.script(Scripted(usage=CHAT_USAGE))
     with client.chat.completions.with_streaming_response.create(model="gpt-4.1", messages=MESSAGES) as response:
-        assert response.parse().usage.prompt_tokens == 1200
+        usage = response.parse().usage
+        assert usage is not None
+        assert usage.prompt_tokens == 1200
     assert_chat_priced(pipeline, stream=False)
 
 
@@ -262,7 +265,9 @@ def test_responses_stream_helper(pipeline: Pipeline, client: openai.OpenAI, fake
     with client.responses.stream(model="gpt-5", input="hi") as stream:
         for _ in stream:
             pass
-        assert stream.get_final_response().usage.output_tokens == 800
+        usage = stream.get_final_response().usage
+        assert usage is not None
+        assert usage.output_tokens == 800
     assert_responses_priced(pipeline, stream=True)
 
 
@@ -632,7 +637,7 @@ def test_content_capture_is_opt_in(fake_openai: FakeOpenAI, client: openai.OpenA
         client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
         list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
         for span in pipeline.spans():
-            a = dict(span.attributes or {})
+            a: dict[str, Any] = dict(span.attributes or {})
             assert "reset my password" in a[semconv.GEN_AI_INPUT_MESSAGES]
             assert "Here is a concise answer" in a[semconv.GEN_AI_OUTPUT_MESSAGES]
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from costspan.cli import main
@@ -37,7 +38,7 @@ ADMIN_KEY = "sk-admin-test-not-a-secret"
 DAY_NS = 86_400 * 10**9
 TODAY = datetime.now(timezone.utc).date()
 YESTERDAY = TODAY - timedelta(days=1)
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 # gpt-4.1: $2.00 input, $0.50 cached input, $8.00 output per million, in genai-prices and on the stand-in's bill.
 # Large calls: a gap under a cent a day is never a finding.
 CALL_1 = {"prompt_tokens": 100_000, "completion_tokens": 20_000, "prompt_tokens_details": {"cached_tokens": 40_000}}

@@ -6,13 +6,21 @@ import multiprocessing
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
 from costspan.store import MIGRATIONS, SCHEMA_VERSION, CostRow, Store, StoreError, to_ns
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+
+
+class Period(TypedDict):
+    """The time range and environment keywords of the store's queries."""
+
+    since: datetime
+    until: datetime
+    env: str
 
 
 def row(n: int, at: datetime = T0, **fields: Any) -> CostRow:
@@ -38,7 +46,7 @@ def row(n: int, at: datetime = T0, **fields: Any) -> CostRow:
 
 def test_a_batch_job_recorded_by_two_processes_is_stored_once(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
-        job = {"operation": "batch", "batch_id": "batch_1", "input_tokens": 120_000}
+        job: dict[str, Any] = {"operation": "batch", "batch_id": "batch_1", "input_tokens": 120_000}
         created = row(1, operation="batch", batch_id="batch_1", input_tokens=None, cost_usd=None)
         assert store.insert([created, row(2, **job)]) == 2
         assert store.insert([row(3, **job)]) == 0  # the same job, read by another process: its own span id
@@ -155,7 +163,7 @@ def test_spend_by_measures_by_hand(tmp_path: Path) -> None:
     ]
     with Store(tmp_path / "s.sqlite3") as store:
         store.insert(rows)
-        period = {"since": T0, "until": T0 + timedelta(days=1), "env": "prod"}
+        period: Period = {"since": T0, "until": T0 + timedelta(days=1), "env": "prod"}
         by_feature = store.spend_by(["feature"], **period)
         assert [r["feature"] for r in by_feature] == ["search", "chat"]  # biggest spend first
         search, chat = by_feature

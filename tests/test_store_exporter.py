@@ -67,12 +67,16 @@ def test_instrumented_calls_land_in_the_store_and_the_report(
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert exporter.stored_spans == 3 and exporter.failed_spans == 0
 
-    llm_spans = {s.context.span_id: s for s in pipeline.spans() if s.attributes.get(semconv.GEN_AI_OPERATION_NAME)}
+    llm_spans = {
+        s.context.span_id: s for s in pipeline.spans() if (s.attributes or {}).get(semconv.GEN_AI_OPERATION_NAME)
+    }
     with Store(exporter.path) as store:
         rows = {int(r["span_id"], 16): r for r in store.query("SELECT * FROM spans")}
     assert rows.keys() == llm_spans.keys()
     for span_id, span in llm_spans.items():
         r, a = rows[span_id], span.attributes
+        assert a is not None and span.parent is not None
+        assert span.start_time is not None and span.end_time is not None
         assert r["cost_usd"] == a[semconv.GEN_AI_USAGE_COST_AMOUNT]
         assert r["trace_id"] == f"{span.context.trace_id:032x}"
         assert r["parent_span_id"] == f"{span.parent.span_id:016x}"
