@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -171,18 +171,18 @@ class Telemetry:
         self._batches_lock = threading.Lock()
 
     def start(self, request: RequestInfo) -> Call:
-        """Open the span and run attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
+        """Begin the call: attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
         attribution, missing = self.attributor.collect()
         call = self._open(request, time.time_ns(), attribution, missing)
-        span = call.span
         try:
             if missing and self.attributor.refuses_missing:
                 raise MissingAttributionError(missing)
             if self.settings.capture_content:
-                _record_input_content(span, request.body)
+                _record_input_content(call.attributes, request.body)
             if self.guards:
-                # Current while guards run, so that they can add events (budget refusals, large prompts) to it.
-                with use_span(span, record_exception=False, set_status_on_exception=False):
+                # The span is live and current while guards run, so that they can add events (budget refusals,
+                # large prompts) to it.
+                with use_span(call.live_span(), record_exception=False, set_status_on_exception=False):
                     for guard in self.guards:
                         settle = _admit(guard, request, attribution)
                         if settle is not None:
@@ -222,8 +222,7 @@ class Telemetry:
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
         name = f"{request.operation} {request.model}" if request.model else request.operation
-        span = self.tracer.start_span(name, parent, SpanKind.CLIENT, attributes, start_time=start_ns)
-        return Call(self, span, request, start_ns, attribution)
+        return Call(self, request, start_ns, attribution, name, attributes, parent or get_current())
 
     def record_batch_job(
         self, request: RequestInfo, body: Any, summary: ResponseSummary, request_id: str | None
@@ -307,10 +306,10 @@ def _admit(
         return None
 
 
-def _record_input_content(span: Any, body: Mapping[str, Any]) -> None:
+def _record_input_content(attributes: dict[str, Any], body: Mapping[str, Any]) -> None:
     content = body.get("messages", body.get("input", body.get("prompt")))
     if content is not None:
-        span.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, json.dumps(content, default=str))
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = json.dumps(content, default=str)
 
 
 def _output_content(body: Any) -> str | None:
@@ -329,20 +328,68 @@ def _output_content(body: Any) -> str | None:
 
 
 class Call:
-    """The span of one SDK call, ended exactly once by ``finish``, ``fail`` or ``refuse``."""
+    """One SDK call and its span, ended exactly once by ``finish``, ``fail`` or ``refuse``.
 
-    __slots__ = ("attribution", "finished", "request", "settlements", "span", "start_ns", "telemetry")
+    The span is created when the call ends, with the call's start time, the context it started in, and every
+    attribute at once: samplers see them all at creation, as the GenAI conventions ask, and the SDK cleans one
+    attribute set instead of two (~1.5 µs). Only a guard needs it live from the start (``live_span``).
+    """
+
+    __slots__ = (
+        "attributes",
+        "attribution",
+        "finished",
+        "name",
+        "parent",
+        "request",
+        "settlements",
+        "span",
+        "start_ns",
+        "telemetry",
+    )
 
     def __init__(
-        self, telemetry: Telemetry, span: Any, request: RequestInfo, start_ns: int, attribution: dict[str, str]
+        self,
+        telemetry: Telemetry,
+        request: RequestInfo,
+        start_ns: int,
+        attribution: dict[str, str],
+        name: str,
+        attributes: dict[str, Any],
+        parent: Context,
     ) -> None:
         self.telemetry = telemetry
-        self.span = span
         self.request = request
         self.start_ns = start_ns
         self.attribution = attribution
+        self.name = name
+        self.attributes = attributes  # known so far; the span's when it is created
+        self.parent = parent
+        self.span: Any = None
         self.settlements: list[Callable[[Cost | None], None]] = []
         self.finished = False
+
+    def live_span(self) -> Any:
+        """The span, created now with the attributes known so far if it was not yet."""
+        if self.span is None:
+            self.span = self.telemetry.tracer.start_span(
+                self.name, self.parent, SpanKind.CLIENT, self.attributes, start_time=self.start_ns
+            )
+        return self.span
+
+    def _with_attributes(self, attributes: dict[str, Any]) -> Any:
+        """The span, with these attributes added: set at its creation, or on the live span (one write either way)."""
+        if self.span is None:
+            self.attributes.update(attributes)
+            return self.live_span()
+        self.span.set_attributes(attributes)
+        return self.span
+
+    def _end_after_error(self) -> None:
+        try:
+            self.live_span().end()
+        except Exception:
+            logger.exception("costspan: could not end a span")
 
     def _claim(self) -> bool:
         if self.finished:
@@ -353,10 +400,14 @@ class Call:
     def refuse(self, refusal: CostspanRefusal) -> None:
         if not self._claim():
             return
-        span = self.span
-        span.set_attribute(semconv.COSTSPAN_REFUSED, type(refusal).__name__)
-        span.set_attribute(semconv.ERROR_TYPE, type(refusal).__name__)
-        span.set_attribute(semconv.COSTSPAN_PRICING_STATUS, semconv.STATUS_NO_USAGE)
+        refused = type(refusal).__name__
+        span = self._with_attributes(
+            {
+                semconv.COSTSPAN_REFUSED: refused,
+                semconv.ERROR_TYPE: refused,
+                semconv.COSTSPAN_PRICING_STATUS: semconv.STATUS_NO_USAGE,
+            }
+        )
         span.set_status(Status(StatusCode.ERROR, str(refusal)))
         self._settle(None)
         span.end()
@@ -368,12 +419,10 @@ class Call:
         try:
             status_code = getattr(exc, "status_code", None)
             error_type = str(status_code) if isinstance(status_code, int) else type(exc).__qualname__
-            self.span.set_attribute(semconv.ERROR_TYPE, error_type)
-            self.span.set_status(Status(StatusCode.ERROR, error_type))
             self._complete(summary, None, error_type=error_type)
         except Exception:
             logger.exception("costspan: failed to record an OpenAI error")
-            self.span.end()
+            self._end_after_error()
 
     def finish(
         self,
@@ -387,12 +436,10 @@ class Call:
         if not self._claim():
             return
         try:
-            if output_content is not None:
-                self.span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_content)
-            self._complete(summary, request_id, incomplete=incomplete, end_ns=end_ns)
+            self._complete(summary, request_id, incomplete=incomplete, end_ns=end_ns, output_content=output_content)
         except Exception:
             logger.exception("costspan: failed to complete a span; the call was not affected")
-            self.span.end()
+            self._end_after_error()
 
     def finish_body(self, body: Any, summary: ResponseSummary, request_id: str | None) -> None:
         """Finish from a whole (non-streamed) response body."""
@@ -416,12 +463,16 @@ class Call:
         incomplete: bool = False,
         error_type: str | None = None,
         end_ns: int | None = None,
+        output_content: str | None = None,
     ) -> None:
         end_ns = end_ns or time.time_ns()
         telemetry = self.telemetry
         request = self.request
-        span = self.span
         attributes: dict[str, Any] = {}
+        if error_type is not None:
+            attributes[semconv.ERROR_TYPE] = error_type
+        if output_content is not None:
+            attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = output_content
         usage: Usage | None = None
         response_model = tier = None
         if summary is not None:
@@ -459,7 +510,9 @@ class Call:
                 batch=summary is not None and summary.batch_id is not None,  # a Batch object's usage: batch rates
             )
         cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
-        span.set_attributes(attributes)
+        span = self._with_attributes(attributes)
+        if error_type is not None:
+            span.set_status(Status(StatusCode.ERROR, error_type))
         telemetry.metrics.record(
             (request.operation, request.provider, request.model, response_model, request.server_address, error_type),
             self.attribution,
