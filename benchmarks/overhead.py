@@ -24,6 +24,7 @@ streamed chunk.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -39,6 +40,8 @@ from typing import Any
 
 import httpx2
 import openai
+from openai._base_client import SyncAPIClient
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import baggage, context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -49,7 +52,7 @@ from opentelemetry.trace import SpanKind
 
 from costspan.instrumentor import CostspanInstrumentor
 
-MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
 USAGE = {
     "prompt_tokens": 1200,
     "completion_tokens": 300,
@@ -96,7 +99,14 @@ def stream_body(chunks: int) -> bytes:
     return "".join(parts).encode()
 
 
-def make_client() -> openai.OpenAI:
+class UninstrumentedOpenAI(openai.OpenAI):
+    """Runs the SDK's own request method even while costspan is installed (it patches the base class), so bare
+    calls can be interleaved with instrumented ones without re-instrumenting in between."""
+
+    request = SyncAPIClient.request  # read at import, before any patch
+
+
+def make_client(client_class: type[openai.OpenAI]) -> openai.OpenAI:
     completion, stream = completion_body(), stream_body(CHUNKS)
 
     def handler(request: httpx2.Request) -> httpx2.Response:
@@ -105,14 +115,15 @@ def make_client() -> openai.OpenAI:
         return httpx2.Response(200, content=completion, headers={"content-type": "application/json"})
 
     http_client = httpx2.Client(transport=httpx2.MockTransport(handler))
-    return openai.OpenAI(api_key="sk-bench", base_url="https://api.openai.com/v1", http_client=http_client)
+    return client_class(api_key="sk-bench", base_url="https://api.openai.com/v1", http_client=http_client)
 
 
 class Bench:
-    """The SDK client, a tracer provider like an app's, and one callable per variant."""
+    """SDK clients with and without costspan, a tracer provider like an app's, and one callable per variant."""
 
     def __init__(self) -> None:
-        self.client = make_client()
+        self.client = make_client(openai.OpenAI)
+        self.bare_client = make_client(UninstrumentedOpenAI)
         self.tracer_provider = TracerProvider()
         # The export thread must not wake during a run: callgrind counts every thread, and how often a timer
         # fires depends on how busy the machine is. Spans are exported when the processor shuts down.
@@ -128,43 +139,40 @@ class Bench:
         context.attach(ctx)
         self.attributes = self._costspan_span_attributes()
         self.floor_tracer = self.tracer_provider.get_tracer("floor")
+        self.instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
 
     def _costspan_span_attributes(self) -> dict[str, Any]:
         captured = TracerProvider()
         sample = InMemorySpanExporter()
         captured.add_span_processor(SimpleSpanProcessor(sample))
         self.instrumentor.instrument(tracer_provider=captured, meter_provider=self.meter_provider)
-        self.plain()
+        self.plain(self.client)
         self.instrumentor.uninstrument()
         return dict(sample.get_finished_spans()[0].attributes or {})
 
-    def instrument(self, on: bool) -> None:
-        if on:
-            self.instrumentor.instrument(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
-        else:
-            self.instrumentor.uninstrument()
+    @staticmethod
+    def plain(client: openai.OpenAI) -> Any:
+        return client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
 
-    def plain(self) -> Any:
-        return self.client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
-
-    def streamed(self) -> None:
-        for _ in self.client.chat.completions.create(
+    @staticmethod
+    def streamed(client: openai.OpenAI) -> None:
+        for _ in client.chat.completions.create(
             model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         ):
             pass
 
     def plain_and_floor_span(self) -> None:
-        self.plain()
+        self.plain(self.bare_client)
         span = self.floor_tracer.start_span("chat gpt-4.1", kind=SpanKind.CLIENT)
         span.set_attributes(self.attributes)
         span.end()
 
     def variant(self, name: str) -> Callable[[], Any]:
-        """The callable for a variant, with instrumentation switched on or off to match."""
-        self.instrument(name.startswith("costspan"))
+        """The callable for a variant: the instrumented client for costspan's, the bypassing one for the rest."""
         if name == "floor":
             return self.plain_and_floor_span
-        return self.streamed if name.endswith("stream") else self.plain
+        client = self.client if name.startswith("costspan") else self.bare_client
+        return functools.partial(self.streamed if name.endswith("stream") else self.plain, client)
 
 
 # --- instruction counts ---------------------------------------------------------------------------------------
@@ -243,11 +251,13 @@ def per_call_us(fn: Callable[[], Any], calls: int) -> float:
 
 def time_rounds(rounds: int, calls: int) -> None:
     bench = Bench()
+    runs = {name: bench.variant(name) for name in VARIANTS}
+    for run in runs.values():
+        run()  # untimed: the first call resolves prices and warms the caches
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):  # many short interleaved rounds; the median discards the disturbed ones
-        for name in VARIANTS:
-            run = bench.variant(name)
-            samples[name].append(per_call_us(run, max(calls // 10, 3) if name.endswith("stream") else calls))
+        for name, run in runs.items():
+            samples[name].append(per_call_us(run, max(calls // 2, 1) if name.endswith("stream") else calls))
     bench.processor.shutdown()
     print(f"thread CPU time per call, median of {rounds} interleaved rounds of {calls} calls")
     report({name: statistics.median(values) for name, values in samples.items()}, "µs")
@@ -256,8 +266,8 @@ def time_rounds(rounds: int, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timed", action="store_true", help="measure CPU time instead of instructions")
-    parser.add_argument("--rounds", type=int, default=61, help="timed mode: interleaved rounds")
-    parser.add_argument("--calls", type=int, default=50, help="calls per round (timed) or per run (child)")
+    parser.add_argument("--rounds", type=int, default=301, help="timed mode: interleaved rounds")
+    parser.add_argument("--calls", type=int, default=10, help="calls per round (timed) or per run (child)")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
