@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +20,18 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import baggage, context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import Attributes
 from pydantic import BaseModel
 
 from costspan import MissingAttributionError, semconv
 from costspan._call import batch_job_context
 from costspan.fakeopenai import FakeOpenAI, Scripted
+from costspan.instrumentor import CostspanInstrumentor
 from tests.conftest import Pipeline, make_pipeline
 
 CHAT_USAGE = {
@@ -716,3 +723,54 @@ def test_raw_streamed_response_parsed_into_a_stream(
         chunks = list(stream)
     assert all(chunk.choices for chunk in chunks)
     assert_chat_priced(pipeline, stream=True)
+
+
+class RecordingSampler(Sampler):
+    """Samples everything, and keeps what each span offered it at creation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def should_sample(
+        self,
+        parent_context: context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        self.seen.append((name, dict(attributes or {})))
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "RecordingSampler"
+
+
+def test_samplers_see_every_attribute_and_the_span_keeps_its_start_and_parent(
+    fake_openai: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    """The span is created when the call ends: with every attribute (samplers can use model and cost), its real
+    start time, and the context the call started in, even for a stream read after that context is gone."""
+    sampler = RecordingSampler()
+    provider = TracerProvider(sampler=sampler)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = CostspanInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with provider.get_tracer("app").start_as_current_span("POST /answer") as handler:
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            started_ns = time.time_ns()
+        for _ in stream:  # read after the handler's span has ended
+            pass
+    finally:
+        instrumentor.uninstrument()
+    ((_, offered),) = [seen for seen in sampler.seen if seen[0].startswith("chat")]
+    assert offered[semconv.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert offered[semconv.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini-2024-07-18"
+    assert offered[semconv.GEN_AI_USAGE_COST_AMOUNT] > 0
+    (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("chat")]
+    assert span.parent is not None and span.parent.span_id == handler.get_span_context().span_id
+    assert span.start_time is not None and span.start_time < started_ns
