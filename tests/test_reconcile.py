@@ -133,7 +133,7 @@ def test_calls_the_instrumentation_never_saw_fail_the_day(
     assert day["verdict"] == UNSEEN_CALLS
     assert day["billed_usd"] == pytest.approx(CALL_1_USD + CALL_2_USD)
     assert day["recorded_usd"] == pytest.approx(CALL_1_USD)
-    assert "1 more requests and 310,000 more tokens" in day["cause"]
+    assert "1 more request and 310,000 more tokens" in day["cause"]
 
 
 def test_a_provider_price_change_is_a_price_mismatch_naming_the_model(
@@ -224,7 +224,7 @@ def test_the_table_lists_each_gap_with_its_cause(
     assert main(["reconcile", "--store", str(store_path), "--base-url", provider.base_url, "--since", "1d"]) == 1
     out = capsys.readouterr().out
     assert "Recorded by costspan vs billed by OpenAI (the whole organization)" in out
-    assert f"{YESTERDAY}: unseen calls: the provider billed 1 more requests" in out
+    assert f"{YESTERDAY}: unseen calls: the provider billed 1 more request and" in out
     assert "billed $0.9800, recorded $0.3000, difference -$0.6800" in out
 
 

@@ -122,7 +122,7 @@ def _verdict(
         return OK, None
     if theirs.requests > mine.requests or theirs.tokens - mine.tokens > theirs.tokens * tolerance:
         return UNSEEN_CALLS, (
-            f"the provider billed {theirs.requests - mine.requests:,} more requests and "
+            f"the provider billed {_requests(theirs.requests - mine.requests)} and "
             f"{theirs.tokens - mine.tokens:,} more tokens than costspan recorded: calls from code that is not "
             "instrumented, or spans lost before the store (a collector down, a full export queue)"
         )
@@ -133,7 +133,7 @@ def _verdict(
         )
     if mine.requests > theirs.requests or mine.tokens - theirs.tokens > theirs.tokens * tolerance:
         return OVER_COUNTED, (
-            f"costspan recorded {mine.requests - theirs.requests:,} more requests than were billed: is the store "
+            f"costspan recorded {_requests(mine.requests - theirs.requests)} than were billed: is the store "
             "fed by apps outside the compared project(s) (--project), or by two exporters for the same spans?"
         )
     drifted = [model for model, (p, c) in models.items() if _off(c.usd, p.usd, tolerance, MIN_TOLERANCE_USD / 10)]
@@ -141,6 +141,10 @@ def _verdict(
         f"tokens agree but dollars do not ({', '.join(drifted) or 'no single model'}): compare "
         "`costspan price MODEL` with your invoice, add the billed rate to a pricing file, then `costspan reprice`"
     )
+
+
+def _requests(count: int) -> str:
+    return f"{count:,} more request{'' if count == 1 else 's'}"
 
 
 def utc_days(since: datetime, until: datetime) -> list[date]:
