@@ -183,15 +183,13 @@ class StreamSummary:
     ``add`` runs once per chunk on the user's iteration path, so it touches only a few attributes.
     """
 
-    __slots__ = ("items", "summary")
+    __slots__ = ("summary",)
 
     def __init__(self) -> None:
         self.summary = ResponseSummary()
-        self.items = 0
 
     def add(self, item: Any) -> bool:
         """Record one item; return True when it is a usage-only chunk (no choices, usage set)."""
-        self.items += 1
         summary = self.summary
         # Fields through __dict__ (see _fields): a chat chunk has no `type`, and getattr would raise inside pydantic.
         fields = getattr(item, "__dict__", _NO_FIELDS)
