@@ -50,6 +50,8 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     for name in [*FEATURE_ROUTES, "acme", BURST_CUSTOMER, "system"]:
         assert name in out
     assert "costspan dashboard --out spend.html" in out and "costspan alerts" in out
+    # The store, checked against the stand-in's own bill (kept at its own rates), as `costspan reconcile` does.
+    assert "Reconciled with the stand-in's own bill" in out and "all 14 finished days agree within 2%" in out
 
     stored = rows(store)
     assert len(stored) > 80

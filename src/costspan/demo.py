@@ -36,7 +36,9 @@ import costspan
 from costspan.exporter import CostspanSpanExporter
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.reconcile import DEFAULT_TOLERANCE, DayResult, OrganizationReports, reconcile, recorded, utc_days
 from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
+from costspan.store import Store
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli", "stark-industries")
 CUSTOMER_WEIGHTS = (34, 22, 16, 12, 9, 7)
@@ -277,6 +279,20 @@ class DemoRun:
     failed_spans: int
     real_api: bool
     seconds: float
+    reconciliation: list[DayResult] | None = None  # the store against the stand-in's own bill
+
+
+def reconcile_with_stand_in(store_path: Path, fake: FakeOpenAI, now: datetime, days: int) -> list[DayResult]:
+    """What ``costspan reconcile`` does against OpenAI's Costs and Usage APIs, against the stand-in's bill. Its
+    ledger entries move to their spans' (backdated) start, matched by request id, first."""
+    with Store(store_path) as store:
+        rows = store.query("SELECT request_id, start_ns FROM spans WHERE request_id IS NOT NULL")
+        fake.retime({request_id: start_ns // 1_000_000_000 for request_id, start_ns in rows})
+        since = datetime.combine(now.date() - timedelta(days=days), datetime.min.time(), timezone.utc)
+        until = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+        ours = recorded(store, since, until)
+    billed = OrganizationReports("sk-admin-demo", base_url=fake.base_url).read(since, until)
+    return reconcile(billed, ours, utc_days(since, until), now.date(), DEFAULT_TOLERANCE)
 
 
 def run(
@@ -287,8 +303,10 @@ def run(
     days: int = 14,
     workers: int = 4,
     progress_stream: IO[str] | None = None,
+    reconcile_bill: bool = False,
 ) -> DemoRun:
-    """Run the demo app and write its spans to ``store``. Against the stand-in unless ``real_api``."""
+    """Run the demo app and write its spans to ``store``. Against the stand-in unless ``real_api``; with
+    ``reconcile_bill`` (for a store that holds only this run), the store is then checked against its bill."""
     started = time.monotonic()
     now = datetime.now(timezone.utc)
     visits = real_api_traffic(now) if real_api else simulated_traffic(now, days=days, requests=requests)
@@ -308,31 +326,36 @@ def run(
         stream_usage=True,
     )
     fake = None if real_api else FakeOpenAI().start()
+    reconciliation = None
     try:
-        if fake is not None:
-            client = openai.OpenAI(base_url=fake.base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
-        else:
-            client = openai.OpenAI()  # OPENAI_API_KEY and OPENAI_BASE_URL from the environment
-        app = SupportApp(client, cheap=real_api)
-        tracer = provider.get_tracer("support-app")
-        progress = Progress(len(visits), progress_stream)
+        try:
+            if fake is not None:
+                client = openai.OpenAI(base_url=fake.base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
+            else:
+                client = openai.OpenAI()  # OPENAI_API_KEY and OPENAI_BASE_URL from the environment
+            app = SupportApp(client, cheap=real_api)
+            tracer = provider.get_tracer("support-app")
+            progress = Progress(len(visits), progress_stream)
 
-        def serve(visit: Visit) -> None:
-            # The span a web framework's instrumentation (or the job scheduler's) opens around the handler.
-            kind = SpanKind.INTERNAL if visit.route.startswith("cron:") else SpanKind.SERVER
-            with tracer.start_as_current_span(visit.route, kind=kind) as span:
-                if not real_api:
-                    offset = int(visit.at.timestamp() * 1e9) - time.time_ns()
-                    backdate.register(span.get_span_context().trace_id, offset)
-                app.handle(visit)
-            progress.step(visit.route)
+            def serve(visit: Visit) -> None:
+                # The span a web framework's instrumentation (or the job scheduler's) opens around the handler.
+                kind = SpanKind.INTERNAL if visit.route.startswith("cron:") else SpanKind.SERVER
+                with tracer.start_as_current_span(visit.route, kind=kind) as span:
+                    if not real_api:
+                        offset = int(visit.at.timestamp() * 1e9) - time.time_ns()
+                        backdate.register(span.get_span_context().trace_id, offset)
+                    app.handle(visit)
+                progress.step(visit.route)
 
-        with ThreadPoolExecutor(max_workers=1 if real_api else workers) as pool:
-            for result in pool.map(serve, visits):
-                del result  # surfaces the first error
+            with ThreadPoolExecutor(max_workers=1 if real_api else workers) as pool:
+                for result in pool.map(serve, visits):
+                    del result  # surfaces the first error
+        finally:
+            provider.shutdown()  # flushes the batch processor into the store
+            instrumentor.uninstrument()
+        if fake is not None and reconcile_bill:
+            reconciliation = reconcile_with_stand_in(store, fake, now, days)
     finally:
-        provider.shutdown()  # flushes the batch processor into the store
-        instrumentor.uninstrument()
         if fake is not None:
             fake.stop()
     return DemoRun(
@@ -342,4 +365,5 @@ def run(
         failed_spans=store_exporter.failed_spans,
         real_api=real_api,
         seconds=time.monotonic() - started,
+        reconciliation=reconciliation,
     )

@@ -19,8 +19,8 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -83,6 +83,7 @@ class Billed:
     cached_tokens: int = 0
     output_tokens: int = 0
     project_id: str = "proj_fake"
+    request_id: str | None = None  # the x-request-id the answer carried
 
 
 @dataclass
@@ -170,6 +171,15 @@ class FakeOpenAI:
         with self.state.lock:
             self.state.billed.extend(entries)
 
+    def retime(self, moments: Mapping[str, int]) -> None:
+        """Move ledger entries to the Unix second given for their request id (the demo's two weeks of traffic
+        happen in seconds; its spans are moved the same way)."""
+        with self.state.lock:
+            self.state.billed[:] = [
+                replace(e, at=moments[e.request_id]) if e.request_id is not None and e.request_id in moments else e
+                for e in self.state.billed
+            ]
+
     def cost_of(self, entry: Billed) -> dict[str, Decimal]:
         """The provider's charge for one ledger entry, by line item."""
         zero = Decimal(0)
@@ -208,12 +218,14 @@ class FakeOpenAI:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAI
     protocol_version = "HTTP/1.1"
+    request_id: str  # this request's x-request-id, set first: the bill records it too
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # --- plumbing --------------------------------------------------------------------------------------
     def do_GET(self) -> None:
+        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
         parts = urlsplit(self.path)
         path = parts.path
         if path.startswith("/v1/batches/"):
@@ -235,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
             report(query)
 
     def do_POST(self) -> None:
+        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
@@ -285,13 +298,14 @@ class _Handler(BaseHTTPRequestHandler):
             input_tokens=int(usage.get("prompt_tokens", usage.get("input_tokens")) or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens", usage.get("output_tokens")) or 0),
+            request_id=self.request_id,
         )
         self.fake.bill(entry)
 
     def _headers_common(self, status: int, content_type: str, length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
-        self.send_header("x-request-id", f"req_fake_{next(self.fake.state.ids):06d}")
+        self.send_header("x-request-id", self.request_id)
         if length is not None:
             self.send_header("content-length", str(length))
         else:

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from costspan.cli._store_cli import usd
+from costspan.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
+
 EPILOG = """\
 What it does:
   1. starts a stand-in for the OpenAI API on 127.0.0.1 (bundled; no key, no network, no cost),
@@ -16,7 +19,8 @@ What it does:
      (streaming, prompt caching), document summaries, semantic search and a nightly batch job, for six
      customers, with gpt-4o-mini, gpt-4.1, gpt-5 and text-embedding-3-small. Two weeks of traffic are
      replayed in a few seconds, ending with one customer's burst in the last hour,
-  3. prints the spend report by feature and by customer, and the commands to dig further.
+  3. prints the spend report by feature and by customer, checks the store against the stand-in's own bill
+     day by day (what `costspan reconcile` does with OpenAI's), and prints the commands to dig further.
 
 Its spans go to a separate demo store, recreated on every run, so your real store is never touched.
 
@@ -56,6 +60,21 @@ def _fresh(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def _reconciliation(days: list[DayResult]) -> str:
+    """What `costspan reconcile` would say, against the stand-in's own bill instead of OpenAI's."""
+    finished = [day for day in days if day.verdict != PARTIAL]
+    billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
+    lines = [
+        "\nReconciled with the stand-in's own bill, as `costspan reconcile` does with OpenAI's Costs and Usage APIs:",
+        f"  billed {usd(billed)}, recorded {usd(recorded)} over {len(days)} days (today's bill is partial)",
+    ]
+    gaps = [day for day in finished if day.verdict != OK]
+    if not gaps:
+        lines.append(f"  all {len(finished)} finished days agree within {DEFAULT_TOLERANCE:.0%}")
+    lines.extend(f"  {day.day}: {day.verdict}: {day.cause}" for day in gaps)
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from costspan import demo
@@ -86,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        result = demo.run(store, real_api=real_api, requests=args.requests)
+        # Reconciliation compares the whole store with this run's bill: only for the demo's own fresh store.
+        result = demo.run(store, real_api=real_api, requests=args.requests, reconcile_bill=not args.store)
     except Exception as exc:  # e.g. the real API refused the key: say what happened, not a traceback
         print(f"costspan demo: the demo app failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -104,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         status = costspan_main(command)
         if status:
             return status
+    if result.reconciliation is not None:
+        print(_reconciliation(result.reconciliation))
     quoted = shlex.quote(str(store))
     burst = "" if real_api else f"   # flags {demo.BURST_CUSTOMER}'s burst in the last full hour"
     print(
@@ -111,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"  costspan report --by feature,route --every day --since 7d --store {quoted}\n"
         f"  costspan alerts --by customer_id --store {quoted}{burst}\n"
         f"  costspan dashboard --out spend.html --store {quoted}   # then open spend.html in a browser\n"
+        "  OPENAI_ADMIN_KEY=sk-admin-... costspan reconcile --since 14d   # your own store against your OpenAI bill\n"
         "Then instrument your own app: pip install costspan, and run it under\n"
         "  opentelemetry-instrument --traces_exporter costspan python app.py"
     )
