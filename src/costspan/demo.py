@@ -36,7 +36,15 @@ import costspan
 from costspan.exporter import CostspanSpanExporter
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
-from costspan.reconcile import DEFAULT_TOLERANCE, DayResult, OrganizationReports, reconcile, recorded, utc_days
+from costspan.reconcile import (
+    DEFAULT_TOLERANCE,
+    DayResult,
+    OrganizationReports,
+    reconcile,
+    recorded,
+    utc_days,
+    utc_midnight,
+)
 from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
 from costspan.store import Store
 
@@ -288,8 +296,8 @@ def reconcile_with_stand_in(store_path: Path, fake: FakeOpenAI, now: datetime, d
     with Store(store_path) as store:
         rows = store.query("SELECT request_id, start_ns FROM spans WHERE request_id IS NOT NULL")
         fake.retime({request_id: start_ns // 1_000_000_000 for request_id, start_ns in rows})
-        since = datetime.combine(now.date() - timedelta(days=days), datetime.min.time(), timezone.utc)
-        until = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+        since = utc_midnight(now.date() - timedelta(days=days))
+        until = utc_midnight(now.date() + timedelta(days=1))
         ours = recorded(store, since, until)
     billed = OrganizationReports("sk-admin-demo", base_url=fake.base_url).read(since, until)
     return reconcile(billed, ours, utc_days(since, until), now.date(), DEFAULT_TOLERANCE)

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from costspan.store import Store, filter_sql, to_ns
@@ -145,6 +145,11 @@ def _verdict(
 
 def _requests(count: int) -> str:
     return f"{count:,} more request{'' if count == 1 else 's'}"
+
+
+def utc_midnight(day: date) -> datetime:
+    """The start of a UTC day: the provider's buckets are whole UTC days."""
+    return datetime.combine(day, time(), timezone.utc)
 
 
 def utc_days(since: datetime, until: datetime) -> list[date]:

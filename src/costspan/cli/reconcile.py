@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
 from costspan.cli._store_cli import (
@@ -36,6 +36,7 @@ from costspan.reconcile import (
     reconcile,
     recorded,
     utc_days,
+    utc_midnight,
 )
 
 EXIT_MISMATCH = 1
@@ -129,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     filters = read_filters(args, now)
     # Whole UTC days, as the provider buckets them: a part of a day compared with a whole one is a false gap.
-    since = _midnight((filters.since or now).date())
-    until = _midnight((filters.until or now).date() + timedelta(days=1))
+    since = utc_midnight((filters.since or now).date())
+    until = utc_midnight((filters.until or now).date() + timedelta(days=1))
     if filters.until is not None and filters.until.time() == time() and filters.until.tzinfo is not None:
-        until = _midnight(filters.until.date())  # --until 2026-11-08 means up to that midnight
+        until = utc_midnight(filters.until.date())  # --until 2026-11-08 means up to that midnight
     if until <= since:
         raise UsageError("--until must be after --since")
     show_progress = args.format == "table" and sys.stderr.isatty()
@@ -165,10 +166,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"Recorded by costspan vs billed by OpenAI ({scope}), {period}, tolerance {args.tolerance:g}%\n")
         print(_table(results, rows, by_model=args.by_model))
     return EXIT_MISMATCH if any(r.verdict not in (OK, PARTIAL) for r in results) else 0
-
-
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), timezone.utc)
 
 
 def _row(result: DayResult, model: str | None = None) -> dict[str, Any]:
