@@ -680,6 +680,19 @@ def test_metrics(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpe
     assert duration.count == 1
 
 
+def test_metrics_can_be_turned_off(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """OTEL_COSTSPAN_METRICS=false: spans only, still priced (each SDK histogram point costs ~12 µs at collection)."""
+    pipeline = make_pipeline(metrics=False)
+    instrumented.append(pipeline)
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert (pipeline.span().attributes or {})[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(CHAT_COST, abs=1e-12)
+    for name in (semconv.METRIC_OPERATION_COST, semconv.METRIC_TOKEN_USAGE, semconv.METRIC_OPERATION_DURATION):
+        assert pipeline.metric_points(name) == []
+
+
 def test_uninstrument_restores_the_sdk(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
     pipeline = make_pipeline()
     pipeline.instrumentor.uninstrument()

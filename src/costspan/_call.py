@@ -154,7 +154,7 @@ class Telemetry:
     def __init__(
         self,
         tracer: Tracer,
-        metrics: CallMetrics,
+        metrics: CallMetrics | None,
         pricer: Pricer,
         attributor: Attributor,
         settings: Settings,
@@ -513,14 +513,22 @@ class Call:
         span = self._with_attributes(attributes)
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, error_type))
-        telemetry.metrics.record(
-            (request.operation, request.provider, request.model, response_model, request.server_address, error_type),
-            self.attribution,
-            (end_ns - self.start_ns) / 1e9,
-            usage.input_tokens if usage else None,
-            usage.output_tokens if usage else None,
-            cost_usd,
-        )
+        if telemetry.metrics is not None:
+            telemetry.metrics.record(
+                (
+                    request.operation,
+                    request.provider,
+                    request.model,
+                    response_model,
+                    request.server_address,
+                    error_type,
+                ),
+                self.attribution,
+                (end_ns - self.start_ns) / 1e9,
+                usage.input_tokens if usage else None,
+                usage.output_tokens if usage else None,
+                cost_usd,
+            )
         if self.settlements:
             loop = _running_loop() if telemetry.blocking_guards else None
             if loop is not None:

@@ -36,6 +36,7 @@ class Settings:
     stream_usage: bool = True
     pricing_file: str | None = None
     cost_compat: bool = False
+    metrics: bool = True
     metrics_customer_id: bool = False
     capture_content: bool = False
     budget_file: str | None = None
@@ -52,6 +53,7 @@ class Settings:
             "stream_usage": _flag(e.get(env.OTEL_COSTSPAN_STREAM_USAGE), True),
             "pricing_file": e.get(env.OTEL_COSTSPAN_PRICING_FILE) or None,
             "cost_compat": _flag(e.get(env.OTEL_COSTSPAN_COST_COMPAT), False),
+            "metrics": _flag(e.get(env.OTEL_COSTSPAN_METRICS), True),
             "metrics_customer_id": _flag(e.get(env.OTEL_COSTSPAN_METRICS_CUSTOMER_ID), False),
             "capture_content": _flag(e.get(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT), False),
             "budget_file": e.get(env.OTEL_COSTSPAN_BUDGET_FILE) or None,

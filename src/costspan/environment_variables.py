@@ -26,6 +26,10 @@ OTEL_COSTSPAN_BUDGET_FILE = "OTEL_COSTSPAN_BUDGET_FILE"
 OTEL_COSTSPAN_COST_COMPAT = "OTEL_COSTSPAN_COST_COMPAT"
 """``true``: also write ``gen_ai.usage.cost`` (read by Langfuse and OpenLIT). Default ``false``."""
 
+OTEL_COSTSPAN_METRICS = "OTEL_COSTSPAN_METRICS"
+"""``true`` (default): record the token, duration and cost histograms. ``false``: spans only (each histogram point
+costs the OTel SDK ~12 µs when a reader collects; the spans carry every figure, for span-derived metrics)."""
+
 OTEL_COSTSPAN_METRICS_CUSTOMER_ID = "OTEL_COSTSPAN_METRICS_CUSTOMER_ID"
 """``true``: put ``customer_id`` on the cost metric (high cardinality). Default ``false``."""
 
