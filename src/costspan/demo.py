@@ -37,12 +37,9 @@ from costspan.exporter import CostspanSpanExporter
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
 from costspan.reconcile import (
-    DEFAULT_TOLERANCE,
     DayResult,
     OrganizationReports,
-    reconcile,
-    recorded,
-    utc_days,
+    compare,
     utc_midnight,
 )
 from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
@@ -298,9 +295,8 @@ def reconcile_with_stand_in(store_path: Path, fake: FakeOpenAI, now: datetime, d
         fake.retime({request_id: start_ns // 1_000_000_000 for request_id, start_ns in rows})
         since = utc_midnight(now.date() - timedelta(days=days))
         until = utc_midnight(now.date() + timedelta(days=1))
-        ours = recorded(store, since, until)
-    billed = OrganizationReports("sk-admin-demo", base_url=fake.base_url).read(since, until)
-    return reconcile(billed, ours, utc_days(since, until), now.date(), DEFAULT_TOLERANCE)
+        reports = OrganizationReports("sk-admin-demo", base_url=fake.base_url)
+        return compare(reports, store, since, until, today=now.date())
 
 
 def run(

@@ -111,6 +111,23 @@ def reconcile(provider: Side, ours: Side, days: Sequence[date], today: date, tol
     return results
 
 
+def compare(
+    reports: OrganizationReports,
+    store: Store,
+    since: datetime,
+    until: datetime,
+    *,
+    today: date,
+    tolerance: float = DEFAULT_TOLERANCE,
+    env: str | None = None,
+    where: Mapping[str, str] | None = None,
+) -> list[DayResult]:
+    """The provider's reports against the store, for each UTC day of [since, until). Raises ``ReconcileError``."""
+    billed = reports.read(since, until)
+    ours = recorded(store, since, until, env, where)
+    return reconcile(billed, ours, utc_days(since, until), today, tolerance)
+
+
 def _off(ours: float, theirs: float, tolerance: float, floor: float = 0.0) -> bool:
     return abs(ours - theirs) > max(abs(theirs) * tolerance, floor)
 

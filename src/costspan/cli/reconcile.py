@@ -33,9 +33,7 @@ from costspan.reconcile import (
     DayResult,
     OrganizationReports,
     ReconcileError,
-    reconcile,
-    recorded,
-    utc_days,
+    compare,
     utc_midnight,
 )
 
@@ -146,13 +144,20 @@ def run(args: argparse.Namespace) -> int:
         else None,
     )
     try:
-        billed = reports.read(since, until)
+        with open_store(args) as store:
+            results = compare(
+                reports,
+                store,
+                since,
+                until,
+                today=now.date(),
+                tolerance=args.tolerance / 100,
+                env=filters.env,
+                where=filters.where,
+            )
     except ReconcileError as error:
         print(f"costspan reconcile: error: {error}", file=sys.stderr)
         return 2
-    with open_store(args) as store:
-        ours = recorded(store, since, until, filters.env, filters.where)
-    results = reconcile(billed, ours, utc_days(since, until), now.date(), args.tolerance / 100)
     rows = [_row(result) for result in results]
     if args.format != "table":
         keys = KEYS
