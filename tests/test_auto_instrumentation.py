@@ -12,6 +12,7 @@ import pytest
 from costspan import semconv
 from costspan.fakeopenai import FakeOpenAI
 from tests.otlp_receiver import OtlpReceiver
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -65,3 +66,44 @@ def test_strict_attribution_flag_is_exposed_by_opentelemetry_instrument() -> Non
         assert result.returncode != 0
         assert "MissingAttributionError" in result.stderr and "team" in result.stderr
         assert fake.received == []  # refused before anything was sent
+
+
+# An app that ends by flushing: its span exports finish (or fail) before the last metric export reports them.
+FLUSHING_APP = """
+import runpy, sys
+from opentelemetry import metrics, trace
+runpy.run_path(sys.argv[1], run_name="__main__")
+trace.get_tracer_provider().force_flush()
+metrics.get_meter_provider().force_flush()
+"""
+
+
+def test_a_collector_that_is_down_never_stops_the_app_and_its_losses_are_counted(tmp_path: Path) -> None:
+    """Traces go to a collector that is down (connection refused); metrics reach a working one. The app's calls
+    all go through, it exits normally, and the SDK's own counter (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
+    reports every lost span with its cause: what the LLMSpansLost alert in collector-config/prometheus reads."""
+    app = tmp_path / "flushing_app.py"
+    app.write_text(FLUSHING_APP)
+    with FakeOpenAI() as fake, OtlpReceiver() as receiver:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "sk-test-not-a-secret",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1",  # give up on the dead collector quickly
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": receiver.endpoint + "/v1/metrics",
+            "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true",
+        }
+        result = subprocess.run(
+            [str(BIN / "opentelemetry-instrument"), sys.executable, str(app), str(ROOT / "examples" / "quickstart.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("Here is a concise answer") == 2  # the user's calls were answered
+        assert len(fake.received) == 2
+        assert "Failed to export spans batch" in result.stderr, result.stderr
+        exported = "otel.sdk.exporter.span.exported"
+        assert receiver.total(exported, **{"error.type": "ConnectionError"}) == receiver.total(exported) == 2

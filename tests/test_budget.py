@@ -35,7 +35,7 @@ from costspan.budgets import (
 from costspan.fakeopenai import FakeOpenAI, Scripted
 from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
 from tests.conftest import Pipeline, make_pipeline
-from tests.test_ledger import free_port
+from tests.ports import free_port
 
 UTC = timezone.utc
 MESSAGES: list[ChatCompletionMessageParam] = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,12 +14,7 @@ from pathlib import Path
 import pytest
 
 from costspan.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger, open_ledger, to_nano, to_usd
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from costspan.middleware import (
     strip_baggage,
 )
 from tests.conftest import Pipeline, make_pipeline
-from tests.test_ledger import free_port
+from tests.ports import free_port
 
 INTERNAL_TOKEN = "internal-secret"
 ATTRIBUTION = frozenset({"feature", "route", "customer_id", "environment"})

@@ -16,6 +16,7 @@ import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 
 from costspan.metrics import CallMetrics
+from tests.ports import free_port
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "collector-config" / "prometheus"
 RULES = PROMETHEUS_DIR / "costspan-alerts.yml"
@@ -64,6 +65,44 @@ def test_rules_use_the_name_the_python_exporter_exposes() -> None:
     assert used == {COST_SUM}, f"rules use {used}, the exporter exposes {COST_SUM}"
 
 
+LOST_SPAN_COUNTERS = {"otel_sdk_exporter_span_exported_total", "otel_sdk_processor_span_processed_total"}
+
+
+def test_lost_span_rule_uses_the_names_the_sdk_exposes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real batch processor and OTLP exporter, pointed at a closed port, with the SDK's own metrics turned on:
+    the lost spans show up under the names and label that LLMSpansLost reads."""
+    exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from prometheus_client import REGISTRY, generate_latest
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    meter_provider = MeterProvider(metric_readers=[exporter.PrometheusMetricReader()])
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(
+                endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", timeout=1, meter_provider=meter_provider
+            ),
+            meter_provider=meter_provider,
+        )
+    )
+    try:
+        for _ in range(3):
+            tracer_provider.get_tracer("test").start_span("chat gpt-4o-mini").end()
+        tracer_provider.force_flush()
+        scraped = generate_latest(REGISTRY).decode()
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    lost = [line for line in scraped.splitlines() if line.startswith("otel_sdk_exporter_span_exported_total{")]
+    assert any('error_type="ConnectionError"' in line and line.endswith(" 3.0") for line in lost), scraped
+    exposed = {line.split("{")[0] for line in scraped.splitlines() if line.startswith("otel_sdk_")}
+    used = set(re.findall(r"\b(otel_sdk_\w+)", RULES.read_text()))
+    assert used == LOST_SPAN_COUNTERS and used <= exposed, (used, exposed)
+
+
 def test_rule_files_are_valid() -> None:
     result = run_promtool("check", "rules", RULES.name, "costspan-budgets.yml", cwd=PROMETHEUS_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -72,7 +111,7 @@ def test_rule_files_are_valid() -> None:
 def test_promtool_unit_tests_pass_for_every_alert() -> None:
     alerts = set(re.findall(r"- alert: (\w+)", RULES.read_text()))
     tested = set(re.findall(r"alertname: (\w+)", TESTS.read_text()))
-    assert alerts == tested == {"LLMHourlySpendSpike", "LLMRunawayRoute", "LLMBudgetBurnRate"}
+    assert alerts == tested == {"LLMHourlySpendSpike", "LLMRunawayRoute", "LLMBudgetBurnRate", "LLMSpansLost"}
     result = run_promtool("test", "rules", TESTS.name, cwd=PROMETHEUS_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -85,10 +124,12 @@ JUST_ABOVE = [
     ("'0+0.25x2016 506.51+2.51x3'", "'0+0.25x2016 506.52+2.52x3'", 'route="/busy"'),
     # $0.0695 per 5 min is $5.004 per 6 h: burn rate 2.0016 against 2.
     ("'0+0.069x84'", "'0+0.0695x84'", 'customer_id="globex"'),
+    # One more lost span, 5 minutes before the evaluation.
+    ("'5x60'", "'5x15 6x45'", 'job="old-app"'),
 ]
 
 
-@pytest.mark.parametrize(("below", "above", "label"), JUST_ABOVE, ids=["spike", "runaway", "budget"])
+@pytest.mark.parametrize(("below", "above", "label"), JUST_ABOVE, ids=["spike", "runaway", "budget", "lost"])
 def test_silent_series_sit_just_below_the_threshold(tmp_path: Path, below: str, above: str, label: str) -> None:
     """Nudged just above its threshold, the silent series fires and the unit test fails: the margin is tight."""
     text = TESTS.read_text()

@@ -4,7 +4,6 @@ organization Costs and Usage endpoints, with every verdict and error path."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
@@ -33,6 +32,7 @@ from costspan.reconcile import (
 )
 from costspan.store import Store
 from tests.conftest import make_pipeline
+from tests.ports import free_port
 
 ADMIN_KEY = "sk-admin-test-not-a-secret"
 DAY_NS = 86_400 * 10**9
@@ -205,9 +205,7 @@ def test_errors_say_what_to_do_and_exit_2(
     assert "HTTP 401" in err and "admin key (sk-admin-..." in err
 
     monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{unused.getsockname()[1]}/v1"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
     assert main(["reconcile", "--store", str(store_path), "--base-url", closed]) == 2
     assert "cannot reach" in capsys.readouterr().err
 

@@ -37,6 +37,7 @@ from costspan import semconv
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
 from tests.otlp_receiver import OtlpReceiver
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +63,6 @@ def load_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             env[key] = value
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
