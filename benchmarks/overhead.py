@@ -186,7 +186,9 @@ def child(variant: str, calls: int) -> None:
     if variant in ("costspan", "costspan_stream"):
         # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
         # request path but in the app's process: they count. costspan_request_path leaves them queued.
-        bench.instrumentor.telemetry.metrics.drain()
+        telemetry = bench.instrumentor.telemetry
+        assert telemetry is not None and telemetry.metrics is not None
+        telemetry.metrics.drain()
 
 
 def instructions(variant: str, calls: int) -> int:
@@ -267,7 +269,7 @@ def time_rounds(rounds: int, calls: int) -> None:
     for _ in range(rounds):  # many short interleaved rounds; the median discards the disturbed ones
         for name, run in runs.items():
             samples[name].append(per_call_us(run, max(calls // 2, 1) if name.endswith("stream") else calls))
-    bench.processor.shutdown()
+    bench.processor.shutdown()  # type: ignore[no-untyped-call]
     print(f"thread CPU time per call, median of {rounds} interleaved rounds of {calls} calls")
     print("  (the metric points are recorded by a background thread here, so 'all of it' is the request path)")
     report({name: statistics.median(values) for name, values in samples.items()}, "µs")

@@ -63,7 +63,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     else:
         url = request.getfixturevalue("redis_url")
         made = RedisLedger.from_url(url)
-        made.client.flushdb()  # type: ignore[attr-defined]
+        made.client.flushdb()
     yield made
     made.close()
 

@@ -316,7 +316,7 @@ def _finish_unparsed(call: Call, raw_response: Any) -> None:
         call.finish_body(body, summarize_response(body), request_id)
 
 
-class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg,misc]
+class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
     def __init__(self, response: Any, call: Call, injected: bool) -> None:
         super().__init__(response)
         self._self_call = call

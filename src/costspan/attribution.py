@@ -125,7 +125,7 @@ class attribute(contextlib.ContextDecorator):
         # A fresh instance per decorated call, so concurrent threads never share one stack.
         return attribute(**self.values)
 
-    def __call__(self, func: F) -> F:  # type: ignore[override]
+    def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)

@@ -20,7 +20,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 
-class CostspanConfigurator(_OTelSDKConfigurator):  # type: ignore[misc]
+class CostspanConfigurator(_OTelSDKConfigurator):
     """The SDK's own configurator: providers, processors and exporters from the OTEL_* variables."""
 
 
