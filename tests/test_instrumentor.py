@@ -587,6 +587,7 @@ def test_a_bug_in_stream_reading_never_reaches_the_caller(
     monkeypatch.setattr(StreamSummary, "add", broken)
     chunks = list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
     assert chunks
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk costspan asked for stays hidden all the same
     assert len(pipeline.spans()) == 1
 
 
@@ -716,11 +717,10 @@ def test_raw_streamed_response_parsed_into_a_stream(
 ) -> None:
     """The raw wrapper is dropped right after parse(): the stream, not the wrapper, ends the span."""
     fake_openai.script(Scripted(usage=CHAT_USAGE))
+    ask = {"model": "gpt-4.1", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 
     async def consume_async() -> list[Any]:
-        raw = await any_client.chat.completions.with_raw_response.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True
-        )
+        raw = await any_client.chat.completions.with_raw_response.create(**ask)
         stream = raw.parse()
         del raw
         gc.collect()
@@ -729,11 +729,62 @@ def test_raw_streamed_response_parsed_into_a_stream(
     if isinstance(any_client, openai.AsyncOpenAI):
         chunks = asyncio.run(consume_async())
     else:
-        stream = any_client.chat.completions.with_raw_response.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True
-        ).parse()
+        stream = any_client.chat.completions.with_raw_response.create(**ask).parse()
         gc.collect()
         chunks = list(stream)
+    assert chunks[-1].usage.prompt_tokens == 1200
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_raw_streamed_response_is_never_rewritten(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """A raw stream may be read as lines or bytes, where no chunk can be hidden: costspan does not ask for usage
+    the user did not ask for, so the lines are exactly what the user's request gets. costspan does not read raw
+    lines, so that span says incomplete; a raw stream the user parses says no_usage."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE), Scripted(usage=CHAT_USAGE))
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4.1", messages=MESSAGES, stream=True
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert "stream_options" not in fake_openai.received[-1].body
+    assert not any('"prompt_tokens"' in line for line in lines)
+    assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+    pipeline.exporter.clear()
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert raw.parse() is raw.parse()  # the SDK caches parse(); so does the proxy
+    assert all(chunk.choices for chunk in raw.parse())
+    assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
+
+
+def test_usage_asked_for_through_extra_body_reaches_the_user(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    """extra_body is merged into the request the SDK sends: a usage request there is the user's own."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    chunks = call_and_consume(
+        lambda: any_client.chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True, extra_body={"stream_options": {"include_usage": True}}
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 1200
+    assert_chat_priced(pipeline, stream=True)
+
+
+def test_usage_is_requested_where_extra_body_would_override_it(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """extra_body's stream_options replaces the body's whole: costspan's request for usage goes into it."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,
+            stream=True,
+            extra_body={"stream_options": {"include_obfuscation": False}},
+        )
+    )
+    assert fake_openai.received[-1].body["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     assert all(chunk.choices for chunk in chunks)
     assert_chat_priced(pipeline, stream=True)
 

@@ -600,6 +600,15 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> fl
     return amount
 
 
+def _usage_only(item: Any) -> bool:
+    """A chunk with usage and no choices: the shape of the one costspan asks for. Never raises."""
+    try:
+        fields = getattr(item, "__dict__", None) or {}
+        return not fields.get("choices") and fields.get("usage") is not None and "type" not in fields
+    except Exception:
+        return False
+
+
 class StreamObserver:
     """Watches a stream's items for the span; shared by the sync and async stream proxies."""
 
@@ -617,7 +626,7 @@ class StreamObserver:
     def hides(self, item: Any) -> bool:
         """Record an item; True when it is the usage-only chunk costspan asked for, to be kept from the user."""
         if self.broken:
-            return False
+            return self.hide_usage_chunk and _usage_only(item)
         try:
             usage_only = self._add(item)
             if self.texts is not None:
@@ -626,7 +635,8 @@ class StreamObserver:
         except Exception:
             self.broken = True
             logger.exception("costspan: could not read a stream item; this stream's usage is not recorded")
-            return False
+            # Even so, the chunk costspan asked for must not reach the user.
+            return self.hide_usage_chunk and _usage_only(item)
 
     def _collect_text(self, item: Any) -> None:
         assert self.texts is not None

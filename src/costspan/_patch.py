@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import wrapt
+from openai._constants import RAW_RESPONSE_HEADER
 from openai._legacy_response import LegacyAPIResponse
 from openai._models import BaseModel
 from openai._response import APIResponse, AsyncAPIResponse
@@ -62,27 +63,29 @@ def _read(
             return (BatchRetrieval(telemetry, batch) if batch else None), args, kwargs, False
         if method != "post":
             return None, args, kwargs, False
-        json_data = options.json_data
-        body = json_data if type(json_data) is dict or isinstance(json_data, Mapping) else {}
-        request = read_request(
-            options.url,
-            body,
-            stream=bool(kwargs.get("stream")),
-            provider=provider,
-            server=_server(client),
-        )
+        json_data = _mapping(options.json_data)
+        extra_json = _mapping(options.extra_json)
+        # What is sent: the SDK merges extra_body over the body, key by key.
+        body = {**json_data, **extra_json} if extra_json else json_data
+        stream = bool(kwargs.get("stream"))
+        request = read_request(options.url, body, stream=stream, provider=provider, server=_server(client))
         if request is None:
             return None, args, kwargs, False
-        rewritten: dict[str, Any] | None = None
-        injected = telemetry.settings.stream_usage and wants_usage_injection(request)
+        update: dict[str, Any] | None = None
+        # A raw streamed response may be read as lines or bytes, where a hidden chunk cannot be hidden.
+        injected = telemetry.settings.stream_usage and wants_usage_injection(request) and not _raw_response(options)
         if injected:
-            rewritten = with_usage_requested(body)
+            # Into the part that carries stream_options, so the merge keeps it.
+            if "stream_options" in extra_json:
+                update = {"extra_json": with_usage_requested(extra_json)}
+            else:
+                update = {"json_data": with_usage_requested(json_data)}
         elif request.endpoint == "/batches":
             attribution, _ = telemetry.attributor.collect()
             if attribution:
-                rewritten = with_batch_attribution(body, attribution)
-        if rewritten is not None:
-            options = _copy_options(options, rewritten)
+                update = {"json_data": with_batch_attribution(json_data, attribution)}
+        if update is not None:
+            options = _copy_options(options, update)
             if len(args) > 1:
                 args = (args[0], options, *args[2:])
             else:
@@ -124,10 +127,24 @@ def _server(client: Any) -> tuple[str | None, int | None]:
     return server
 
 
-def _copy_options(options: Any, json_data: dict[str, Any]) -> Any:
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A request option that is a JSON object, else empty (the SDK's NotGiven, None, a list body...)."""
+    return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
+
+
+def _raw_response(options: Any) -> bool:
+    """``with_raw_response`` / ``with_streaming_response``: the SDK marks their requests with this header."""
+    headers = options.headers
+    return isinstance(headers, Mapping) and bool(headers.get(RAW_RESPONSE_HEADER))
+
+
+def _copy_options(options: Any, update: dict[str, Any]) -> Any:
     if hasattr(options, "model_copy"):
-        return options.model_copy(update={"json_data": json_data})
-    return options.copy(update={"json_data": json_data})  # pydantic v1
+        return options.model_copy(update=update)
+    return options.copy(update=update)  # pydantic v1
 
 
 def wrap_sync_request(telemetry: Telemetry) -> Any:
@@ -322,14 +339,20 @@ class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._self_call = call
         self._self_injected = injected
         self._self_finalizer = weakref.finalize(self, _finish_unparsed, call, self._self_http_response)
+        self._self_observed: tuple[Any, Any] | None = None  # (what parse() returned, what the user got)
 
     @property
     def _self_http_response(self) -> Any:
         return getattr(self.__wrapped__, "http_response", self.__wrapped__)
 
     def _self_observe(self, parsed: Any) -> Any:
+        # The SDK caches parse(): a second call must give the user the same object again, not a second proxy.
+        if self._self_observed is not None and self._self_observed[0] is parsed:
+            return self._self_observed[1]
         self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
-        return observe(self._self_call, parsed, self._self_injected)
+        observed = observe(self._self_call, parsed, self._self_injected)
+        self._self_observed = (parsed, observed)
+        return observed
 
 
 class SyncRawResponseProxy(_ObservedRawResponse):

@@ -207,7 +207,7 @@ class StreamSummary:
         choices = fields.get("choices")
         if choices:
             for choice in choices:
-                reason = choice.finish_reason
+                reason = getattr(choice, "finish_reason", None)  # a malformed chunk may hold a null choice
                 if reason:
                     summary.finish_reasons.append(reason)
         usage = fields.get("usage")
