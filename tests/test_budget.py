@@ -277,6 +277,27 @@ def test_a_stream_closed_before_its_usage_keeps_the_worst_case(
     assert ledger.totals(key).settled == 31_500  # the worst case: billed, by an unknown amount
 
 
+def test_calls_billed_by_an_unknown_amount_keep_the_worst_case(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """An answer without usage, and a stream whose connection drops midway, were billed all the same: both keep
+    their worst case ($0.0000315 each, see above). A call that failed before any answer counts nothing."""
+    ledger = MemoryLedger()
+    pipeline = guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal(1))], ledger))
+    fake_openai.script(Scripted(omit_usage=True), Scripted(cut_after=1), Scripted(status=400))
+    with costspan.attribute(customer_id="acme"):
+        chat(client)
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, stream=True)
+        with pytest.raises(openai.APIConnectionError):  # the connection dropped midway
+            list(stream)
+        with pytest.raises(openai.BadRequestError):
+            chat(client)
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == ledger.totals(key).used == 2 * 31_500
+    statuses = [(s.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] for s in pipeline.spans()]
+    assert statuses == ["no_usage", "incomplete", "no_usage"]
+
+
 def test_a_customer_and_a_feature_cap_both_hold(
     fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
 ) -> None:

@@ -97,3 +97,30 @@ def test_a_refusal_from_the_worker_thread_reaches_the_caller_before_sending(
     with pytest.raises(BudgetExceeded):
         asyncio.run(main())
     assert fake_openai.received == []
+
+
+def test_a_call_cancelled_while_its_budget_is_checked_releases_its_reservation(
+    tmp_path: Path, fake_openai: FakeOpenAI, instrumented: list[Pipeline]
+) -> None:
+    """The task is cancelled while the worker thread reserves: the thread cannot be stopped, so the call it
+    started is failed as cancelled once it returns. Nothing was sent, so nothing stays reserved."""
+    ledger = SlowLedger(tmp_path / "ledger.sqlite3")
+    pipeline = guarded(instrumented, ledger, Decimal(1))
+    client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+
+    async def main() -> None:
+        with costspan.attribute(customer_id="acme"):
+            call = asyncio.create_task(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES))
+            await asyncio.sleep(DELAY_S / 3)  # inside the reservation
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        await asyncio.sleep(3 * DELAY_S)  # the reservation, then its release, finish in worker threads
+
+    asyncio.run(main())
+    wait_for(lambda: len(pipeline.spans()) == 1)
+    assert fake_openai.received == []
+    (span,) = pipeline.spans()
+    assert span.attributes is not None and span.attributes["error.type"] == "CancelledError"
+    (key,) = [k for (k,) in ledger._connection().execute("SELECT key FROM costspan_budget_ledger")]
+    assert ledger.totals(key).used == 0

@@ -413,13 +413,14 @@ class Call:
         span.end()
 
     def fail(self, exc: BaseException, summary: ResponseSummary | None = None) -> None:
-        """The SDK raised: record the error. A stream that fails midway may still have reported usage."""
+        """The SDK raised: record the error. ``summary`` is given for a stream that failed (or was cancelled)
+        midway: it was billed, and may still have reported usage."""
         if not self._claim():
             return
         try:
             status_code = getattr(exc, "status_code", None)
             error_type = str(status_code) if isinstance(status_code, int) else type(exc).__qualname__
-            self._complete(summary, None, error_type=error_type)
+            self._complete(summary, None, error_type=error_type, incomplete=summary is not None)
         except Exception:
             logger.exception("costspan: failed to record an OpenAI error")
             self._end_after_error()
@@ -530,13 +531,16 @@ class Call:
                 cost_usd,
             )
         if self.settlements:
+            # Guards are told what was billed: nothing when the call failed before the provider answered; the
+            # cost otherwise, whose status says when the amount is unknown (a stream cut short, no usage).
+            billed = None if error_type is not None and not incomplete and usage is None else cost
             loop = _running_loop() if telemetry.blocking_guards else None
             if loop is not None:
                 # Settling waits on the ledger: do it in a worker thread, not on the app's event loop. The span
                 # ends there once settled (budget alerts are events on it); its end time is already fixed.
-                loop.run_in_executor(None, self._settle_and_end, cost, end_ns)
+                loop.run_in_executor(None, self._settle_and_end, billed, end_ns)
                 return
-            self._settle(cost)
+            self._settle(billed)
         span.end(end_time=end_ns)
 
     def _settle_and_end(self, cost: Cost | None, end_ns: int) -> None:

@@ -167,9 +167,7 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
         if telemetry.blocking_guards and isinstance(request, RequestInfo):
-            # Guards wait on a ledger on disk or across the network: in a worker thread (which sees this task's
-            # context, hence its Baggage), so that the event loop runs other tasks meanwhile.
-            call = await asyncio.to_thread(_start, telemetry, request)
+            call = await _start_in_thread(telemetry, request)
         else:
             call = _start(telemetry, request)
         if call is None:
@@ -182,6 +180,28 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
         return observe(call, result, injected)
 
     return request
+
+
+async def _start_in_thread(telemetry: Telemetry, request: RequestInfo) -> Call | BatchRetrieval | None:
+    """``_start`` for guards that wait on a ledger on disk or across the network: in a worker thread (which sees
+    this task's context, hence its Baggage), so that the event loop runs other tasks meanwhile.
+
+    A task cancelled meanwhile cannot stop the thread: the call it starts is then failed as cancelled, which ends
+    its span and releases what its guards reserved (nothing was sent)."""
+    started = asyncio.ensure_future(asyncio.to_thread(_start, telemetry, request))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(_fail_cancelled)
+        raise
+
+
+def _fail_cancelled(started: asyncio.Future[Call | BatchRetrieval | None]) -> None:
+    if started.cancelled() or started.exception() is not None:
+        return  # a refusal ended its own span
+    call = started.result()
+    if isinstance(call, Call):
+        call.fail(asyncio.CancelledError())
 
 
 def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:

@@ -623,12 +623,12 @@ class BudgetGuard:
 
     @staticmethod
     def _actual(cost: Cost | None, reservation: Reservation) -> int:
-        if cost is None or cost.status == semconv.STATUS_NO_USAGE:
+        if cost is None:
             return 0  # the call failed before the provider billed anything
         if cost.total is not None:
             return to_nano(cost.total)
-        # Billed, but by how much is unknown (a stream cut short, an unknown service tier): keep the worst case,
-        # which is 0 for a model with no price at all.
+        # Billed, but by how much is unknown (a stream cut short, an answer without usage, an unknown service
+        # tier): keep the worst case, which is 0 for a model with no price at all.
         return reservation.amount
 
     def _alert(

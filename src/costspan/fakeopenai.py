@@ -56,13 +56,15 @@ DAY_S = 86_400
 
 @dataclass
 class Scripted:
-    """One scripted answer: the usage object to return, an HTTP status, a service tier."""
+    """One scripted answer: the usage object to return, an HTTP status, a service tier; for a stream, the number
+    of events after which the connection drops (the client then fails midway through the stream)."""
 
     usage: dict[str, Any] | None = None
     status: int = 200
     service_tier: str | None = None
     model: str | None = None
     omit_usage: bool = False
+    cut_after: int | None = None
 
 
 @dataclass
@@ -317,9 +319,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_common(status, "application/json", len(data))
         self.wfile.write(data)
 
-    def _sse(self, events: Iterator[tuple[str | None, dict[str, Any] | str]]) -> None:
+    def _sse(self, events: Iterator[tuple[str | None, dict[str, Any] | str]], cut_after: int | None = None) -> None:
         self._headers_common(200, "text/event-stream")
-        for event, data in events:
+        for sent, (event, data) in enumerate(events):
+            if sent == cut_after:
+                self.close_connection = True  # no terminating chunk: the client sees the connection drop
+                return
             text = data if isinstance(data, str) else json.dumps(data)
             frame = (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
             chunk = frame.encode()
@@ -418,7 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             yield None, "[DONE]"
 
-        self._sse(events())
+        self._sse(events(), scripted.cut_after)
 
     def _responses_usage(self, body: dict[str, Any], scripted: Scripted, output_tokens: int) -> dict[str, Any]:
         if scripted.usage is not None:
@@ -546,7 +551,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
 
-        self._sse(events())
+        self._sse(events(), scripted.cut_after)
 
     def _embeddings(self, body: dict[str, Any], scripted: Scripted) -> None:
         inputs = body.get("input")
@@ -601,7 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
                 yield None, completion([], usage=usage)
             yield None, "[DONE]"
 
-        self._sse(events())
+        self._sse(events(), scripted.cut_after)
 
     def _images(self, body: dict[str, Any], scripted: Scripted) -> None:
         prompt = len(_text_of(body.get("prompt"))) // 4 + 3
