@@ -210,11 +210,16 @@ def test_worst_case_dollars_by_hand(
         chat(client, max_tokens=48)
         chat(client, max_tokens=None)  # no limit: the configured default worst case
         chat(client, max_tokens=10_000_000)  # absurd: capped
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, n=3)  # 3 completions
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x" * 40, max_tokens=10, n=2, best_of=5)
     # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated.
+    # gpt-3.5-turbo-instruct: $1.50 input, $2.00 output per million; 40 characters are 10 tokens, + 3.
     assert seen == [
         to_nano(Decimal(18 * 15 + 48 * 60) / 100_000_000),  # $0.00003150
         to_nano(Decimal(18 * 15 + 1000 * 60) / 100_000_000),
         to_nano(Decimal(18 * 15 + 5000 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 3 * 48 * 60) / 100_000_000),
+        to_nano(Decimal(13 * 150 + 5 * 10 * 200) / 100_000_000),  # best_of=5 completions are billed
     ]
     assert seen[0] == 31_500
 

@@ -403,6 +403,13 @@ def _ledger_key(subject: tuple[tuple[str, str], ...], window_id: str) -> str:
     return f"{scope}|{window_id}"
 
 
+def _completions_billed(body: Mapping[str, Any]) -> int:
+    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
+    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
+    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
+    return max(counts, default=1)
+
+
 class BudgetGuard:
     """Enforces budgets for every instrumented call (a ``CallGuard``). Thread-safe; one per process."""
 
@@ -509,13 +516,14 @@ class BudgetGuard:
         return found
 
     def output_allowance(self, request: RequestInfo) -> int:
-        """Output tokens the call may bill: its max_tokens, capped; the configured default when it sets none."""
+        """Output tokens the call may bill: its max_tokens, capped (the configured default when it sets none),
+        for each completion it asks for."""
         if request.operation not in _GENERATING:
             return 0
         asked = request.max_output_tokens
         if asked is None or asked <= 0:
             asked = self.default_max_output_tokens
-        return min(asked, self.max_output_tokens)
+        return min(asked, self.max_output_tokens) * _completions_billed(request.body)
 
     def worst_case(self, request: RequestInfo, input_tokens: int, at: datetime) -> Decimal | None:
         """The most the call can cost in dollars; None when its price is unknown."""
