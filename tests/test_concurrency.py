@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
+from opentelemetry import baggage
 
 from costspan import attribute
 from costspan.fakeopenai import FakeOpenAI
@@ -64,3 +66,40 @@ def test_8_threads_each_keep_their_customer(pipeline: Pipeline, fake_openai: Fak
     pairs = spans_by_customer(pipeline)
     assert len(pipeline.spans()) == 200
     assert pairs == {f"cust_{t}_{j}": f"feature_{t}_{j}" for t in range(8) for j in range(25)}
+
+
+NIGHTLY = attribute(feature="nightly", customer_id="system")  # one instance, shared, as a module constant
+
+
+def test_one_shared_attribute_instance_in_overlapping_threads_and_tasks() -> None:
+    """Blocks of one instance overlap in 8 threads and 50 tasks: each leaves its own thread or task as it found
+    it, and nothing stays attributed after the block (a pool thread would carry it into its next job)."""
+    barrier = threading.Barrier(8)
+    left_over: list[dict[str, object]] = []
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(50):
+            with NIGHTLY:
+                assert baggage.get_all()["customer_id"] == "system"
+                time.sleep(0.0005)  # other threads enter and leave meanwhile
+        left_over.append(dict(baggage.get_all()))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    async def task(i: int) -> dict[str, object]:
+        with attribute(customer_id=f"outer_{i}"):
+            with NIGHTLY:
+                await asyncio.sleep(0.001 * (i % 5))
+            return dict(baggage.get_all())
+
+    async def tasks() -> list[dict[str, object]]:
+        return await asyncio.gather(*(task(i) for i in range(50)))
+
+    assert left_over == [{}] * 8
+    assert asyncio.run(tasks()) == [{"customer_id": f"outer_{i}"} for i in range(50)]
+    assert dict(baggage.get_all()) == {}

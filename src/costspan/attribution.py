@@ -7,7 +7,8 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from opentelemetry import baggage, context, trace
@@ -83,16 +84,9 @@ class Attributor:
         return found, missing
 
 
-@contextlib.contextmanager
-def _attributed(values: dict[str, str]) -> Iterator[None]:
-    ctx = context.get_current()
-    for key, value in values.items():
-        ctx = baggage.set_baggage(key, value, ctx)
-    token = context.attach(ctx)
-    try:
-        yield
-    finally:
-        context.detach(token)
+# The open ``attribute`` blocks of the current thread or task, innermost last, with the context token each one
+# restores. A ContextVar, not a list on the instance, so that blocks of one instance never see each other.
+_open_blocks: ContextVar[tuple[tuple[attribute, Any], ...]] = ContextVar("costspan_attribute_blocks", default=())
 
 
 class attribute(contextlib.ContextDecorator):
@@ -102,7 +96,9 @@ class attribute(contextlib.ContextDecorator):
                                 customer_id="system"):
             ...
 
-    Use explicit values such as ``system`` or ``internal`` rather than leaving a key unset.
+    Use explicit values such as ``system`` or ``internal`` rather than leaving a key unset. One instance may be
+    entered by several threads or tasks at once (a module-level decorator or constant): each block restores its
+    own thread's or task's context.
     """
 
     def __init__(self, **values: str) -> None:
@@ -110,27 +106,29 @@ class attribute(contextlib.ContextDecorator):
         if bad:
             raise ValueError(f"costspan.attribute: give non-empty string values; bad keys: {', '.join(bad)}")
         self.values = values
-        self._stack: list[contextlib.AbstractContextManager[None]] = []
 
     def __enter__(self) -> attribute:
-        manager = _attributed(self.values)
-        manager.__enter__()
-        self._stack.append(manager)
+        ctx = context.get_current()
+        for key, value in self.values.items():
+            ctx = baggage.set_baggage(key, value, ctx)
+        token = context.attach(ctx)
+        _open_blocks.set((*_open_blocks.get(), (self, token)))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.pop().__exit__(*exc)  # type: ignore[arg-type]
-
-    def _recreate_cm(self) -> attribute:
-        # A fresh instance per decorated call, so concurrent threads never share one stack.
-        return attribute(**self.values)
+        blocks = _open_blocks.get()
+        for i in range(len(blocks) - 1, -1, -1):  # this instance's innermost block in this thread or task
+            if blocks[i][0] is self:
+                _open_blocks.set(blocks[:i] + blocks[i + 1 :])
+                context.detach(blocks[i][1])
+                return
 
     def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with _attributed(self.values):
+                with self:
                     return await func(*args, **kwargs)
 
             return run_async  # type: ignore[return-value]
