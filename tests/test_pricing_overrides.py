@@ -159,6 +159,13 @@ def test_new_model_tiers_and_unknowns(pricer: Pricer) -> None:
     assert pricer.price(Usage(1000, 500), "acme-llama-8b", at=AT).status == semconv.STATUS_UNKNOWN_MODEL
 
 
+def test_a_flex_only_entry_names_the_missing_standard_price(tmp_path: Path) -> None:
+    text = '[[models]]\nmodel = "acme-mini"\nservice_tier = "flex"\ninput = 0.10\noutput = 0.20\n'
+    pricer = Pricer(price_layers(write(tmp_path, text)))
+    cost = pricer.price(Usage(1000, 500), "acme-mini", at=AT)
+    assert (cost.status, cost.note) == (semconv.STATUS_UNKNOWN_TIER, "no standard-tier price for acme-mini")
+
+
 def test_untouched_models_keep_the_packaged_source(tmp_path: Path) -> None:
     pricer = Pricer(price_layers(write(tmp_path, '[[models]]\nmodel = "acme"\ninput = 1\n')))
     cost = pricer.price(Usage(1000, 500), "gpt-4o-mini", at=AT)
@@ -264,10 +271,17 @@ BAD = [
     ),
     pytest.param(
         '[[models]]\nmodel = "acme"\n',
-        "{path}:1: models[0]: entry for 'acme' has no rates; give at least one of input, cache_read, cache_write, "
-        "output, reasoning, input_audio, cache_audio_read, output_audio, input_image, cache_image_read, "
-        "output_image",
+        "{path}:1: models[0]: entry for 'acme' has no input rate; give input (and output for a model that "
+        "generates), then any of cache_read, cache_write, output, reasoning, input_audio, cache_audio_read, "
+        "output_audio, input_image, cache_image_read, output_image",
         id="no-rates",
+    ),
+    pytest.param(
+        '[[models]]\nmodel = "acme"\noutput = 0.80\n',  # input tokens would be billed at $0
+        "{path}:1: models[0]: entry for 'acme' has no input rate; give input (and output for a model that "
+        "generates), then any of cache_read, cache_write, output, reasoning, input_audio, cache_audio_read, "
+        "output_audio, input_image, cache_image_read, output_image",
+        id="output-only",
     ),
     pytest.param(
         "[[models]]\ninput = 1\n",

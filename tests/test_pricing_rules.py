@@ -10,6 +10,7 @@ the real OpenAI SDK against ``FakeOpenAI`` and read ``gen_ai.usage.cost.amount``
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -294,6 +295,44 @@ def test_a_price_change_never_rewrites_history(pricer: Pricer) -> None:
     before = pricer.price(usage, "o3", at=datetime(2025, 5, 1, tzinfo=timezone.utc))
     again = pricer.price(usage, "o3", at=datetime(2025, 7, 1, tzinfo=timezone.utc))
     assert (before.total, after.total, again.total) == (Decimal("0.05"), Decimal("0.01"), Decimal("0.01"))
+
+
+O3_CUT_NS = int(datetime(2025, 6, 10, tzinfo=timezone.utc).timestamp()) * 10**9
+
+
+def test_the_last_nanosecond_of_a_day_keeps_that_days_price() -> None:
+    """Span clocks are Unix nanoseconds. The last one before o3's price cut is still 2025-06-09 (a float conversion
+    rounded it into the 10th, and the memo then served the new price to the rest of the 9th)."""
+    pricer = Pricer()
+    usage = Usage(1000, 1000)
+    last = pricer.price(usage, "o3", at=O3_CUT_NS - 1)
+    earlier_that_day = pricer.price(usage, "o3", at=O3_CUT_NS - 3_600 * 10**9)
+    cut = pricer.price(usage, "o3", at=O3_CUT_NS)
+    assert (last.total, earlier_that_day.total, cut.total) == (Decimal("0.05"), Decimal("0.05"), Decimal("0.01"))
+
+
+def test_a_naive_datetime_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """genai-prices reads a naive datetime as UTC; so does the memo, even where local time is New York's."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        pricer = Pricer()
+        usage = Usage(1000, 1000)
+        late_on_the_9th = pricer.price(usage, "o3", at=datetime(2025, 6, 9, 23, 0))  # 19:00 in New York
+        noon_on_the_10th = pricer.price(usage, "o3", at=datetime(2025, 6, 10, 12, 0, tzinfo=timezone.utc))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert (late_on_the_9th.total, noon_on_the_10th.total) == (Decimal("0.05"), Decimal("0.01"))
+
+
+def test_a_model_priced_only_per_minute_or_character_is_not_priced_at_zero(pricer: Pricer) -> None:
+    """whisper-1 and tts-1 have no token rate: their token usage cannot be priced, and $0 would be a guess."""
+    usage = Usage(1000, 50, input_audio_tokens=990)
+    for model in ("whisper-1", "tts-1"):
+        cost = pricer.price(usage, model, at=AT)
+        assert (cost.status, cost.total) == (semconv.STATUS_UNKNOWN_MODEL, None), model
+        assert cost.note == "priced only per audio minute or character, which responses do not report"
 
 
 def test_the_seed_event_as_written_is_malformed_usage() -> None:

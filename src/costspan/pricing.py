@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
@@ -409,10 +409,11 @@ _MEMO_LIMIT = 4096  # distinct (model, day, tier) lookups kept; far more than an
 
 
 def _utc_day(at: datetime | int) -> int:
-    """Days since the Unix epoch, in UTC, of a datetime or of Unix nanoseconds."""
+    """Days since the Unix epoch, in UTC, of a datetime (naive means UTC, as in genai-prices) or of Unix
+    nanoseconds."""
     if isinstance(at, int):
         return at // _NS_PER_DAY
-    return int(at.timestamp() // 86_400)
+    return int(aware_utc(at).timestamp() // 86_400)
 
 
 class Pricer:
@@ -436,7 +437,7 @@ class Pricer:
         resolved = self._memo.get(key)
         if resolved is not None:
             return resolved
-        when = at if isinstance(at, datetime) else as_utc(at)
+        when = aware_utc(at) if isinstance(at, datetime) else as_utc(at)
         for layer in self.layers:
             resolved = layer.resolve(model, provider, when, tier, batch)
             if resolved is not None:
@@ -471,6 +472,16 @@ class Pricer:
                 model_id=resolved.model_id,
                 note=_missing_variant_note(resolved.model_id, service_tier, batch),
             )
+        if not resolved.sheet.units:
+            # Priced only in units no response reports (audio minutes, characters): $0 would be a guess.
+            self._warn_unknown(resolved.model_id, "it is priced only per audio minute or character")
+            return Cost(
+                semconv.STATUS_UNKNOWN_MODEL,
+                source=resolved.source,
+                version=resolved.version,
+                model_id=resolved.model_id,
+                note="priced only per audio minute or character, which responses do not report",
+            )
         amounts = resolved.sheet.cost(usage)
         if amounts is None:
             return Cost(
@@ -483,13 +494,14 @@ class Pricer:
         sheet = resolved.sheet
         return Cost(semconv.STATUS_PRICED, amounts, sheet.scale, resolved.source, resolved.version, resolved.model_id)
 
-    def _warn_unknown(self, model: str) -> None:
+    def _warn_unknown(self, model: str, why: str = "no price is known for it") -> None:
         if model not in self._warned:
             self._warned.add(model)
             logger.warning(
-                "costspan: no price known for model %r; its spans carry pricing status unknown_model and no "
+                "costspan: cannot price model %r: %s; its spans carry pricing status unknown_model and no "
                 "amount. Add it to a pricing override file (see `costspan price --help`).",
                 model,
+                why,
             )
 
 
@@ -497,7 +509,7 @@ def _missing_variant_note(model_id: str, service_tier: str | None, batch: bool) 
     if service_tier not in STANDARD_TIERS:
         what = f"{service_tier!r} service-tier batch" if batch else f"{service_tier!r} service-tier"
     else:
-        what = "batch"
+        what = "batch" if batch else "standard-tier"
     return f"no {what} price for {model_id}"
 
 
@@ -511,5 +523,15 @@ def provider_price_id(provider_name: str) -> str:
     return "azure" if provider_name == "azure.ai.openai" else "openai"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def as_utc(timestamp_ns: int) -> datetime:
-    return datetime.fromtimestamp(timestamp_ns / 1e9, tz=timezone.utc)
+    """Unix nanoseconds as a UTC datetime, truncated to the microsecond: exact, so the last instant of a day never
+    rounds into the next (a float division would, and the price memo is keyed by the exact day)."""
+    return _EPOCH + timedelta(microseconds=timestamp_ns // 1000)
+
+
+def aware_utc(moment: datetime) -> datetime:
+    """A datetime in UTC; a naive one is taken to be UTC already, as genai-prices takes it."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)

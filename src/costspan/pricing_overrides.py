@@ -34,7 +34,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from costspan.pricing import (
     PriceSheet,
     PriceSource,
     ResolvedPrice,
+    aware_utc,
     billed_tier,
     packaged_prices,
 )
@@ -365,9 +366,13 @@ class _Validator:
             for name in RATE_FIELDS
             if name in item
         }
-        if not rates:
+        if "input" not in rates:
+            # Every other kind falls back to input (or to output, which falls back to nothing): without it, some
+            # tokens would be billed at $0.
             raise self.fail(
-                ("models", index), f"entry for {model!r} has no rates; give at least one of {', '.join(RATE_FIELDS)}"
+                ("models", index),
+                f"entry for {model!r} has no input rate; give input (and output for a model that generates), "
+                f"then any of {', '.join(name for name in RATE_FIELDS if name != 'input')}",
             )
         return RateEntry(
             model=model.strip().lower(),
@@ -451,7 +456,7 @@ class OverridePrices:
         self, model: str, provider: str, at: datetime, service_tier: str | None, batch: bool
     ) -> ResolvedPrice | None:
         tier = billed_tier(service_tier)
-        day = at.astimezone(timezone.utc).date()
+        day = aware_utc(at).date()
         pricing = self.pricing
         target = pricing.alias_for(model)
         name = target or model
