@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -213,3 +215,56 @@ def test_responses_stream_takes_usage_from_the_terminal_event() -> None:
     assert state.add(completed) is False  # never hidden: the user asked for these events
     assert state.summary.usage == Usage(2000, 800, cache_read_tokens=1500, reasoning_tokens=600)
     assert state.summary.finish_reasons == ["completed"]
+
+
+def test_image_and_transcription_streams_take_usage_from_their_last_event() -> None:
+    from openai.types import ImageGenCompletedEvent
+    from openai.types.audio import TranscriptionTextDoneEvent
+
+    from costspan.pricing import Pricer
+
+    image = StreamSummary()
+    image.add(
+        ImageGenCompletedEvent.model_validate(
+            {
+                "type": "image_generation.completed",
+                "b64_json": "aGk=",
+                "background": "opaque",
+                "created_at": 0,
+                "output_format": "png",
+                "quality": "low",
+                "size": "1024x1024",
+                "usage": {
+                    "input_tokens": 50,
+                    "output_tokens": 4160,
+                    "total_tokens": 4210,
+                    "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+                },
+            }
+        )
+    )
+    assert image.summary.usage is not None
+    assert (image.summary.usage.input_tokens, image.summary.usage.output_tokens) == (50, 4160)
+    # gpt-image-1: text input $5 per million, image output $40 per million: 50 x 5 + 4,160 x 40 = 166,650
+    cost = Pricer().price(image.summary.usage, "gpt-image-1", at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    assert cost.total == Decimal("0.16665")
+
+    transcript = StreamSummary()
+    transcript.add(
+        TranscriptionTextDoneEvent.model_validate(
+            {
+                "type": "transcript.text.done",
+                "text": "hello",
+                "usage": {
+                    "type": "tokens",
+                    "input_tokens": 120,
+                    "output_tokens": 8,
+                    "total_tokens": 128,
+                    "input_token_details": {"audio_tokens": 110, "text_tokens": 10},
+                },
+            }
+        )
+    )
+    assert transcript.summary.usage is not None
+    assert (transcript.summary.usage.input_tokens, transcript.summary.usage.output_tokens) == (120, 8)
+    assert transcript.summary.usage.input_audio_tokens == 110

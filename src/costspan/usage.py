@@ -197,6 +197,12 @@ class StreamSummary:
         if event_type is not None:
             if isinstance(event_type, str) and event_type.startswith("response."):
                 self._add_response_event(event_type, fields.get("response"))
+            else:
+                # Image and transcription streams end with an event that carries the usage itself
+                # (image_generation.completed, image_edit.completed, transcript.text.done).
+                usage = fields.get("usage")
+                if usage is not None:
+                    summary.usage = normalize_usage(usage)
             return False
         if summary.model is None:
             summary.model = _str_or_none(fields.get("model"))
