@@ -613,6 +613,48 @@ def test_dropped_stream_does_not_leak_its_span(pipeline: Pipeline, client: opena
     assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
 
 
+def test_a_stream_helper_left_early_ends_its_span_at_once(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    """The helpers close the HTTP response, not the stream, and their objects live until a garbage collection:
+    the span must end when the user leaves the block, not then."""
+
+    async def leave_async() -> None:
+        async with any_client.chat.completions.stream(model="gpt-4.1", messages=MESSAGES) as stream:
+            async for _ in stream:
+                break
+        async with any_client.responses.stream(model="gpt-4.1", input="hi") as events:
+            async for _ in events:
+                break
+
+    def leave() -> None:
+        with any_client.chat.completions.stream(model="gpt-4.1", messages=MESSAGES) as stream:
+            for _ in stream:
+                break
+        with any_client.responses.stream(model="gpt-4.1", input="hi") as events:
+            for _ in events:
+                break
+
+    gc.disable()
+    try:
+        asyncio.run(leave_async()) if isinstance(any_client, openai.AsyncOpenAI) else leave()
+        statuses = [(s.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] for s in pipeline.spans()]
+    finally:
+        gc.enable()
+    assert statuses == ["incomplete", "incomplete"]
+
+
+def test_a_stream_cut_off_midway_records_the_error(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Scripted(usage=CHAT_USAGE, cut_after=2))
+    with pytest.raises(Exception) as raised:  # the SDK's error or the HTTP library's, by SDK version
+        call_and_consume(lambda: any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
+    a = attrs(pipeline)
+    assert a[semconv.ERROR_TYPE] == type(raised.value).__qualname__
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+
+
 def test_async_abandoned_stream(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
     async def go() -> None:
         stream = await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)

@@ -616,7 +616,7 @@ def _usage_only(item: Any) -> bool:
 class StreamObserver:
     """Watches a stream's items for the span; shared by the sync and async stream proxies."""
 
-    __slots__ = ("_add", "broken", "call", "hide_usage_chunk", "request_id", "state", "texts")
+    __slots__ = ("_add", "broken", "call", "hide_usage_chunk", "reading", "request_id", "state", "texts")
 
     def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
         self.call = call
@@ -625,6 +625,7 @@ class StreamObserver:
         self.state = StreamSummary()
         self._add = self.state.add
         self.broken = False
+        self.reading = False  # inside the SDK stream's __next__, which closes the response as the stream ends
         self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
 
     def hides(self, item: Any) -> bool:
@@ -660,6 +661,16 @@ class StreamObserver:
 
     def done(self) -> None:
         self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+
+    def closed(self) -> None:
+        """The HTTP response was closed from outside the stream (by a stream helper, or the user). A stream that
+        never reported how it finished stopped early."""
+        if self.reading:
+            return  # the SDK closing it as the stream ends or fails: the proxy sees that end
+        summary = self.state.summary
+        self.call.finish(
+            summary, self.request_id, incomplete=not summary.finish_reasons, output_content=self._content()
+        )
 
     def abandon(self) -> None:
         """The user closed the stream, or dropped it, before its end."""

@@ -218,10 +218,10 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
         if isinstance(result, BaseModel):  # the common case first: a parsed body
             call.finish_body(result, summarize_response(result), getattr(result, "_request_id", None))
             return result
-        if isinstance(result, Stream):
-            return SyncStreamProxy(result, StreamObserver(call, injected, _header_request_id(result.response)))
-        if isinstance(result, AsyncStream):
-            return AsyncStreamProxy(result, StreamObserver(call, injected, _header_request_id(result.response)))
+        if isinstance(result, (Stream, AsyncStream)):
+            observer = StreamObserver(call, injected, _header_request_id(result.response))
+            _end_with_response(result.response, observer)
+            return (SyncStreamProxy if isinstance(result, Stream) else AsyncStreamProxy)(result, observer)
         if isinstance(result, LegacyAPIResponse) and not call.request.stream:
             # with_raw_response: the body is read already; parse() caches, so the user's own parse() is free.
             parsed = result.parse()
@@ -236,6 +236,28 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
         logger.exception("costspan: could not read an OpenAI response; the call was not affected")
         call.finish(None, None)
     return result
+
+
+def _end_with_response(response: Any, observer: StreamObserver) -> None:
+    """End the span when the stream's HTTP response is closed: the stream helpers (``chat.completions.stream``,
+    ``responses.stream``) close it themselves when the user stops early, without closing the stream, which
+    would otherwise end the span only when garbage collection frees them. (The SDK also closes it itself as the
+    stream ends or fails, while the proxy is reading: the proxy then ends the span, with the error if any.)"""
+    if hasattr(response, "aclose"):
+        aclose = response.aclose
+
+        async def closing_async() -> None:
+            observer.closed()
+            await aclose()
+
+        response.aclose = closing_async
+    close = response.close
+
+    def closing() -> None:
+        observer.closed()
+        close()
+
+    response.close = closing
 
 
 def _header_request_id(response: Any) -> str | None:
@@ -281,15 +303,19 @@ class SyncStreamProxy(_ObservedStream):
         return self
 
     def __next__(self) -> Any:
+        observer = self._observer
         while True:
+            observer.reading = True
             try:
                 item = self._stream.__next__()
             except StopIteration:
-                self._observer.done()
+                observer.done()
                 raise
             except BaseException as exc:
-                self._observer.error(exc)
+                observer.error(exc)
                 raise
+            finally:
+                observer.reading = False
             if not self._hides(item):
                 return item
 
@@ -313,15 +339,19 @@ class AsyncStreamProxy(_ObservedStream):
         return self
 
     async def __anext__(self) -> Any:
+        observer = self._observer
         while True:
+            observer.reading = True
             try:
                 item = await self._stream.__anext__()
             except StopAsyncIteration:
-                self._observer.done()
+                observer.done()
                 raise
             except BaseException as exc:
-                self._observer.error(exc)
+                observer.error(exc)
                 raise
+            finally:
+                observer.reading = False
             if not self._hides(item):
                 return item
 
