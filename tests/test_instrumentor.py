@@ -135,8 +135,10 @@ def test_chat_stream_without_usage_requests_it_and_hides_the_extra_chunk(
     chunks = call_and_consume(
         lambda: any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
     )
-    # The user sees exactly the stream they asked for: content chunks only, no usage-only chunk.
+    # The user sees exactly the stream they asked for: content chunks only, no usage-only chunk, and no
+    # "usage": null in what the chunks serialize to (the server sends it once usage is asked for).
     assert all(chunk.choices for chunk in chunks)
+    assert all("usage" not in chunk.to_dict() for chunk in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert fake_openai.received[-1].body["stream_options"] == {"include_usage": True}
     assert_chat_priced(pipeline, stream=True)

@@ -604,6 +604,15 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> fl
     return amount
 
 
+def _forget_null_usage(item: Any) -> None:
+    """Asked for usage, the server sends ``"usage": null`` on every chunk; unasked, it sends no such field. Mark
+    the field unset again, so that ``to_dict()`` / ``to_json()`` (which leave unset fields out) give the user
+    the chunk they would have had."""
+    fields_set = getattr(item, "__pydantic_fields_set__", None)  # pydantic 2; with pydantic 1 it stays
+    if fields_set is not None and item.__dict__.get("usage", True) is None:
+        fields_set.discard("usage")
+
+
 def _usage_only(item: Any) -> bool:
     """A chunk with usage and no choices: the shape of the one costspan asks for. Never raises."""
     try:
@@ -636,7 +645,11 @@ class StreamObserver:
             usage_only = self._add(item)
             if self.texts is not None:
                 self._collect_text(item)
-            return usage_only and self.hide_usage_chunk
+            if self.hide_usage_chunk:
+                if usage_only:
+                    return True
+                _forget_null_usage(item)
+            return False
         except Exception:
             self.broken = True
             logger.exception("costspan: could not read a stream item; this stream's usage is not recorded")
