@@ -780,6 +780,23 @@ def test_raw_streamed_response_parsed_into_a_stream(
     assert_chat_priced(pipeline, stream=True)
 
 
+def test_a_stream_of_plain_dicts_is_read_and_kept_as_sent(
+    pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """client.post with a plain stream class, the SDK's way to call an endpoint by hand: chunks are dicts."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    stream = client.post(
+        "/chat/completions",
+        body={"model": "gpt-4.1", "messages": MESSAGES, "stream": True},
+        cast_to=object,
+        stream=True,
+        stream_cls=openai.Stream[object],
+    )
+    chunks = list(stream)
+    assert all(isinstance(chunk, dict) and chunk["choices"] and "usage" not in chunk for chunk in chunks)
+    assert_chat_priced(pipeline, stream=True)
+
+
 def test_raw_streamed_response_is_never_rewritten(
     pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI
 ) -> None:

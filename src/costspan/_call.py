@@ -608,6 +608,10 @@ def _forget_null_usage(item: Any) -> None:
     """Asked for usage, the server sends ``"usage": null`` on every chunk; unasked, it sends no such field. Mark
     the field unset again, so that ``to_dict()`` / ``to_json()`` (which leave unset fields out) give the user
     the chunk they would have had."""
+    if type(item) is dict:  # a plain-dict chunk (client.post without a model class)
+        if item.get("usage", True) is None:
+            del item["usage"]
+        return
     fields_set = getattr(item, "__pydantic_fields_set__", None)  # pydantic 2; with pydantic 1 it stays
     if fields_set is not None and item.__dict__.get("usage", True) is None:
         fields_set.discard("usage")
@@ -616,7 +620,7 @@ def _forget_null_usage(item: Any) -> None:
 def _usage_only(item: Any) -> bool:
     """A chunk with usage and no choices: the shape of the one costspan asks for. Never raises."""
     try:
-        fields = getattr(item, "__dict__", None) or {}
+        fields = item if type(item) is dict else getattr(item, "__dict__", None) or {}
         return not fields.get("choices") and fields.get("usage") is not None and "type" not in fields
     except Exception:
         return False

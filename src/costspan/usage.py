@@ -192,7 +192,8 @@ class StreamSummary:
         """Record one item; return True when it is a usage-only chunk (no choices, usage set)."""
         summary = self.summary
         # Fields through __dict__ (see _fields): a chat chunk has no `type`, and getattr would raise inside pydantic.
-        fields = getattr(item, "__dict__", _NO_FIELDS)
+        # A plain dict is a chunk of a stream the user asked the client for without a model class (client.post).
+        fields = item if type(item) is dict else getattr(item, "__dict__", _NO_FIELDS)
         event_type = fields.get("type")
         if event_type is not None:
             if isinstance(event_type, str) and event_type.startswith("response."):
@@ -208,13 +209,14 @@ class StreamSummary:
             summary.model = _str_or_none(fields.get("model"))
             summary.response_id = _str_or_none(fields.get("id"))
         tier = fields.get("service_tier")
-        if tier is not None:
+        if type(tier) is str:
             summary.service_tier = tier
         choices = fields.get("choices")
         if choices:
             for choice in choices:
-                reason = getattr(choice, "finish_reason", None)  # a malformed chunk may hold a null choice
-                if reason:
+                # A dict in a plain-dict chunk; a malformed chunk may hold a null choice.
+                reason = choice.get("finish_reason") if type(choice) is dict else getattr(choice, "finish_reason", None)
+                if reason and type(reason) is str:
                     summary.finish_reasons.append(reason)
         usage = fields.get("usage")
         if usage is not None:
