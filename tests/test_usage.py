@@ -87,6 +87,7 @@ def test_each_shape(raw: Any, expected: Usage) -> None:
         {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}},
         {"prompt_tokens": 10, "completion_tokens": 1, "completion_tokens_details": {"reasoning_tokens": 2}},
         {"input_tokens": 10, "output_tokens": -3},
+        {"prompt_tokens": 2**64, "completion_tokens": 1},  # more than an OTLP int holds
     ],
 )
 def test_missing_or_malformed_usage_is_none_never_an_exception(raw: Any) -> None:

@@ -69,12 +69,15 @@ def _fields(obj: Any) -> Mapping[str, Any]:
     return {**extra, **fields} if extra else fields
 
 
+_MAX_COUNT = 2**63 - 1  # what an OTLP int attribute holds; a larger count is no real usage
+
+
 def _count(value: Any) -> int:
-    """A token count: 0 when absent. Anything else than a non-negative int is malformed (bool is an int
+    """A token count: 0 when absent. Anything else than an int from 0 to 2**63 - 1 is malformed (bool is an int
     subclass, and a bool token count is a malformed payload, not 1)."""
     if value is None:
         return 0
-    if type(value) is not int or value < 0:
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
         raise _Malformed(value)
     return value
 
