@@ -608,13 +608,12 @@ def _forget_null_usage(item: Any) -> None:
     """Asked for usage, the server sends ``"usage": null`` on every chunk; unasked, it sends no such field. Mark
     the field unset again, so that ``to_dict()`` / ``to_json()`` (which leave unset fields out) give the user
     the chunk they would have had."""
-    if type(item) is dict:  # a plain-dict chunk (client.post without a model class)
-        if item.get("usage", True) is None:
+    try:  # an SDK chunk under pydantic 2: the common case, on every chunk, tried first
+        if item.__dict__["usage"] is None:
+            item.__pydantic_fields_set__.discard("usage")
+    except (AttributeError, KeyError):  # a plain-dict chunk (client.post without a model class), or pydantic 1
+        if type(item) is dict and item.get("usage", True) is None:
             del item["usage"]
-        return
-    fields_set = getattr(item, "__pydantic_fields_set__", None)  # pydantic 2; with pydantic 1 it stays
-    if fields_set is not None and item.__dict__.get("usage", True) is None:
-        fields_set.discard("usage")
 
 
 def _usage_only(item: Any) -> bool:

@@ -331,6 +331,10 @@ class ResolvedPrice:
     tier_known: bool
     whole_day: bool = True  # holds for the whole UTC day (no time-of-day rates), so it may be memoized per day
 
+    def unpriced(self, status: str, note: str) -> Cost:
+        """A cost with no amount that still says which price data it was looked up in, and why."""
+        return Cost(status, source=self.source, version=self.version, model_id=self.model_id, note=note)
+
 
 class PriceSource(Protocol):
     """A layer of prices. The override file is one; the packaged genai-prices data is the last."""
@@ -465,31 +469,20 @@ class Pricer:
             self._warn_unknown(model or "<none>")
             return Cost(semconv.STATUS_UNKNOWN_MODEL)
         if not resolved.tier_known:
-            return Cost(
-                semconv.STATUS_UNKNOWN_TIER,
-                source=resolved.source,
-                version=resolved.version,
-                model_id=resolved.model_id,
-                note=_missing_variant_note(resolved.model_id, service_tier, batch),
+            return resolved.unpriced(
+                semconv.STATUS_UNKNOWN_TIER, _missing_variant_note(resolved.model_id, service_tier, batch)
             )
         if not resolved.sheet.units:
             # Priced only in units no response reports (audio minutes, characters): $0 would be a guess.
             self._warn_unknown(resolved.model_id, "it is priced only per audio minute or character")
-            return Cost(
-                semconv.STATUS_UNKNOWN_MODEL,
-                source=resolved.source,
-                version=resolved.version,
-                model_id=resolved.model_id,
-                note="priced only per audio minute or character, which responses do not report",
+            return resolved.unpriced(
+                semconv.STATUS_UNKNOWN_MODEL, "priced only per audio minute or character, which responses do not report"
             )
         amounts = resolved.sheet.cost(usage)
         if amounts is None:
-            return Cost(
+            return resolved.unpriced(
                 semconv.STATUS_INCOMPLETE,
-                source=resolved.source,
-                version=resolved.version,
-                model_id=resolved.model_id,
-                note="usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
+                "usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
             )
         sheet = resolved.sheet
         return Cost(semconv.STATUS_PRICED, amounts, sheet.scale, resolved.source, resolved.version, resolved.model_id)
