@@ -13,7 +13,8 @@ The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not 
   of any instrumentation (token usage in and out, duration), with only their required attributes, recorded
   straight into the OTel SDK: the floor for metrics, as ``floor`` is for the span;
 - ``costspan``: the instrumented SDK call (wrapping, usage, pricing, attribution, span and metrics);
-- ``bare_stream`` / ``costspan_stream``: a 200-chunk stream, for the cost per chunk.
+- ``bare_stream`` / ``costspan_stream``: a 200-chunk stream, and ``bare_short_stream`` / ``costspan_short_stream``:
+  a 1-chunk one; the difference of the two differences, over 199 chunks, is the cost per chunk.
 
 On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
 evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
@@ -71,7 +72,19 @@ REQUIRED_METRIC_ATTRIBUTES = {
     "gen_ai.provider.name": "openai",
     "gen_ai.request.model": "gpt-4.1",
 }
-VARIANTS = ("bare", "floor", "points_floor", "costspan", "costspan_request_path", "bare_stream", "costspan_stream")
+VARIANTS = (
+    "bare",
+    "floor",
+    "points_floor",
+    "costspan",
+    "costspan_request_path",
+    "bare_stream",
+    "costspan_stream",
+    "bare_short_stream",
+    "costspan_short_stream",
+)
+# What costspan queued for the metric reader is recorded before counting in these (not in costspan_request_path).
+DRAINED = ("costspan", "costspan_stream", "costspan_short_stream")
 
 
 class DiscardExporter(SpanExporter):
@@ -116,8 +129,8 @@ class UninstrumentedOpenAI(openai.OpenAI):
     request = SyncAPIClient.request  # read at import, before any patch
 
 
-def make_client(client_class: type[openai.OpenAI]) -> openai.OpenAI:
-    completion, stream = completion_body(), stream_body(CHUNKS)
+def make_client(client_class: type[openai.OpenAI], chunks: int = CHUNKS) -> openai.OpenAI:
+    completion, stream = completion_body(), stream_body(chunks)
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         if b'"stream":true' in request.content or b'"stream": true' in request.content:
@@ -134,6 +147,8 @@ class Bench:
     def __init__(self) -> None:
         self.client = make_client(openai.OpenAI)
         self.bare_client = make_client(UninstrumentedOpenAI)
+        self.short_client = make_client(openai.OpenAI, chunks=1)
+        self.bare_short_client = make_client(UninstrumentedOpenAI, chunks=1)
         self.tracer_provider = TracerProvider()
         # The export thread must not wake during a run: callgrind counts every thread, and how often a timer
         # fires depends on how busy the machine is. Spans are exported when the processor shuts down.
@@ -169,9 +184,9 @@ class Bench:
 
     @staticmethod
     def streamed(client: openai.OpenAI) -> None:
-        for _ in client.chat.completions.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-        ):
+        # Without stream_options, as most apps call: costspan asks for usage and hides the usage chunk, the
+        # default path. The mock sends the same bytes either way.
+        for _ in client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True):
             pass
 
     def plain_and_floor_span(self) -> None:
@@ -193,7 +208,10 @@ class Bench:
             return self.plain_and_floor_span
         if name == "points_floor":
             return self.plain_and_floor_points
-        client = self.client if name.startswith("costspan") else self.bare_client
+        if name.endswith("short_stream"):
+            client = self.short_client if name.startswith("costspan") else self.bare_short_client
+        else:
+            client = self.client if name.startswith("costspan") else self.bare_client
         return functools.partial(self.streamed if name.endswith("stream") else self.plain, client)
 
 
@@ -205,7 +223,7 @@ def child(variant: str, calls: int) -> None:
     run = bench.variant(variant)
     for _ in range(calls):
         run()
-    if variant in ("costspan", "costspan_stream"):
+    if variant in DRAINED:
         # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
         # request path but in the app's process: they count. costspan_request_path leaves them queued.
         telemetry = bench.instrumentor.telemetry
@@ -236,7 +254,12 @@ def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
     floor = per_call["floor"] - per_call["bare"]
     points_floor = per_call["points_floor"] - per_call["bare"]
     bare = per_call["bare"]
-    per_chunk = (per_call["costspan_stream"] - per_call["bare_stream"] - added) / CHUNKS
+    # The stream's own fixed cost (request, span, usage chunk) cancels against the 1-chunk stream's.
+    per_chunk = (
+        per_call["costspan_stream"]
+        - per_call["bare_stream"]
+        - (per_call["costspan_short_stream"] - per_call["bare_short_stream"])
+    ) / (CHUNKS - 1)
     print(f"  bare SDK call (mock transport)          {bare * scale:12,.1f} {unit}")
     print(f"  floor: one bare OTel span, same attrs   {floor * scale:12,.1f} {unit}")
     print(f"  floor / bare call                       {100 * floor / bare:12.2f} %    (a span alone)")
@@ -256,6 +279,7 @@ def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
 # addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100 calls average it out.
 PLAIN_CALLS = (10, 110)
 STREAM_CALLS = (4, 24)  # each streamed call is 200 chunks: 20 are plenty, and 100 would take a quarter of an hour
+LONG_STREAMS = ("bare_stream", "costspan_stream")
 
 
 def count_instructions() -> None:
@@ -267,7 +291,7 @@ def count_instructions() -> None:
     )
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {
-            v: pool.submit(per_call_instructions, v, *(STREAM_CALLS if v.endswith("stream") else PLAIN_CALLS))
+            v: pool.submit(per_call_instructions, v, *(STREAM_CALLS if v in LONG_STREAMS else PLAIN_CALLS))
             for v in VARIANTS
         }
         per_call = {v: future.result() for v, future in futures.items()}
@@ -293,7 +317,7 @@ def time_rounds(rounds: int, calls: int) -> None:
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):  # many short interleaved rounds; the median discards the disturbed ones
         for name, run in runs.items():
-            samples[name].append(per_call_us(run, max(calls // 2, 1) if name.endswith("stream") else calls))
+            samples[name].append(per_call_us(run, max(calls // 2, 1) if name in LONG_STREAMS else calls))
     bench.processor.shutdown()  # type: ignore[no-untyped-call]
     print(f"thread CPU time per call, median of {rounds} interleaved rounds of {calls} calls")
     print("  (the metric points are recorded by a background thread here, so 'all of it' is the request path)")
