@@ -4,6 +4,7 @@ app's event loop keeps running other tasks while a call is admitted and settled.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -99,23 +100,37 @@ def test_a_refusal_from_the_worker_thread_reaches_the_caller_before_sending(
     assert fake_openai.received == []
 
 
+class HeldLedger(SQLiteLedger):
+    """The real SQLite ledger, whose reservations wait until the test lets them through."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def reserve(self, key: str, amount: int, cap: int, expires_at: float) -> tuple[Reservation | None, int]:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().reserve(key, amount, cap, expires_at)
+
+
 def test_a_call_cancelled_while_its_budget_is_checked_releases_its_reservation(
     tmp_path: Path, fake_openai: FakeOpenAI, instrumented: list[Pipeline]
 ) -> None:
     """The task is cancelled while the worker thread reserves: the thread cannot be stopped, so the call it
     started is failed as cancelled once it returns. Nothing was sent, so nothing stays reserved."""
-    ledger = SlowLedger(tmp_path / "ledger.sqlite3")
+    ledger = HeldLedger(tmp_path / "ledger.sqlite3")
     pipeline = guarded(instrumented, ledger, Decimal(1))
     client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
 
     async def main() -> None:
         with costspan.attribute(customer_id="acme"):
             call = asyncio.create_task(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES))
-            await asyncio.sleep(DELAY_S / 3)  # inside the reservation
+            assert await asyncio.to_thread(ledger.entered.wait, 10)  # inside the reservation
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
-        await asyncio.sleep(3 * DELAY_S)  # the reservation, then its release, finish in worker threads
+        ledger.release.set()  # the reservation goes through; the release follows in a worker thread
 
     asyncio.run(main())
     wait_for(lambda: len(pipeline.spans()) == 1)
@@ -123,4 +138,4 @@ def test_a_call_cancelled_while_its_budget_is_checked_releases_its_reservation(
     (span,) = pipeline.spans()
     assert span.attributes is not None and span.attributes["error.type"] == "CancelledError"
     (key,) = [k for (k,) in ledger._connection().execute("SELECT key FROM costspan_budget_ledger")]
-    assert ledger.totals(key).used == 0
+    wait_for(lambda: ledger.totals(key).used == 0)

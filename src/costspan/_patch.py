@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -187,19 +188,32 @@ async def _start_in_thread(telemetry: Telemetry, request: RequestInfo) -> Call |
     this task's context, hence its Baggage), so that the event loop runs other tasks meanwhile.
 
     A task cancelled meanwhile cannot stop the thread: the call it starts is then failed as cancelled, which ends
-    its span and releases what its guards reserved (nothing was sent)."""
-    started = asyncio.ensure_future(asyncio.to_thread(_start, telemetry, request))
+    its span and releases what its guards reserved (nothing was sent). Whichever of the two finishes second,
+    the thread or the cancellation, does it, so it happens even if the event loop is gone by then."""
+    lock = threading.Lock()
+    started: list[Call | BatchRetrieval | None] = []
+    cancelled = False
+
+    def start() -> Call | BatchRetrieval | None:
+        call = _start(telemetry, request)
+        with lock:
+            started.append(call)
+            if not cancelled:
+                return call
+        _fail_cancelled(call)
+        return None
+
     try:
-        return await asyncio.shield(started)
+        return await asyncio.to_thread(start)
     except asyncio.CancelledError:
-        started.add_done_callback(_fail_cancelled)
+        with lock:
+            cancelled = True
+            call = started[0] if started else None
+        _fail_cancelled(call)
         raise
 
 
-def _fail_cancelled(started: asyncio.Future[Call | BatchRetrieval | None]) -> None:
-    if started.cancelled() or started.exception() is not None:
-        return  # a refusal ended its own span
-    call = started.result()
+def _fail_cancelled(call: Call | BatchRetrieval | None) -> None:
     if isinstance(call, Call):
         call.fail(asyncio.CancelledError())
 
