@@ -144,14 +144,21 @@ def test_chat_stream_without_usage_requests_it_and_hides_the_extra_chunk(
     assert_chat_priced(pipeline, stream=True)
 
 
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {"stream_options": {"include_usage": True}},
+        # extra_body is merged into the request the SDK sends: a usage request there is the user's own too.
+        {"extra_body": {"stream_options": {"include_usage": True}}},
+    ],
+    ids=["stream_options", "extra_body"],
+)
 def test_chat_stream_with_user_requested_usage_is_untouched(
-    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI, ask: dict[str, Any]
 ) -> None:
     fake_openai.script(Scripted(usage=CHAT_USAGE))
     chunks = call_and_consume(
-        lambda: any_client.chat.completions.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-        )
+        lambda: any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True, **ask)
     )
     assert chunks[-1].choices == []
     assert chunks[-1].usage.prompt_tokens == 1200
@@ -816,20 +823,6 @@ def test_raw_streamed_response_is_never_rewritten(
     assert raw.parse() is raw.parse()  # the SDK caches parse(); so does the proxy
     assert all(chunk.choices for chunk in raw.parse())
     assert attrs(pipeline)[semconv.COSTSPAN_PRICING_STATUS] == "no_usage"
-
-
-def test_usage_asked_for_through_extra_body_reaches_the_user(
-    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI
-) -> None:
-    """extra_body is merged into the request the SDK sends: a usage request there is the user's own."""
-    fake_openai.script(Scripted(usage=CHAT_USAGE))
-    chunks = call_and_consume(
-        lambda: any_client.chat.completions.create(
-            model="gpt-4.1", messages=MESSAGES, stream=True, extra_body={"stream_options": {"include_usage": True}}
-        )
-    )
-    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 1200
-    assert_chat_priced(pipeline, stream=True)
 
 
 def test_usage_is_requested_where_extra_body_would_override_it(
