@@ -244,6 +244,11 @@ def side(day: date, model: str, figures: Figures) -> Side:
         (Figures(10.00, 100, 90_000, 0, 10_000), Figures(9.00, 100, 90_000, 0, 10_000, unpriced=10), UNPRICED_CALLS),
         (Figures(10.00, 100, 90_000, 0, 10_000), Figures(11.00, 110, 99_000, 0, 11_000), OVER_COUNTED),
         (Figures(10.00, 100, 90_000, 0, 10_000), Figures(9.50, 100, 90_000, 0, 10_000), PRICE_MISMATCH),
+        # A cause must move the figure the way the gap goes: unpriced or unseen calls cannot make recorded higher,
+        # and more recorded calls cannot make it lower.
+        (Figures(10.00, 100, 90_000, 0, 10_000), Figures(20.00, 100, 90_000, 0, 10_000, unpriced=3), PRICE_MISMATCH),
+        (Figures(10.00, 100, 90_000, 0, 10_000), Figures(12.00, 90, 81_000, 0, 9_000), PRICE_MISMATCH),
+        (Figures(10.00, 100, 90_000, 0, 10_000), Figures(8.00, 110, 99_000, 0, 11_000), PRICE_MISMATCH),
     ],
 )
 def test_verdicts(billed: Figures, recorded: Figures, verdict: str) -> None:
@@ -255,3 +260,12 @@ def test_verdicts(billed: Figures, recorded: Figures, verdict: str) -> None:
 def test_today_is_partial_whatever_the_figures() -> None:
     (result,) = reconcile(side(TODAY, "m", Figures(5.0, 5)), Side(), [TODAY], TODAY, 0.02)
     assert result.verdict == PARTIAL
+
+
+def test_sums_of_stored_amounts_do_not_drift() -> None:
+    """0.7 + 0.1 + 0.1 + 0.1 is 0.9999999999999999 in floats: sums are kept to the nano-dollar."""
+    ours = Side()
+    for amount in (0.7, 0.1, 0.1, 0.1):
+        ours.at(YESTERDAY, "m").add(Figures(amount, 1))
+    (result,) = reconcile(side(YESTERDAY, "m", Figures(1.0, 4)), ours, [YESTERDAY], TODAY, 0.02)
+    assert (result.costspan.usd, result.difference_usd) == (1.0, 0.0)

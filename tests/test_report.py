@@ -93,6 +93,9 @@ def test_empty_period_says_what_to_try(capsys: pytest.CaptureFixture[str], store
         (["--by", "colour"], "cannot group by 'colour'; choose from feature, route"),
         (["--since", "last tuesday"], "cannot read time 'last tuesday'"),
         (["--where", "feature"], "use KEY=VALUE"),
+        (["--since", "2099-01-01"], "is in the future"),
+        (["--since", "2026-11-02", "--until", "2026-11-01"], "is not after --since"),
+        (["--since", "999999999d"], "reaches back before the year 1"),
     ],
 )
 def test_bad_input_exits_2_with_advice(
@@ -109,3 +112,24 @@ def test_a_missing_or_damaged_store_exits_2(capsys: pytest.CaptureFixture[str], 
     damaged.write_bytes(b"\0garbage" * 512)
     assert main(["report", "--store", str(damaged)]) == 2
     assert f"mv {damaged} {damaged}.damaged" in capsys.readouterr().err
+
+
+def test_top_must_be_1_or_more(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--store", store_path, "--top", "0"])
+    assert exit_.value.code == 2 and "give 1 or more" in capsys.readouterr().err
+
+
+def test_times_with_an_offset_are_read_and_shown_in_utc(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
+    """14:00 at +05:00 is 09:00 UTC, when the data starts; the header says so."""
+    out = report(capsys, store_path, "--since", "2026-11-02T14:00+05:00")
+    assert "2026-11-02 09:00 to " in out
+
+
+def test_spend_sums_do_not_drift(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """0.7 + 0.1 + 0.1 + 0.1 is 0.9999999999999999 in floats; the report says 1.0."""
+    path = tmp_path / "drift.sqlite3"
+    with Store(path) as store:
+        store.insert([row(n, cost_usd=amount) for n, amount in enumerate((0.7, 0.1, 0.1, 0.1), start=1)])
+    assert main(["report", "--store", str(path), "--since", T0.isoformat(), "--until", AT, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["spend_usd"] == 1.0

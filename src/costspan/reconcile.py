@@ -14,6 +14,7 @@ The provider reports a day only once it is over, so today is shown as ``partial`
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from costspan.store import Store, filter_sql, to_ns
+from costspan.store import Store, filter_sql, round_usd, to_ns
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TOLERANCE = 0.02  # a fraction of the provider's figure
@@ -57,7 +58,7 @@ class Figures:
         return self.input_tokens + self.output_tokens
 
     def add(self, other: Figures) -> None:
-        self.usd += other.usd
+        self.usd = round_usd(self.usd + other.usd)
         self.requests += other.requests
         self.input_tokens += other.input_tokens
         self.cached_tokens += other.cached_tokens
@@ -92,7 +93,7 @@ class DayResult:
 
     @property
     def difference_usd(self) -> float:
-        return self.costspan.usd - self.provider.usd
+        return round_usd(self.costspan.usd - self.provider.usd)
 
 
 def reconcile(provider: Side, ours: Side, days: Sequence[date], today: date, tolerance: float) -> list[DayResult]:
@@ -137,25 +138,30 @@ def _verdict(
 ) -> tuple[str, str | None]:
     if not _off(mine.usd, theirs.usd, tolerance, MIN_TOLERANCE_USD):
         return OK, None
-    if theirs.requests > mine.requests or theirs.tokens - mine.tokens > theirs.tokens * tolerance:
+    # A cause is named only if it moves the recorded figure the way the gap goes.
+    recorded_low = mine.usd < theirs.usd
+    if recorded_low and (theirs.requests > mine.requests or theirs.tokens - mine.tokens > theirs.tokens * tolerance):
         return UNSEEN_CALLS, (
             f"the provider billed {_requests(theirs.requests - mine.requests)} and "
             f"{theirs.tokens - mine.tokens:,} more tokens than costspan recorded: calls from code that is not "
             "instrumented, or spans lost before the store (a collector down, a full export queue)"
         )
-    if mine.unpriced:
+    if recorded_low and mine.unpriced:
         return UNPRICED_CALLS, (
             f"{mine.unpriced:,} recorded calls have no price (a model the price data does not know): add them to a "
             "pricing file (`costspan price --help`), then `costspan reprice`"
         )
-    if mine.requests > theirs.requests or mine.tokens - theirs.tokens > theirs.tokens * tolerance:
+    if not recorded_low and (
+        mine.requests > theirs.requests or mine.tokens - theirs.tokens > theirs.tokens * tolerance
+    ):
         return OVER_COUNTED, (
             f"costspan recorded {_requests(mine.requests - theirs.requests)} than were billed: is the store "
             "fed by apps outside the compared project(s) (--project), or by two exporters for the same spans?"
         )
     drifted = [model for model, (p, c) in models.items() if _off(c.usd, p.usd, tolerance, MIN_TOLERANCE_USD / 10)]
     return PRICE_MISMATCH, (
-        f"tokens agree but dollars do not ({', '.join(drifted) or 'no single model'}): compare "
+        f"the dollars differ {'below' if recorded_low else 'above'} the bill more than the counts explain "
+        f"({', '.join(drifted) or 'no single model'}): compare "
         "`costspan price MODEL` with your invoice, add the billed rate to a pricing file, then `costspan reprice`"
     )
 
@@ -233,7 +239,8 @@ class OrganizationReports:
             currency = str(amount.get("currency") or "usd").lower()
             if currency != "usd":
                 raise ReconcileError(f"the provider reports costs in {currency}; costspan prices in USD only")
-            side.at(day, model).usd += float(amount.get("value") or 0.0)
+            figures = side.at(day, model)
+            figures.usd = round_usd(figures.usd + float(amount.get("value") or 0.0))
         for endpoint in ("completions", "embeddings"):
             for day, result in self._results(f"organization/usage/{endpoint}", since, until, group_by=["model"]):
                 figures = side.at(day, str(result.get("model") or "(unattributed)"))
@@ -261,21 +268,34 @@ class OrganizationReports:
             if self.on_page is not None:
                 self.on_page(path, page_number)
             page = self._get(path, params)
-            for bucket in page.get("data") or []:
-                day = datetime.fromtimestamp(int(bucket["start_time"]), tz=timezone.utc).date()
+            try:
+                buckets = [
+                    (datetime.fromtimestamp(int(bucket["start_time"]), tz=timezone.utc).date(), bucket)
+                    for bucket in page.get("data") or []
+                ]
+            except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as error:
+                raise ReconcileError(
+                    f"{self.base_url}/{path} answered JSON that is not a {path} page ({error!r}); "
+                    "is --base-url the API?"
+                ) from None
+            for day, bucket in buckets:
                 for result in bucket.get("results") or []:
                     yield day, result
             if not page.get("has_more") or not page.get("next_page"):
                 return
+            if params.get("page") == page["next_page"]:
+                raise ReconcileError(f"{self.base_url}/{path} sent the same next page twice; stopped reading")
             params["page"] = page["next_page"]
 
     def _get(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_key}"})
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_key}"})
+        except ValueError as error:
+            raise ReconcileError(f"--base-url {self.base_url!r} is not a URL ({error})") from None
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                page: dict[str, Any] = json.load(response)
-                return page
+                page = json.load(response)
         except urllib.error.HTTPError as error:
             raise ReconcileError(_http_advice(error, path)) from None
         except (urllib.error.URLError, TimeoutError, OSError) as error:
@@ -283,8 +303,13 @@ class OrganizationReports:
             raise ReconcileError(
                 f"cannot reach {self.base_url} ({reason}); check the network, or --base-url for a proxy"
             ) from None
+        except http.client.HTTPException as error:  # the answer broke off, or was not HTTP
+            raise ReconcileError(f"{self.base_url}/{path} broke off its answer ({error!r}); try again") from None
         except ValueError:
             raise ReconcileError(f"{self.base_url}/{path} did not answer JSON; is --base-url the API?") from None
+        if not isinstance(page, dict):
+            raise ReconcileError(f"{self.base_url}/{path} answered JSON that is not a page; is --base-url the API?")
+        return page
 
 
 def _http_advice(error: urllib.error.HTTPError, path: str) -> str:

@@ -223,6 +223,13 @@ def from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // NS_PER_S, tz=timezone.utc).replace(microsecond=(ns % NS_PER_S) // 1000)
 
 
+def round_usd(value: float) -> float:
+    """A sum of stored dollar amounts, to the nano-dollar (the budget ledger's unit). Each amount is a float, so
+    sums drift in their last bits (0.7 + 0.1 + 0.1 + 0.1 = 0.9999999999999999), and differently with the order
+    they are added in; rounded, they are the same on every path and at every threshold."""
+    return round(value, 9)
+
+
 def _nearest_rank(sorted_values: Sequence[int], fraction: float) -> int | None:
     if not sorted_values:
         return None
@@ -262,7 +269,7 @@ class _Group:
         sizes = sorted(map(int, ",".join(self.prompt_sizes).split(","))) if self.prompt_sizes else []
         return {
             "requests": self.requests,
-            "spend_usd": self.spend if self.priced else None,
+            "spend_usd": round_usd(self.spend) if self.priced else None,
             "unpriced": self.requests - self.priced,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -446,7 +453,8 @@ class Store:
             spend: dict[tuple[Any, ...], float] = {}
             for key, group in groups.items():
                 spend[key[:width]] = spend.get(key[:width], 0.0) + group.spend
-            kept = set(sorted(spend, key=spend.__getitem__, reverse=True)[:top])
+            ranked = sorted(spend, key=lambda group: (-round_usd(spend[group]), [str(value) for value in group]))
+            kept = set(ranked[:top])
             groups = {key: group for key, group in groups.items() if key[:width] in kept}
         results = []
         for key, group in groups.items():
@@ -455,7 +463,10 @@ class Store:
                 result["bucket"] = from_ns(key[-1] * BUCKET_NS[every])
             result.update(group.measures())
             results.append(result)
-        results.sort(key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), -r["requests"]))
+        # Ties broken by the group itself, so that the order (and --top) is the same on every query path.
+        results.sort(
+            key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), -r["requests"], [str(r[d]) for d in dims])
+        )
         return results
 
     def top(

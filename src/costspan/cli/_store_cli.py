@@ -31,12 +31,16 @@ def parse_time(text: str, now: datetime) -> datetime:
     """``7d``-style durations count back from ``now``; ISO dates and times without a zone are UTC."""
     match = _DURATION.match(text)
     if match:
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            raise UsageError(f"{text!r} reaches back before the year 1; give a shorter duration") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"cannot read time {text!r}: give {TIME_HELP}") from None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    # In UTC from here on: day and hour buckets, and the provider's days, are UTC.
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def parse_dimensions(text: str) -> list[str]:
@@ -90,12 +94,35 @@ class Filters:
 
 
 def read_filters(args: argparse.Namespace, now: datetime) -> Filters:
-    return Filters(
-        since=parse_time(args.since, now) if args.since else None,
-        until=parse_time(args.until, now) if args.until else None,
-        env=args.env,
-        where=parse_where(args.where),
-    )
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
+    if since is not None and since > now:
+        raise UsageError(f"--since {args.since} is in the future: nothing was recorded after it yet")
+    if since is not None and until is not None and until <= since:
+        raise UsageError(f"--until {args.until} is not after --since {args.since}")
+    return Filters(since=since, until=until, env=args.env, where=parse_where(args.where))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+    return value
 
 
 def describe(filters: Filters) -> str:

@@ -26,6 +26,7 @@ from costspan.cli._store_cli import (
     parse_dimensions,
     parse_time,
     parse_where,
+    positive_float,
     render_table,
     text,
     usd,
@@ -100,7 +101,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--by", default="feature", metavar="DIM[,DIM...]", help="groups to watch (default: feature)")
-    parser.add_argument("--factor", type=float, default=3.0, help="how many times the average fires (default: 3)")
+    parser.add_argument(
+        "--factor", type=positive_float, default=3.0, help="how many times the average fires (default: 3)"
+    )
     parser.add_argument(
         "--min-spend",
         type=float,

@@ -18,6 +18,7 @@ from costspan.cli._store_cli import (
     open_store,
     parse_dimensions,
     percent,
+    positive_int,
     read_filters,
     render_table,
     text,
@@ -25,7 +26,7 @@ from costspan.cli._store_cli import (
     write_csv,
     write_json,
 )
-from costspan.store import DIMENSIONS, MEASURES
+from costspan.store import DIMENSIONS, MEASURES, round_usd
 
 EXAMPLES = f"""\
 columns:
@@ -70,7 +71,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--by", default="feature", metavar="DIM[,DIM...]", help="dimensions to group by (default: feature)"
     )
-    parser.add_argument("--top", type=int, metavar="N", help="only the N groups that spent most")
+    parser.add_argument("--top", type=positive_int, metavar="N", help="only the N groups that spent most")
     parser.add_argument("--every", choices=("hour", "day"), help="split each group into hourly or daily buckets")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     add_filter_options(parser)
@@ -113,11 +114,12 @@ def table(dimensions: list[str], every: str | None, rows: list[dict[str, Any]]) 
     requests = sum(r["requests"] for r in rows)
     unpriced = sum(r["unpriced"] for r in rows)
     retries = sum(r["retries"] for r in rows)
-    lines.append(f"\n{len(rows):,} rows, {requests:,} requests, {usd(spend)} spent.")
+    lines.append(f"\n{len(rows):,} rows, {requests:,} requests, {usd(round_usd(spend))} spent.")
     if unpriced:
         lines.append(
             f"{unpriced:,} requests have no price (unknown model or no usage reported) and are not in the spend; "
-            "`costspan price --check` lists models without prices, `costspan reprice` re-prices after a fix."
+            "`--by request_model` shows which models; add their prices to a pricing file (`costspan price --help`), "
+            "then `costspan reprice`."
         )
     if retries:
         lines.append(f"{retries:,} requests are app-level retries: billed again by the provider, and counted.")
