@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from costspan.exporter import CostspanSpanExporter, row_from_span
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
-from costspan.serve import JSON, PROTOBUF, OTLPReceiver
+from costspan.serve import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver
 from costspan.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,14 +157,18 @@ def test_malformed_spans_are_rejected_alone(receiver: OTLPReceiver, llm_spans: l
     victim.trace_id = b"\x01\x02\x03"
     undated = next(s for scope in spans for s in scope.spans if s.name.startswith("embeddings"))
     undated.start_time_unix_nano = 0
+    # fixed64 in OTLP: a time past 2**63 - 1 ns fits the message but no store column
+    far = [s for scope in spans for s in scope.spans if s.name.startswith("chat")][1]
+    far.start_time_unix_nano = 2**63 + 5
     status, raw = post(receiver.endpoint + "/v1/traces", request.SerializeToString())
     assert status == 200
     response = ExportTraceServiceResponse.FromString(raw)
-    assert response.partial_success.rejected_spans == 2
+    assert response.partial_success.rejected_spans == 3
     assert "trace id must be 16 bytes" in response.partial_success.error_message
     assert "no start time" in response.partial_success.error_message
-    assert len(stored(receiver.exporter.path)) == 1
-    assert receiver.counts.rejected == 2 and receiver.counts.ignored == 1
+    assert "a time past what the store holds" in response.partial_success.error_message
+    assert len(stored(receiver.exporter.path)) == 0
+    assert receiver.counts.rejected == 3 and receiver.counts.ignored == 1
 
 
 @pytest.mark.parametrize(
@@ -231,6 +235,20 @@ def test_chunked_body_is_read(receiver: OTLPReceiver, llm_spans: list[ReadableSp
         conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
     assert len(stored(receiver.exporter.path)) == 3
+
+
+def test_a_body_that_inflates_past_the_limit_is_refused_without_inflating_it(receiver: OTLPReceiver) -> None:
+    bomb = gzip.compress(b"\0" * (MAX_BODY_BYTES + 1024), compresslevel=9)  # ~33 KB on the wire
+    status, raw = post(receiver.endpoint + "/v1/traces", bomb, PROTOBUF, "gzip")
+    assert status == 413 and "inflates to more than" in RpcStatus.FromString(raw).message
+
+
+def test_a_negative_chunk_size_is_refused(receiver: OTLPReceiver) -> None:
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=30) as conn:
+        head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n-1\r\n".encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 400")
 
 
 def test_metrics_and_logs_are_accepted_and_ignored(receiver: OTLPReceiver) -> None:

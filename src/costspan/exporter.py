@@ -33,8 +33,8 @@ def _text(attributes: Mapping[str, Any], name: str) -> str | None:
 
 
 def _int(attributes: Mapping[str, Any], name: str) -> int | None:
-    value = attributes.get(name)
-    return value if type(value) is int else None
+    value = attributes.get(name)  # a Python int may exceed what a store column (and OTLP) holds: not a count
+    return value if type(value) is int and -(2**63) <= value < 2**63 else None
 
 
 def _float(attributes: Mapping[str, Any], name: str) -> float | None:

@@ -12,7 +12,6 @@ Protocol: https://opentelemetry.io/docs/specs/otlp/#otlphttp (binary protobuf an
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import logging
 import threading
@@ -41,6 +40,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from costspan.exporter import CostspanSpanExporter, row_from_span
+from costspan.store import LAST_NS
 
 logger = logging.getLogger("costspan.serve")
 
@@ -85,14 +85,32 @@ def _hex_ids_to_base64(node: Any) -> Any:
     return converted
 
 
+def _gunzip(body: bytes) -> bytes:
+    """A gzip body (of one or more members), inflated to at most MAX_BODY_BYTES: a small body may inflate a
+    thousandfold, and must not take the receiver's memory with it. Raises ``TooLarge`` or ``BadRequest``."""
+    parts: list[bytes] = []
+    size = 0
+    while body:
+        inflater = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
+        try:
+            part = inflater.decompress(body, MAX_BODY_BYTES + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"body is not valid gzip: {exc}") from exc
+        size += len(part)
+        if size > MAX_BODY_BYTES or inflater.unconsumed_tail:
+            raise TooLarge(f"body inflates to more than the {MAX_BODY_BYTES}-byte limit")
+        if not inflater.eof:
+            raise BadRequest("body is not valid gzip: it ends before its last member does")
+        parts.append(part)
+        body = inflater.unused_data
+    return b"".join(parts)
+
+
 def decode_request(body: bytes, content_type: str, content_encoding: str = "") -> ExportTraceServiceRequest:
     """The ``ExportTraceServiceRequest`` in an OTLP/HTTP body. Raises ``BadRequest``."""
     encoding = content_encoding.strip().lower()
     if encoding == "gzip":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise BadRequest(f"body is not valid gzip: {exc}") from exc
+        body = _gunzip(body)
     elif encoding not in ("", "identity"):
         raise BadRequest(f"unsupported content-encoding {content_encoding!r}; use gzip or none")
     request = ExportTraceServiceRequest()
@@ -140,6 +158,8 @@ def _span_context(trace_id: bytes, span_id: bytes, flags: int, is_remote: bool =
 def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
     if not span.start_time_unix_nano:
         raise ValueError("no start time")
+    if max(span.start_time_unix_nano, span.end_time_unix_nano) > LAST_NS:  # fixed64 goes past the year 2262
+        raise ValueError("a time past what the store holds (2**63 - 1 nanoseconds)")
     parent = None
     if span.parent_span_id:
         remote = span.flags & _REMOTE_PARENT == _REMOTE_PARENT
@@ -329,6 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
                     size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
                 except ValueError:
                     raise BadRequest("malformed chunked body") from None
+                if size < 0:
+                    raise BadRequest("malformed chunked body: a negative chunk size")
                 if size == 0:
                     while self.rfile.readline(1024).strip():
                         pass  # trailers
@@ -368,7 +390,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = decode_request(body, content_type, self.headers.get("Content-Encoding") or "")
         except BadRequest as exc:
-            self._error(400, str(exc), reply_type)
+            self._error(413 if isinstance(exc, TooLarge) else 400, str(exc), reply_type)
             return
         try:
             response = self.receiver.export(request)

@@ -29,6 +29,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -320,13 +321,27 @@ class Store:
         try:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    self._db.execute("PRAGMA journal_mode = WAL")
+                self._use_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
                 self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL. The switch needs a moment alone with the file and does not wait on the busy
+        timeout: when other processes open a new file at once, it fails at once ("database is locked"), so it
+        is retried here until the timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
