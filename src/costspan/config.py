@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +16,60 @@ logger = logging.getLogger(__name__)
 ON_MISSING_POLICIES = ("record", "warn", "raise")
 
 
-def _keys(raw: str | None) -> tuple[str, ...] | None:
+# Each setting: its variable, and (for flags) its default.
+_VARIABLES: Mapping[str, str] = {
+    "attribution_keys": env.OTEL_COSTSPAN_ATTRIBUTION_KEYS,
+    "required_keys": env.OTEL_COSTSPAN_REQUIRED_KEYS,
+    "on_missing": env.OTEL_COSTSPAN_ON_MISSING,
+    "stream_usage": env.OTEL_COSTSPAN_STREAM_USAGE,
+    "pricing_file": env.OTEL_COSTSPAN_PRICING_FILE,
+    "cost_compat": env.OTEL_COSTSPAN_COST_COMPAT,
+    "metrics": env.OTEL_COSTSPAN_METRICS,
+    "metrics_customer_id": env.OTEL_COSTSPAN_METRICS_CUSTOMER_ID,
+    "capture_content": env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT,
+    "budget_file": env.OTEL_COSTSPAN_BUDGET_FILE,
+}
+_FLAG_DEFAULTS: Mapping[str, bool] = {
+    "stream_usage": True,
+    "cost_compat": False,
+    "metrics": True,
+    "metrics_customer_id": False,
+    "capture_content": False,
+}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _keys(raw: object) -> tuple[str, ...] | None:
+    """Comma-separated names, from a variable or a keyword (a string or a sequence of names)."""
     if raw is None:
         return None
-    return tuple(k.strip() for k in raw.split(",") if k.strip())
+    if isinstance(raw, str):
+        names = raw.split(",")
+    elif isinstance(raw, Iterable):
+        names = [str(name) for name in raw]
+    else:
+        names = [str(raw)]
+    return tuple(name.strip() for name in names if name.strip())
 
 
-def _flag(raw: str | None, default: bool) -> bool:
-    if raw is None or not raw.strip():
+def _flag(raw: object, default: bool, name: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = "" if raw is None else str(raw).strip().lower()
+    if not text:
         return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    logger.warning("costspan: %s=%r is neither true nor false; using %s.", name, raw, str(default).lower())
+    return default
+
+
+def _path(raw: object) -> str | None:
+    text = str(raw).strip() if raw is not None else ""
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -43,32 +87,30 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read the environment; any keyword given to ``instrument()`` wins over its variable."""
+        """Read the environment; any keyword given to ``instrument()`` wins over its variable. Both are read the
+        same way: names split on commas, flags from true/false/1/0/yes/no/on/off, paths stripped."""
         e = os.environ if environ is None else environ
-        attribution_keys = _keys(e.get(env.OTEL_COSTSPAN_ATTRIBUTION_KEYS)) or DEFAULT_ATTRIBUTION_KEYS
-        values: dict[str, Any] = {
-            "attribution_keys": attribution_keys,
-            "required_keys": _keys(e.get(env.OTEL_COSTSPAN_REQUIRED_KEYS)),
-            "on_missing": (e.get(env.OTEL_COSTSPAN_ON_MISSING) or "record").strip().lower(),
-            "stream_usage": _flag(e.get(env.OTEL_COSTSPAN_STREAM_USAGE), True),
-            "pricing_file": e.get(env.OTEL_COSTSPAN_PRICING_FILE) or None,
-            "cost_compat": _flag(e.get(env.OTEL_COSTSPAN_COST_COMPAT), False),
-            "metrics": _flag(e.get(env.OTEL_COSTSPAN_METRICS), True),
-            "metrics_customer_id": _flag(e.get(env.OTEL_COSTSPAN_METRICS_CUSTOMER_ID), False),
-            "capture_content": _flag(e.get(env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT), False),
-            "budget_file": e.get(env.OTEL_COSTSPAN_BUDGET_FILE) or None,
+        raw = {
+            name: overrides[name] if overrides.get(name) is not None else e.get(variable)
+            for name, variable in _VARIABLES.items()
         }
-        for name, value in overrides.items():
-            if name in values and value is not None:
-                values[name] = tuple(value) if name.endswith("_keys") else value
-        if values["required_keys"] is None:
-            values["required_keys"] = values["attribution_keys"]
-        if values["on_missing"] not in ON_MISSING_POLICIES:
+        attribution_keys = _keys(raw["attribution_keys"]) or DEFAULT_ATTRIBUTION_KEYS
+        required_keys = _keys(raw["required_keys"])
+        on_missing = str(raw["on_missing"] or "record").strip().lower()
+        if on_missing not in ON_MISSING_POLICIES:
             logger.error(
-                "costspan: %s=%r is not one of %s; using 'record'.",
+                "costspan: on_missing (%s) = %r is not one of %s; using 'record'.",
                 env.OTEL_COSTSPAN_ON_MISSING,
-                values["on_missing"],
+                raw["on_missing"],
                 ", ".join(ON_MISSING_POLICIES),
             )
-            values["on_missing"] = "record"
-        return cls(**values)
+            on_missing = "record"
+        flags = {name: _flag(raw[name], default, _VARIABLES[name]) for name, default in _FLAG_DEFAULTS.items()}
+        return cls(
+            attribution_keys=attribution_keys,
+            required_keys=attribution_keys if required_keys is None else required_keys,
+            on_missing=on_missing,
+            pricing_file=_path(raw["pricing_file"]),
+            budget_file=_path(raw["budget_file"]),
+            **flags,
+        )
