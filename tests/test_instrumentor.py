@@ -20,6 +20,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import baggage, context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -730,6 +732,49 @@ def test_metrics(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpe
     assert tokens == {"input": 1200, "output": 300}
     (duration,) = pipeline.metric_points(semconv.METRIC_OPERATION_DURATION)
     assert duration.count == 1
+    # server.port is conditionally required with server.address on every GenAI client metric
+    for point in [cost, duration, *pipeline.metric_points(semconv.METRIC_TOKEN_USAGE)]:
+        assert (point.attributes[semconv.SERVER_ADDRESS], point.attributes[semconv.SERVER_PORT]) == (
+            "127.0.0.1",
+            fake_openai.server.server_address[1],
+        )
+
+
+def test_metric_points_of_failed_calls(pipeline: Pipeline, client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Scripted(status=400))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    (duration,) = pipeline.metric_points(semconv.METRIC_OPERATION_DURATION)
+    assert duration.attributes[semconv.ERROR_TYPE] == "400"
+    assert pipeline.metric_points(semconv.METRIC_TOKEN_USAGE) == []  # no usage; and never an error.type there
+
+
+def test_metrics_after_instrumenting_again_on_the_same_provider(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
+    """The meter keeps the backlog gauge of the first instrument(), callback and all: the points queued after
+    the second must still be recorded when the reader collects."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrumentor = CostspanInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    instrumentor.uninstrument()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    finally:
+        instrumentor.uninstrument()
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts = [
+        point.count
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        if metric.name == semconv.METRIC_OPERATION_DURATION
+        for point in metric.data.data_points
+        if isinstance(point, HistogramDataPoint)
+    ]
+    assert counts == [3]  # queued before uninstrument(), recorded by it
 
 
 def test_metrics_can_be_turned_off(

@@ -46,7 +46,7 @@ def test_rules_use_the_name_the_python_exporter_exposes() -> None:
     try:
         metrics = CallMetrics(provider.get_meter("costspan"))
         metrics.record(
-            ("chat", "openai", None, None, None, None),
+            ("chat", "openai", None, None, None, None, None),
             {"feature": "search", "route": "/search", "environment": "production"},
             0.5,
             100,

@@ -522,6 +522,7 @@ class Call:
                     request.model,
                     response_model,
                     request.server_address,
+                    request.server_port,
                     error_type,
                 ),
                 self.attribution,

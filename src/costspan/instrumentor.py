@@ -76,6 +76,8 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         unwrap(SyncAPIClient, "request")
         unwrap(AsyncAPIClient, "request")
+        if self.telemetry is not None and self.telemetry.metrics is not None:
+            self.telemetry.metrics.drain()  # into the SDK's instruments: nothing queued is dropped with it
         self.telemetry = None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,9 +34,9 @@ METRIC_ATTRIBUTION_KEYS = ("feature", "route", "environment")
 
 _DRAIN_THRESHOLD = 2048
 
-# What identifies a call on every metric: operation, provider, request model, response model, server address,
-# error type (None where not known).
-CallKey = tuple[str, str, "str | None", "str | None", "str | None", "str | None"]
+# What identifies a call on every metric: operation, provider, request model, response model, server address and
+# port, error type (None where not known).
+CallKey = tuple[str, str, "str | None", "str | None", "str | None", "int | None", "str | None"]
 _Measurement = tuple[CallKey, Mapping[str, str], float, "int | None", "int | None", "float | None"]
 _KEY_ATTRIBUTES = (
     semconv.GEN_AI_OPERATION_NAME,
@@ -43,6 +44,7 @@ _KEY_ATTRIBUTES = (
     semconv.GEN_AI_REQUEST_MODEL,
     semconv.GEN_AI_RESPONSE_MODEL,
     semconv.SERVER_ADDRESS,
+    semconv.SERVER_PORT,
     semconv.ERROR_TYPE,
 )
 
@@ -51,7 +53,8 @@ class CallMetrics:
     def __init__(self, meter: Meter, *, customer_id: bool = False) -> None:
         # customer_id is high-cardinality: on the cost metric only when the user opts in.
         self.attribution_keys = METRIC_ATTRIBUTION_KEYS + (("customer_id",) if customer_id else ())
-        self._key_attributes: dict[CallKey, dict[str, Any]] = {}
+        # Per call key: the attributes of every point, and of the token points (which carry no error.type).
+        self._key_attributes: dict[CallKey, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.tokens = meter.create_histogram(
             semconv.METRIC_TOKEN_USAGE,
             unit="{token}",
@@ -73,10 +76,13 @@ class CallMetrics:
         self._queue: deque[_Measurement] = deque()
         self._drain_lock = threading.Lock()
         self._wake = threading.Event()
-        # Its callback drains the queue just before every collection; it reports the queue's backlog.
+        _live.add(self)
+        # Its callback drains the queues just before every collection; it reports their backlog. A meter that has
+        # the gauge already (instrumented again on the same provider) keeps the first callback: so the callback
+        # drains every live CallMetrics, not one bound instance.
         meter.create_observable_gauge(
             "costspan.metrics.backlog",
-            callbacks=[self._on_collect],
+            callbacks=[_drain_all],
             unit="{measurement}",
             description="Measurements queued by costspan and not yet recorded (drained at each collection).",
         )
@@ -112,33 +118,43 @@ class CallMetrics:
                 except Exception:
                     logger.exception("costspan: failed to record a metric point")
 
-    def _base(self, key: CallKey) -> dict[str, Any]:
-        base = self._key_attributes.get(key)
-        if base is None:
+    def _bases(self, key: CallKey) -> tuple[dict[str, Any], dict[str, Any]]:
+        bases = self._key_attributes.get(key)
+        if bases is None:
             if len(self._key_attributes) > 4096:  # bounded even if models or error types never repeat
                 self._key_attributes.clear()
             base = {name: value for name, value in zip(_KEY_ATTRIBUTES, key, strict=True) if value}
-            self._key_attributes[key] = base
-        return base
+            # The conventions list no error.type on token usage.
+            bases = base, {name: value for name, value in base.items() if name != semconv.ERROR_TYPE}
+            self._key_attributes[key] = bases
+        return bases
 
     def _record_now(self, measurement: _Measurement) -> None:
         key, attribution, duration_s, input_tokens, output_tokens, cost_usd = measurement
-        base = self._base(key)
+        base, token_base = self._bases(key)
         self.duration.record(duration_s, base)
         if input_tokens is not None:
-            self.tokens.record(input_tokens, {**base, semconv.GEN_AI_TOKEN_TYPE: "input"})
+            self.tokens.record(input_tokens, {**token_base, semconv.GEN_AI_TOKEN_TYPE: "input"})
         if output_tokens is not None:
-            self.tokens.record(output_tokens, {**base, semconv.GEN_AI_TOKEN_TYPE: "output"})
+            self.tokens.record(output_tokens, {**token_base, semconv.GEN_AI_TOKEN_TYPE: "output"})
         if cost_usd is not None:
             labels = {name: attribution[name] for name in self.attribution_keys if name in attribution}
             self.cost.record(cost_usd, {**base, **labels})
-
-    def _on_collect(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.drain()
-        return [Observation(len(self._queue))]
 
     def _drain_when_woken(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             self.drain()
+
+
+_live: weakref.WeakSet[CallMetrics] = weakref.WeakSet()
+
+
+def _drain_all(options: CallbackOptions) -> Iterable[Observation]:
+    """The backlog gauge's callback: record what every live CallMetrics queued; report what is left."""
+    backlog = 0
+    for metrics in list(_live):
+        metrics.drain()
+        backlog += len(metrics._queue)
+    return [Observation(backlog)]
