@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         }
         for s in sorted(found, key=lambda s: -s.used)
     ]
-    keys = list(rows[0]) if rows else ["budget", "subject", "window", "spent_usd", "limit_usd", "used", "mark"]
+    # The same columns with no budget at all, so that scripts reading the CSV or JSON need no special case.
+    keys = ["budget", "subject", "window", "window_start", "window_end", "spent_usd", "limit_usd", "used", "mark"]
     if args.format == "csv":
         write_csv(keys, rows, sys.stdout)
     elif args.format == "json":
