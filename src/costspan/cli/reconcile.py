@@ -49,13 +49,16 @@ what it compares, per UTC day:
 the admin key (sk-admin-..., made by an organization owner) is read from $OPENAI_ADMIN_KEY, or from the
 variable --admin-key-env names; never from the command line, where it would land in shell history.
 
+--env and --where narrow only costspan's side: the provider bills per organization or project. Pair them with
+--project for the project those calls bill to (one project per environment), or the rest shows as unseen calls.
+
 exit status: 0 every finished day agrees, {EXIT_MISMATCH} a finished day does not (for cron or CI), 2 an error.
 
 examples:
   costspan reconcile                                   the last 7 days, whole organization
   costspan reconcile --since 30d --project proj_abc    only the project whose keys your apps use
   costspan reconcile --since 2026-11-01 --by-model     where a gap comes from, model by model
-  costspan reconcile --env prod --tolerance 5 --format json
+  costspan reconcile --project proj_prod --env prod --tolerance 5 --format json
 """
 
 DAY_COLUMNS = (
