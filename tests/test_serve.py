@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from costspan import serve
 from costspan.exporter import CostspanSpanExporter, row_from_span
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
@@ -249,6 +250,16 @@ def test_a_negative_chunk_size_is_refused(receiver: OTLPReceiver) -> None:
         head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
         conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n-1\r\n".encode())
         assert conn.recv(4096).startswith(b"HTTP/1.1 400")
+
+
+def test_a_client_that_stalls_mid_request_is_let_go(receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that announces more body than it sends must not hold a handler thread forever."""
+    assert serve._Handler.timeout is not None and 0 < serve._Handler.timeout <= 300
+    monkeypatch.setattr(serve._Handler, "timeout", 0.5)  # the same mechanism, quicker
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=30) as conn:
+        conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        assert conn.recv(4096) == b""  # the server closed the connection
 
 
 def test_metrics_and_logs_are_accepted_and_ignored(receiver: OTLPReceiver) -> None:

@@ -10,13 +10,15 @@ import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import costspan
 from costspan import semconv
@@ -117,6 +119,28 @@ def test_an_unwritable_store_is_counted_and_never_raised(tmp_path: Path, caplog:
     assert exporter.stored_spans == 1
     exporter.shutdown()
     assert exporter.export([]) == SpanExportResult.FAILURE  # after shutdown, as every SDK exporter
+
+
+class UnreadableSpan(ReadableSpan):
+    """A span whose attributes cannot be read (a broken processor upstream, say)."""
+
+    @property
+    def attributes(self) -> Any:
+        raise RuntimeError("attributes are gone")
+
+
+def test_a_span_that_cannot_be_read_is_lost_alone(tmp_path: Path) -> None:
+    exporter = CostspanSpanExporter(tmp_path / "spans.sqlite3")
+    recorded = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(recorded))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("chat", attributes={semconv.GEN_AI_OPERATION_NAME: "chat"}):
+        pass
+    (good,) = recorded.get_finished_spans()
+    bad = UnreadableSpan(name="chat", context=good.context, start_time=1, end_time=2)
+    assert exporter.export([bad, good]) == SpanExportResult.SUCCESS
+    assert (exporter.failed_spans, exporter.stored_spans) == (1, 1)
 
 
 def test_a_store_locked_past_the_timeout_loses_the_batch_not_the_call(tmp_path: Path) -> None:

@@ -122,10 +122,15 @@ class CostspanSpanExporter(SpanExporter):
         with self._lock:
             if self._shutdown:
                 return SpanExportResult.FAILURE
-            try:
-                rows = [row for row in map(row_from_span, spans) if row is not None]
-            except Exception as error:
-                return self._failed(len(spans), error)
+            rows = []
+            for span in spans:  # one span that cannot be read must not take its batch with it
+                try:
+                    row = row_from_span(span)
+                except Exception as error:
+                    self._failed(1, error)
+                    continue
+                if row is not None:
+                    rows.append(row)
             if not rows:
                 return SpanExportResult.SUCCESS
             try:

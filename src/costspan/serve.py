@@ -317,6 +317,7 @@ _EMPTY_RESPONSES: Mapping[str, type[Message]] = {
 
 
 class _Handler(BaseHTTPRequestHandler):
+    timeout = 60  # seconds a client may stall mid-request before its connection (and thread) is let go
     receiver: OTLPReceiver
     protocol_version = "HTTP/1.1"
     server_version = "costspan-serve"
