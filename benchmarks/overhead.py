@@ -13,13 +13,14 @@ The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not 
   of any instrumentation (token usage in and out, duration), with only their required attributes, recorded
   straight into the OTel SDK: the floor for metrics, as ``floor`` is for the span;
 - ``costspan``: the instrumented SDK call (wrapping, usage, pricing, attribution, span and metrics);
-- ``bare_stream`` / ``costspan_stream``: a 200-chunk stream, and ``bare_short_stream`` / ``costspan_short_stream``:
-  a 1-chunk one; the difference of the two differences, over 199 chunks, is the cost per chunk.
+- ``bare_stream`` / ``costspan_stream``: the same stream at 200 and at 600 chunks; the difference over the 400 more
+  chunks is the cost per chunk, with nothing of the call's fixed cost in it.
 
 On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
 evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
-every run (to ~1 k instructions a call). Each variant runs twice, with two call counts, and the difference
-cancels start-up. Timed mode reports the calling thread's CPU time, median over many short interleaved rounds.
+every run (to ~15 k instructions a call). Each variant runs twice, with two call counts (streams: two stream
+lengths), and the difference cancels start-up. Timed mode reports the calling thread's CPU time, median over
+many short interleaved rounds.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
 streamed chunk.
@@ -67,6 +68,7 @@ USAGE = {
     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
 }
 CHUNKS = 200
+LONG_CHUNKS = 600
 # What the semantic conventions require on every GenAI client metric point (request model: "if available").
 REQUIRED_METRIC_ATTRIBUTES = {
     "gen_ai.operation.name": "chat",
@@ -81,11 +83,10 @@ VARIANTS = (
     "costspan_request_path",
     "bare_stream",
     "costspan_stream",
-    "bare_short_stream",
-    "costspan_short_stream",
 )
+STREAMS = ("bare_stream", "costspan_stream")
 # What costspan queued for the metric reader is recorded before counting in these (not in costspan_request_path).
-DRAINED = ("costspan", "costspan_stream", "costspan_short_stream")
+DRAINED = ("costspan", "costspan_stream")
 
 
 class DiscardExporter(SpanExporter):
@@ -145,11 +146,9 @@ def make_client(client_class: type[openai.OpenAI], chunks: int = CHUNKS) -> open
 class Bench:
     """SDK clients with and without costspan, a tracer provider like an app's, and one callable per variant."""
 
-    def __init__(self) -> None:
-        self.client = make_client(openai.OpenAI)
-        self.bare_client = make_client(UninstrumentedOpenAI)
-        self.short_client = make_client(openai.OpenAI, chunks=1)
-        self.bare_short_client = make_client(UninstrumentedOpenAI, chunks=1)
+    def __init__(self, chunks: int = CHUNKS) -> None:
+        self.client = make_client(openai.OpenAI, chunks)
+        self.bare_client = make_client(UninstrumentedOpenAI, chunks)
         self.tracer_provider = TracerProvider()
         # The export thread must not wake during a run: callgrind counts every thread, and how often a timer
         # fires depends on how busy the machine is. Spans are exported when the processor shuts down.
@@ -209,18 +208,15 @@ class Bench:
             return self.plain_and_floor_span
         if name == "points_floor":
             return self.plain_and_floor_points
-        if name.endswith("short_stream"):
-            client = self.short_client if name.startswith("costspan") else self.bare_short_client
-        else:
-            client = self.client if name.startswith("costspan") else self.bare_client
-        return functools.partial(self.streamed if name.endswith("stream") else self.plain, client)
+        client = self.client if name.startswith("costspan") else self.bare_client
+        return functools.partial(self.streamed if name in STREAMS else self.plain, client)
 
 
 # --- instruction counts ---------------------------------------------------------------------------------------
 
 
-def child(variant: str, calls: int) -> None:
-    bench = Bench()
+def child(variant: str, calls: int, chunks: int) -> None:
+    bench = Bench(chunks)
     run = bench.variant(variant)
     # Set-up objects (clients, price data, the SDK's modules) out of the collector's way, as a preloading server
     # does: otherwise how often a full collection walks them, and when, moves a variant by ~20 k a call.
@@ -235,12 +231,12 @@ def child(variant: str, calls: int) -> None:
         telemetry.metrics.drain()
 
 
-def instructions(variant: str, calls: int) -> int:
+def instructions(variant: str, calls: int, chunks: int = CHUNKS) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        cmd += [sys.executable, __file__, "--child", variant, "--calls", str(calls)]
+        cmd += [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         match = re.search(r"Collected : (\d+)", result.stderr)
         if match is None:
@@ -252,18 +248,17 @@ def per_call_instructions(variant: str, few: int, many: int) -> float:
     return (instructions(variant, many) - instructions(variant, few)) / (many - few)
 
 
-def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
+def per_chunk_instructions(variant: str) -> float:
+    long, short = (instructions(variant, STREAM_CALLS, chunks) for chunks in (LONG_CHUNKS, CHUNKS))
+    return (long - short) / (STREAM_CALLS * (LONG_CHUNKS - CHUNKS))
+
+
+def report(per_call: dict[str, float], per_chunk: float, unit: str, scale: float = 1.0) -> None:
     added = per_call["costspan"] - per_call["bare"]
     on_path = per_call["costspan_request_path"] - per_call["bare"]
     floor = per_call["floor"] - per_call["bare"]
     points_floor = per_call["points_floor"] - per_call["bare"]
     bare = per_call["bare"]
-    # The stream's own fixed cost (request, span, usage chunk) cancels against the 1-chunk stream's.
-    per_chunk = (
-        per_call["costspan_stream"]
-        - per_call["bare_stream"]
-        - (per_call["costspan_short_stream"] - per_call["bare_short_stream"])
-    ) / (CHUNKS - 1)
     print(f"  bare SDK call (mock transport)          {bare * scale:12,.1f} {unit}")
     print(f"  floor: one bare OTel span, same attrs   {floor * scale:12,.1f} {unit}")
     print(f"  floor / bare call                       {100 * floor / bare:12.2f} %    (a span alone)")
@@ -282,24 +277,22 @@ def report(per_call: dict[str, float], unit: str, scale: float = 1.0) -> None:
 # (few, many) calls per run: the difference of the two runs is divided by many - few. Call ids, uuids and
 # addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100 calls average it out.
 PLAIN_CALLS = (10, 110)
-STREAM_CALLS = (4, 24)  # each streamed call is 200 chunks: 20 are plenty, and 100 would take a quarter of an hour
-LONG_STREAMS = ("bare_stream", "costspan_stream")
+STREAM_CALLS = 5  # streams of 200 and of 600 chunks: 2,000 chunks more, which average the per-chunk noise out
 
 
 def count_instructions() -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
     print(
-        f"callgrind instructions per call ({PLAIN_CALLS[1]} - {PLAIN_CALLS[0]} calls; streams "
-        f"{STREAM_CALLS[1]} - {STREAM_CALLS[0]} calls of {CHUNKS} chunks)"
+        f"callgrind instructions per call ({PLAIN_CALLS[1]} - {PLAIN_CALLS[0]} calls; per chunk: {STREAM_CALLS} "
+        f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks)"
     )
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        futures = {
-            v: pool.submit(per_call_instructions, v, *(STREAM_CALLS if v in LONG_STREAMS else PLAIN_CALLS))
-            for v in VARIANTS
-        }
-        per_call = {v: future.result() for v, future in futures.items()}
-    report(per_call, "instr")
+        calls = {v: pool.submit(per_call_instructions, v, *PLAIN_CALLS) for v in VARIANTS if v not in STREAMS}
+        chunks = {v: pool.submit(per_chunk_instructions, v) for v in STREAMS}
+        per_call = {v: future.result() for v, future in calls.items()}
+        per_chunk = chunks["costspan_stream"].result() - chunks["bare_stream"].result()
+    report(per_call, per_chunk, "instr")
 
 
 # --- CPU time ---------------------------------------------------------------------------------------------------
@@ -321,11 +314,14 @@ def time_rounds(rounds: int, calls: int) -> None:
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):  # many short interleaved rounds; the median discards the disturbed ones
         for name, run in runs.items():
-            samples[name].append(per_call_us(run, max(calls // 2, 1) if name in LONG_STREAMS else calls))
+            samples[name].append(per_call_us(run, max(calls // 2, 1) if name in STREAMS else calls))
     bench.processor.shutdown()  # type: ignore[no-untyped-call]
     print(f"thread CPU time per call, median of {rounds} interleaved rounds of {calls} calls")
     print("  (the metric points are recorded by a background thread here, so 'all of it' is the request path)")
-    report({name: statistics.median(values) for name, values in samples.items()}, "µs")
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    # Per chunk here, roughly: the stream's difference less the plain call's (a stream's fixed costs count in).
+    added = medians["costspan"] - medians["bare"]
+    report(medians, (medians["costspan_stream"] - medians["bare_stream"] - added) / CHUNKS, "µs")
 
 
 def main() -> None:
@@ -333,10 +329,11 @@ def main() -> None:
     parser.add_argument("--timed", action="store_true", help="measure CPU time instead of instructions")
     parser.add_argument("--rounds", type=int, default=301, help="timed mode: interleaved rounds")
     parser.add_argument("--calls", type=int, default=10, help="calls per round (timed) or per run (child)")
+    parser.add_argument("--chunks", type=int, default=CHUNKS, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.calls)
+        child(args.child, args.calls, args.chunks)
     elif args.timed:
         time_rounds(args.rounds, args.calls)
     else:
