@@ -172,6 +172,23 @@ def test_malformed_spans_are_rejected_alone(receiver: OTLPReceiver, llm_spans: l
     assert receiver.counts.rejected == 3 and receiver.counts.ignored == 1
 
 
+def test_a_zero_parent_id_and_a_bad_link_do_not_lose_the_span(
+    receiver: OTLPReceiver, llm_spans: list[ReadableSpan]
+) -> None:
+    """Eight zero bytes mean no parent, as some exporters write a root span; the store keeps no links, so a
+    malformed one is left out rather than the span rejected."""
+    request = encode_spans(llm_spans)
+    spans = [s for scope in request.resource_spans[0].scope_spans for s in scope.spans]
+    root = next(s for s in spans if s.name.startswith("chat"))
+    root.parent_span_id = b"\0" * 8
+    root.links.add(trace_id=b"\x01\x02", span_id=b"\x03")
+    status, raw = post(receiver.endpoint + "/v1/traces", request.SerializeToString())
+    assert status == 200
+    assert not ExportTraceServiceResponse.FromString(raw).partial_success.rejected_spans
+    rows = {row["span_id"]: row for row in stored(receiver.exporter.path)}
+    assert rows[root.span_id.hex()]["parent_span_id"] is None
+
+
 @pytest.mark.parametrize(
     ("path", "content_type", "encoding", "body", "status"),
     [

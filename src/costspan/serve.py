@@ -161,7 +161,7 @@ def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope
     if max(span.start_time_unix_nano, span.end_time_unix_nano) > LAST_NS:  # fixed64 goes past the year 2262
         raise ValueError("a time past what the store holds (2**63 - 1 nanoseconds)")
     parent = None
-    if span.parent_span_id:
+    if span.parent_span_id.strip(b"\0"):  # some exporters write eight zero bytes, not nothing, for a root span
         remote = span.flags & _REMOTE_PARENT == _REMOTE_PARENT
         parent = _span_context(span.trace_id, span.parent_span_id, span.flags, is_remote=remote)
     return ReadableSpan(
@@ -171,16 +171,25 @@ def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope
         resource=resource,
         attributes=_attributes(span.attributes),
         events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events],
-        links=[
-            Link(_span_context(link.trace_id, link.span_id, link.flags), _attributes(link.attributes))
-            for link in span.links
-        ],
+        links=_links(span.links),
         kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
         status=Status(_STATUS_CODES.get(span.status.code, StatusCode.UNSET), span.status.message or None),
         start_time=span.start_time_unix_nano,
         end_time=span.end_time_unix_nano,
         instrumentation_scope=scope,
     )
+
+
+def _links(links: Iterable[PbSpan.Link]) -> list[Link]:
+    """The span's links that name a span; a malformed one is left out rather than losing the span (the store
+    keeps no links)."""
+    kept = []
+    for link in links:
+        try:
+            kept.append(Link(_span_context(link.trace_id, link.span_id, link.flags), _attributes(link.attributes)))
+        except ValueError:
+            continue
+    return kept
 
 
 @dataclass
