@@ -1,4 +1,8 @@
-"""Shared fixtures: the loopback OpenAI stand-in and a real OpenTelemetry SDK pipeline in memory."""
+"""Shared fixtures: the loopback OpenAI stand-in and a real OpenTelemetry SDK pipeline in memory.
+
+Every test in this process prices calls from ``tests/frozen_prices.py``, a frozen copy of the genai-prices data,
+so the dollars a test states cannot move when a newer price-data release is installed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from genai_prices import data_snapshot
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -17,6 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from costspan.fakeopenai import FakeOpenAI
 from costspan.instrumentor import CostspanInstrumentor
+from tests import frozen_prices
+
+# Before any Pricer reads the data (costspan.pricing.packaged_prices() is built on first use).
+data_snapshot.set_custom_snapshot(data_snapshot.DataSnapshot(frozen_prices.providers, from_auto_update=False))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The child prices from the installed genai-prices release; this file states the rates its dollars come from.
+PRICES = ROOT / "tests" / "data" / "gpt-4o-mini.toml"
 
 
 def run_instrumented(fake: FakeOpenAI, receiver: OtlpReceiver, *extra_args: str) -> subprocess.CompletedProcess[str]:
@@ -26,6 +28,7 @@ def run_instrumented(fake: FakeOpenAI, receiver: OtlpReceiver, *extra_args: str)
         "OTEL_SERVICE_NAME": "quickstart",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_COSTSPAN_PRICING_FILE": str(PRICES),
     }
     return subprocess.run(
         [str(BIN / "opentelemetry-instrument"), *extra_args, sys.executable, str(ROOT / "examples" / "quickstart.py")],
@@ -52,7 +55,7 @@ def test_opentelemetry_instrument_exports_priced_attributed_spans() -> None:
         assert a[semconv.COSTSPAN_PRICING_STATUS] == "priced"
         input_tokens = a[semconv.GEN_AI_USAGE_INPUT_TOKENS]
         output_tokens = a[semconv.GEN_AI_USAGE_OUTPUT_TOKENS]
-        # gpt-4o-mini: $0.15 input, $0.60 output per million (genai-prices 0.2.3); no cached tokens here.
+        # gpt-4o-mini: $0.15 input, $0.60 output per million (tests/data/gpt-4o-mini.toml); no cached tokens here.
         expected = (input_tokens * 0.15 + output_tokens * 0.60) / 1_000_000
         assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(expected, rel=1e-12)
 

@@ -6,7 +6,7 @@ Calls go through the real openai SDK to the loopback FakeOpenAI, with the real O
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port
 
-UTC = timezone.utc
+UTC = UTC
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Summarize the quarterly numbers."}  # 32 characters
 ]

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ chdb_session = pytest.importorskip("chdb.session", reason="chdb (ClickHouse in p
 
 CLICKHOUSE_DIR = Path(__file__).resolve().parents[1] / "collector-config" / "clickhouse"
 QUERIES = CLICKHOUSE_DIR / "queries"
-UTC = timezone.utc
+UTC = UTC
 AS_OF = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)  # the anomaly hour is 11:00-12:00
 ANOMALY_HOUR = datetime(2026, 11, 20, 11, tzinfo=UTC)
 START = datetime(2026, 10, 1, tzinfo=UTC)

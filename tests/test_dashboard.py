@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from costspan.cli import main
 from costspan.dashboard import axis_ticks, compact, percent, tick, usd
 from costspan.store import CostRow, Store
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 
 # (age, feature, route, customer, cost, input tokens, cached tokens): hand-picked dollars, so totals are exact.

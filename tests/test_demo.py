@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,13 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     # Two weeks of history, and the last full hour belongs to one customer's burst.
     starts = sorted(row["start_ns"] for row in stored)
     assert timedelta(days=12) < timedelta(microseconds=(starts[-1] - starts[0]) / 1000) <= timedelta(days=14)
-    this_hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     last_hour = (this_hour - timedelta(hours=1)).timestamp() * 1e9, this_hour.timestamp() * 1e9
     burst = [row for row in stored if last_hour[0] <= row["start_ns"] < last_hour[1]]
     assert burst and {(r["customer_id"], r["feature"]) for r in burst} == {(BURST_CUSTOMER, "support-chat")}
 
     # The burst is what `costspan alerts` pages on (evaluated at the hour the demo ran, whatever the clock says now).
-    at = datetime.fromtimestamp(starts[-1] / 1e9, timezone.utc).replace(minute=0, second=0, microsecond=0)
+    at = datetime.fromtimestamp(starts[-1] / 1e9, UTC).replace(minute=0, second=0, microsecond=0)
     at += timedelta(hours=1)
     assert main(["alerts", "--by", "customer_id", "--at", at.strftime("%Y-%m-%dT%H:%M"), "--store", str(store)]) == 1
     alerts = capsys.readouterr().out
@@ -103,7 +103,7 @@ def test_real_api_mode_makes_a_few_small_calls(
     # OPENAI_API_KEY / OPENAI_BASE_URL as a user sets them for the real API (pointed here at the stand-in).
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    before = datetime.now(timezone.utc).timestamp() * 1e9
+    before = datetime.now(UTC).timestamp() * 1e9
     assert main(["demo"]) == 0
     assert "about ten small calls go to" in capsys.readouterr().err
     assert 8 <= len(fake_openai.received) <= 12
@@ -140,7 +140,7 @@ def test_missing_openai_sdk_says_what_to_install(
 
 
 def test_traffic_shape() -> None:
-    now = datetime(2026, 11, 23, 10, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
     visits = simulated_traffic(now, days=14, requests=400)
     routes = Counter(v.route for v in visits)
     assert routes["cron:nightly-batch"] == 14

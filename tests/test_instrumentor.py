@@ -1,6 +1,7 @@
 """Every covered SDK surface, sync and async, through the real SDK and a real loopback HTTP server.
 
-Expected dollars are computed by hand from genai-prices 0.2.3 (OpenAI list prices as of 2026-11):
+Expected dollars are computed by hand from the genai-prices 0.2.5 data frozen in tests/frozen_prices.py (OpenAI
+list prices as of 2026-11):
 - gpt-4.1: $2.00 input, $0.50 cached input, $8.00 output per million tokens
 - gpt-5: $1.25 input, $0.125 cached input, $10.00 output per million
 - text-embedding-3-small: $0.02 input per million
@@ -393,7 +394,7 @@ def test_batch_job_cost_is_recorded_once_and_attributed_to_its_submitter(
     assert (a["feature"], a["customer_id"], a["route"]) == ("nightly-summarize", "set-by-the-app", "cron:nightly")
     assert a[semconv.COSTSPAN_BATCH_ID] == batch.id
     assert a[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 120_000
-    # gpt-4o-mini at batch rates (genai-prices 0.2.3, from 2026-10-14): $0.075 input, $0.30 output per million.
+    # gpt-4o-mini at batch rates (genai-prices 0.2.5, from 2026-10-14): $0.075 input, $0.30 output per million.
     # 120,000 x 0.075 + 30,000 x 0.30 = 9,000 + 9,000 micro-dollars.
     assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.018, abs=1e-12)
     assert job[0].start_time == batch.created_at * 1_000_000_000

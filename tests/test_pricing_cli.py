@@ -1,4 +1,5 @@
-"""`costspan price`: rates, a call's bill, --list, --check, --json. Prices: genai-prices 0.2.3 data (2026-11)."""
+"""`costspan price`: rates, a call's bill, --list, --check, --json. Prices: the genai-prices 0.2.5 data frozen in
+tests/frozen_prices.py (2026-11)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import pytest
 
 from costspan.cli import main
@@ -32,7 +34,7 @@ def test_bill_line_by_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     # 3,234 x 5 = 16,170; 12,000 x 0.50 = 6,000; 5,312 x 30 = 159,360; total 181,530 -> $0.181530
     assert "priced as gpt-5.5" in out
-    assert "genai-prices 0.2.3, in force on 2026-11-02 (UTC); service tier: standard" in out
+    assert f"genai-prices {genai_prices.__version__}, in force on 2026-11-02 (UTC); service tier: standard" in out
     lines = [line.split() for line in out.splitlines()]
     assert ["input", "(uncached)", "3,234", "5.00", "0.016170"] in lines
     assert ["cached", "input", "12,000", "0.50", "0.006000"] in lines
@@ -54,7 +56,11 @@ def test_bill_as_json(capsys: pytest.CaptureFixture[str]) -> None:
         "base": "5",
         "tiers": [{"input_tokens_above": 272000, "rate": "10"}],
     }
-    assert (report["source"], report["version"], report["priced_as"]) == ("genai-prices", "0.2.3", "gpt-5.5")
+    assert (report["source"], report["version"], report["priced_as"]) == (
+        "genai-prices",
+        genai_prices.__version__,
+        "gpt-5.5",
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,12 +174,15 @@ def test_installed_command(tmp_path: Path) -> None:
     if not costspan.exists():
         pytest.skip(f"the costspan script is not installed next to {sys.executable}")
     done = subprocess.run(
-        [str(costspan), "price", "gpt-4o-mini", "--input", "1000", "--output", "500", "--at", "2026-11-02", "--json"],
+        [
+            *(str(costspan), "price", "gpt-4o-mini", "--input", "1000", "--output", "500", "--at", "2026-11-02"),
+            *("--json", "--pricing-file", str(Path(__file__).parent / "data" / "gpt-4o-mini.toml")),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    # 1,000 x 0.15 + 500 x 0.60 = 150 + 300 = 450 -> $0.00045
+    # 1,000 x 0.15 + 500 x 0.60 = 150 + 300 = 450 -> $0.00045 (rates from tests/data/gpt-4o-mini.toml)
     assert Decimal(json.loads(done.stdout)["total_usd"]) == Decimal("0.00045")

@@ -1,16 +1,18 @@
 """The pricing override file: precedence, dated entries, discounts, aliases, and one precise error per bad input.
 
-Packaged prices quoted here are from the genai-prices 0.2.3 data snapshot (as of 2026-11), USD per million tokens.
+Packaged prices quoted here are from the genai-prices 0.2.5 data frozen in tests/frozen_prices.py (as of 2026-11),
+USD per million tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import genai_prices
 import openai
 import pytest
 
@@ -21,7 +23,7 @@ from costspan.pricing_overrides import PricingFileError, load_pricing_file, pric
 from costspan.usage import Usage
 from tests.conftest import make_pipeline
 
-AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 M = 1_000_000
 
 PRICES_TOML = """\
@@ -80,7 +82,7 @@ def pricer(prices_file: Path) -> Pricer:
 
 
 def at(day: str) -> datetime:
-    return datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
 
 # --- precedence, dates, discount, aliases ----------------------------------------------------------------------
@@ -114,7 +116,9 @@ def test_effective_from_boundary(pricer: Pricer) -> None:
         Decimal("6.255"),
         Decimal("4.1625"),
     )
-    assert before.version is not None and before.version.endswith("+genai-prices 0.2.3")  # packaged, discounted
+    assert before.version is not None and before.version.endswith(
+        f"+genai-prices {genai_prices.__version__}"
+    )  # packaged, discounted
 
 
 def test_discount_applies_to_packaged_prices_and_their_tiers(pricer: Pricer) -> None:
@@ -169,7 +173,7 @@ def test_a_flex_only_entry_names_the_missing_standard_price(tmp_path: Path) -> N
 def test_untouched_models_keep_the_packaged_source(tmp_path: Path) -> None:
     pricer = Pricer(price_layers(write(tmp_path, '[[models]]\nmodel = "acme"\ninput = 1\n')))
     cost = pricer.price(Usage(1000, 500), "gpt-4o-mini", at=AT)
-    assert (cost.source, cost.version, cost.total) == ("genai-prices", "0.2.3", Decimal("0.00045"))
+    assert (cost.source, cost.version, cost.total) == ("genai-prices", genai_prices.__version__, Decimal("0.00045"))
 
 
 def test_yaml_file(tmp_path: Path) -> None:

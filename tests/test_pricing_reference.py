@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -20,7 +20,7 @@ from costspan import semconv
 from costspan.pricing import Cost, Pricer, PriceSheet, usage_counts
 from costspan.usage import Usage
 
-AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 USAGES_PER_CONTEXT = 25
 
 

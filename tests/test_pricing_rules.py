@@ -1,8 +1,9 @@
 """Every billing rule, with dollars computed by hand.
 
-Price source: the genai-prices 0.2.3 data snapshot (as of 2026-11), in USD per million tokens. Each case writes
-its arithmetic out: token count x rate, summed, then divided by 1,000,000. Service-tier price variants in that
-data start on 2026-10-12 and batch ones on 2026-10-14, so most calls here are dated 2026-11-02.
+Price source: the genai-prices 0.2.5 data frozen in tests/frozen_prices.py (as of 2026-11), in USD per million
+tokens. Each case writes its arithmetic out: token count x rate, summed, then divided by 1,000,000. Service-tier
+price variants in that data start on 2026-10-12 and batch ones on 2026-10-14, so most calls here are dated
+2026-11-02.
 
 The table uses ``costspan.pricing.Pricer`` directly (pure); a few end-to-end checks at the bottom go through
 the real OpenAI SDK against ``FakeOpenAI`` and read ``gen_ai.usage.cost.amount`` off the span.
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import genai_prices
 import openai
 import pytest
 
@@ -25,7 +27,7 @@ from costspan.pricing import Pricer
 from costspan.usage import Usage, normalize_usage
 from tests.conftest import Pipeline
 
-AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 M = 1_000_000
 
 
@@ -196,7 +198,7 @@ CASES = [
         None,
         semconv.STATUS_UNKNOWN_TIER,
         tier="flex",
-        at=datetime(2026, 10, 11, 12, tzinfo=timezone.utc),
+        at=datetime(2026, 10, 11, 12, tzinfo=UTC),
     ),
     # --- Batch API ------------------------------------------------------------------------------------------
     # gpt-4.1 batch: 1,000,000 x 1 + 1,000,000 x 4 = $5 (standard would be $10)
@@ -223,7 +225,7 @@ CASES = [
         "o3",
         Usage(1000, 1000),
         Decimal("0.05"),
-        at=datetime(2025, 6, 9, 23, 59, 59, tzinfo=timezone.utc),
+        at=datetime(2025, 6, 9, 23, 59, 59, tzinfo=UTC),
     ),
     # from that day: 1,000 x 2 + 1,000 x 8 = 10,000 -> $0.01
     Case(
@@ -231,7 +233,7 @@ CASES = [
         "o3",
         Usage(1000, 1000),
         Decimal("0.01"),
-        at=datetime(2025, 6, 10, 0, 0, 0, tzinfo=timezone.utc),
+        at=datetime(2025, 6, 10, 0, 0, 0, tzinfo=UTC),
     ),
     # --- model names ----------------------------------------------------------------------------------------
     Case("name/dated-snapshot", "gpt-4o-mini-2024-07-18", Usage(1000, 500), usd("450"), priced_as="gpt-4o-mini"),
@@ -278,7 +280,7 @@ def test_billing_rule(pricer: Pricer, case: Case) -> None:
         assert getattr(cost, bucket) == amount, bucket
     if case.expected is not None:
         assert cost.input + cost.cache_read + cost.cache_write + cost.output == cost.total
-        assert (cost.source, cost.version) == ("genai-prices", "0.2.3")
+        assert (cost.source, cost.version) == ("genai-prices", genai_prices.__version__)
 
 
 def test_unknown_tier_names_the_missing_price(pricer: Pricer) -> None:
@@ -291,13 +293,13 @@ def test_unknown_tier_names_the_missing_price(pricer: Pricer) -> None:
 def test_a_price_change_never_rewrites_history(pricer: Pricer) -> None:
     """The same pricer, asked about the new day first, still prices an old call at the old rate."""
     usage = Usage(1000, 1000)
-    after = pricer.price(usage, "o3", at=datetime(2025, 7, 1, tzinfo=timezone.utc))
-    before = pricer.price(usage, "o3", at=datetime(2025, 5, 1, tzinfo=timezone.utc))
-    again = pricer.price(usage, "o3", at=datetime(2025, 7, 1, tzinfo=timezone.utc))
+    after = pricer.price(usage, "o3", at=datetime(2025, 7, 1, tzinfo=UTC))
+    before = pricer.price(usage, "o3", at=datetime(2025, 5, 1, tzinfo=UTC))
+    again = pricer.price(usage, "o3", at=datetime(2025, 7, 1, tzinfo=UTC))
     assert (before.total, after.total, again.total) == (Decimal("0.05"), Decimal("0.01"), Decimal("0.01"))
 
 
-O3_CUT_NS = int(datetime(2025, 6, 10, tzinfo=timezone.utc).timestamp()) * 10**9
+O3_CUT_NS = int(datetime(2025, 6, 10, tzinfo=UTC).timestamp()) * 10**9
 
 
 def test_the_last_nanosecond_of_a_day_keeps_that_days_price() -> None:
@@ -319,7 +321,7 @@ def test_a_naive_datetime_is_utc_whatever_the_local_zone(monkeypatch: pytest.Mon
         pricer = Pricer()
         usage = Usage(1000, 1000)
         late_on_the_9th = pricer.price(usage, "o3", at=datetime(2025, 6, 9, 23, 0))  # 19:00 in New York
-        noon_on_the_10th = pricer.price(usage, "o3", at=datetime(2025, 6, 10, 12, 0, tzinfo=timezone.utc))
+        noon_on_the_10th = pricer.price(usage, "o3", at=datetime(2025, 6, 10, 12, 0, tzinfo=UTC))
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from tests.ports import free_port
 
 ADMIN_KEY = "sk-admin-test-not-a-secret"
 DAY_NS = 86_400 * 10**9
-TODAY = datetime.now(timezone.utc).date()
+TODAY = datetime.now(UTC).date()
 YESTERDAY = TODAY - timedelta(days=1)
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 # gpt-4.1: $2.00 input, $0.50 cached input, $8.00 output per million, in genai-prices and on the stand-in's bill.
@@ -172,7 +172,7 @@ def test_project_scope_and_pagination_over_many_days(
     """40 days need two pages of 31 buckets from every endpoint; another project's spend is left out with
     --project and shows as over-counted on costspan's side when the store holds it."""
     make_calls(provider, store_path, CALL_1, CALL_2)
-    long_ago = int((datetime.now(timezone.utc) - timedelta(days=35)).timestamp())
+    long_ago = int((datetime.now(UTC) - timedelta(days=35)).timestamp())
     provider.bill(Billed(long_ago, "completions", "gpt-4.1-2025-04-14", 1_000_000, 0, 0, project_id="proj_other"))
     code, rows = run(provider, store_path, capsys, "--since", "40d")
     assert len(rows) == 41

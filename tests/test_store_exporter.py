@@ -31,7 +31,7 @@ from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# gpt-4o-mini in genai-prices 0.2.3, USD per million tokens.
+# gpt-4o-mini in genai-prices 0.2.5 (tests/frozen_prices.py), USD per million tokens.
 INPUT, CACHED, OUTPUT = 0.15, 0.075, 0.60
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import genai_prices
@@ -12,8 +12,9 @@ from costspan.cli import main
 from costspan.store import Store
 from tests.test_store import row
 
-RECENT = datetime.now(timezone.utc) - timedelta(days=2)
-# gpt-4o-mini in genai-prices 0.2.3: $0.15 input, $0.075 cached input, $0.60 output per million tokens.
+RECENT = datetime.now(UTC) - timedelta(days=2)
+# gpt-4o-mini in genai-prices 0.2.5 (tests/frozen_prices.py): $0.15 input, $0.075 cached input, $0.60 output per
+# million tokens.
 PACKAGED = (600 * 0.15 + 400 * 0.075 + 1000 * 0.60) / 1e6
 
 

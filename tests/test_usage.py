@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -247,7 +247,7 @@ def test_image_and_transcription_streams_take_usage_from_their_last_event() -> N
     assert image.summary.usage is not None
     assert (image.summary.usage.input_tokens, image.summary.usage.output_tokens) == (50, 4160)
     # gpt-image-1: text input $5 per million, image output $40 per million: 50 x 5 + 4,160 x 40 = 166,650
-    cost = Pricer().price(image.summary.usage, "gpt-image-1", at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    cost = Pricer().price(image.summary.usage, "gpt-image-1", at=datetime(2026, 11, 1, tzinfo=UTC))
     assert cost.total == Decimal("0.16665")
 
     transcript = StreamSummary()
