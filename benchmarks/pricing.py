@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import genai_prices
@@ -24,7 +24,7 @@ from costspan.pricing import PackagedPrices, Pricer, usage_counts
 from costspan.pricing_overrides import price_layers
 from costspan.usage import Usage
 
-AT = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 USAGE = Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=1024, reasoning_tokens=120)
 OVERRIDES = """\
 [discounts]

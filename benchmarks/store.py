@@ -19,7 +19,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from costspan.cli import main as cli_main
@@ -82,7 +82,7 @@ def ingest(path: Path, rows: int) -> float:
     """Rows per second through ``Store.insert``, batch by batch."""
     spent = 0.0
     done = 0
-    generated = synthetic_rows(rows, datetime.now(timezone.utc))
+    generated = synthetic_rows(rows, datetime.now(UTC))
     with Store(path) as store:
         while batch := list(itertools.islice(generated, BATCH)):
             started = time.perf_counter()

@@ -18,12 +18,12 @@ import itertools
 import logging
 import math
 import os
-import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,6 @@ from costspan._call import RequestInfo
 from costspan.attribution import CostspanRefusal
 from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
 from costspan.pricing import Cost, Pricer, provider_price_id
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 logger = logging.getLogger("costspan")
 
@@ -146,7 +141,7 @@ def window_at(kind: str, now: datetime, tz: ZoneInfo) -> Window:
     if kind == "hourly":
         start = local.replace(minute=0, second=0, microsecond=0)
         # In UTC, so that the hour a DST change repeats or skips is still one hour long.
-        return Window(kind, start, (start.astimezone(timezone.utc) + timedelta(hours=1)).astimezone(tz))
+        return Window(kind, start, (start.astimezone(UTC) + timedelta(hours=1)).astimezone(tz))
     midnight = datetime(local.year, local.month, local.day, tzinfo=tz)
     if kind == "daily":
         following = midnight.date() + timedelta(days=1)
@@ -426,7 +421,7 @@ class BudgetGuard:
         prompt_refuse_tokens: int = 0,
         on_alert: Callable[[BudgetAlert], None] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if on_ledger_error not in LEDGER_POLICIES:
             raise ValueError(f'on_ledger_error must be "open" or "closed", not {on_ledger_error!r}')

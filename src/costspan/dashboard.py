@@ -12,7 +12,7 @@ import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -50,7 +50,7 @@ class DashboardData:
 
 def _floor(moment: datetime, every: str) -> datetime:
     step = BUCKET_NS[every] // 1_000_000_000
-    return datetime.fromtimestamp(int(moment.timestamp()) // step * step, timezone.utc)
+    return datetime.fromtimestamp(int(moment.timestamp()) // step * step, UTC)
 
 
 def collect(
@@ -277,7 +277,7 @@ def _card(label: str, value: str, note: str = "", cls: str = "") -> str:
 
 def render(data: DashboardData, generated_at: datetime | None = None) -> str:
     """The whole page, as one string."""
-    generated_at = generated_at or datetime.now(timezone.utc)
+    generated_at = generated_at or datetime.now(UTC)
     totals = data.totals
     spend = totals["spend_usd"] or 0.0
     requests = totals["requests"] or 0

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -312,7 +312,7 @@ def run(
     """Run the demo app and write its spans to ``store``. Against the stand-in unless ``real_api``; with
     ``reconcile_bill`` (for a store that holds only this run), the store is then checked against its bill."""
     started = time.monotonic()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     visits = real_api_traffic(now) if real_api else simulated_traffic(now, days=days, requests=requests)
     store_exporter = CostspanSpanExporter(store)
     backdate = Backdate(store_exporter)

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
@@ -516,7 +516,7 @@ def provider_price_id(provider_name: str) -> str:
     return "azure" if provider_name == "azure.ai.openai" else "openai"
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def as_utc(timestamp_ns: int) -> datetime:
@@ -527,4 +527,4 @@ def as_utc(timestamp_ns: int) -> datetime:
 
 def aware_utc(moment: datetime) -> datetime:
     """A datetime in UTC; a naive one is taken to be UTC already, as genai-prices takes it."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -51,11 +51,6 @@ from costspan.pricing import (
     billed_tier,
     packaged_prices,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 logger = logging.getLogger("costspan")
 

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from costspan.store import Store, filter_sql, round_usd, to_ns
@@ -172,13 +172,13 @@ def _requests(count: int) -> str:
 
 def utc_midnight(day: date) -> datetime:
     """The start of a UTC day: the provider's buckets are whole UTC days."""
-    return datetime.combine(day, time(), timezone.utc)
+    return datetime.combine(day, time(), UTC)
 
 
 def utc_days(since: datetime, until: datetime) -> list[date]:
     """The UTC days that [since, until) touches."""
-    first = since.astimezone(timezone.utc).date()
-    last = (until.astimezone(timezone.utc) - timedelta(microseconds=1)).date()
+    first = since.astimezone(UTC).date()
+    last = (until.astimezone(UTC) - timedelta(microseconds=1)).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
@@ -270,7 +270,7 @@ class OrganizationReports:
             page = self._get(path, params)
             try:
                 buckets = [
-                    (datetime.fromtimestamp(int(bucket["start_time"]), tz=timezone.utc).date(), bucket)
+                    (datetime.fromtimestamp(int(bucket["start_time"]), tz=UTC).date(), bucket)
                     for bucket in page.get("data") or []
                 ]
             except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as error:

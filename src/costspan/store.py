@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -221,7 +221,7 @@ def to_ns(moment: datetime) -> int:
 
 
 def from_ns(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns // NS_PER_S, tz=timezone.utc).replace(microsecond=(ns % NS_PER_S) // 1000)
+    return datetime.fromtimestamp(ns // NS_PER_S, tz=UTC).replace(microsecond=(ns % NS_PER_S) // 1000)
 
 
 def round_usd(value: float) -> float:

@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from costspan.paths import COSTSPAN_STORE_PATH, default_store_path
@@ -40,7 +40,7 @@ def parse_time(text: str, now: datetime) -> datetime:
     except ValueError:
         raise UsageError(f"cannot read time {text!r}: give {TIME_HELP}") from None
     # In UTC from here on: day and hour buckets, and the provider's days, are UTC.
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_dimensions(text: str) -> list[str]:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from costspan.cli._store_cli import (
@@ -65,7 +65,7 @@ class Alert:
 
 
 def last_full_hour(now: datetime) -> datetime:
-    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 
 
 def find_alerts(
@@ -123,7 +123,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dimensions = parse_dimensions(args.by)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     hour = last_full_hour(parse_time(args.at, now) if args.at else now)
     with open_store(args) as store:
         hourly = store.spend_by(

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         budgets = load_budgets(path)
     except BudgetFileError as error:
         raise UsageError(str(error)) from None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     at = parse_time(args.at, now) if args.at else now
     with open_store(args) as store:
         found = standings(store, budgets, at)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from costspan import dashboard
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     filters = read_filters(args, now)
     with open_store(args) as store:
         data = dashboard.collect(

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -106,11 +106,11 @@ def _count(raw: str) -> int:
 def _when(raw: str) -> datetime:
     try:
         if len(raw) == 10:
-            return datetime.combine(date.fromisoformat(raw), time(12), tzinfo=timezone.utc)
+            return datetime.combine(date.fromisoformat(raw), time(12), tzinfo=UTC)
         parsed = datetime.fromisoformat(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a date like 2026-05-01 (or 2026-05-01T09:30)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,7 +194,7 @@ def _usage(args: argparse.Namespace) -> Usage | None:
 
 
 def _price(args: argparse.Namespace) -> int:
-    at: datetime = args.at or datetime.now(timezone.utc)
+    at: datetime = args.at or datetime.now(UTC)
     usage = _usage(args)
     pricer = Pricer(_layers(args))
     resolved = pricer.resolve(args.model, args.provider, at, args.tier, args.batch)
@@ -402,7 +402,7 @@ def _cell(price: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    at: datetime = args.at or datetime.now(timezone.utc)
+    at: datetime = args.at or datetime.now(UTC)
     rows = _list_rows(args, at)
     if args.json:
         listed = [

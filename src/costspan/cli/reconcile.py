@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from costspan.cli._store_cli import (
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.tolerance < 0:
         raise UsageError("--tolerance is a percentage, 0 or more")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     filters = read_filters(args, now)
     # Whole UTC days, as the provider buckets them: a part of a day compared with a whole one is a false gap.
     since = utc_midnight((filters.since or now).date())

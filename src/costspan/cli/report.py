@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from costspan.cli._store_cli import (
@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dimensions = parse_dimensions(args.by)
-    filters = read_filters(args, datetime.now(timezone.utc))
+    filters = read_filters(args, datetime.now(UTC))
     with open_store(args) as store:
         rows = store.spend_by(
             dimensions,

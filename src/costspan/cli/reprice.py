@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from costspan import environment_variables as env
@@ -129,7 +129,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now
     pricer = Pricer(price_layers(args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)))
