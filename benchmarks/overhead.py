@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/overhead.py              # CPU instructions under callgrind: exact, repeatable
     .venv/bin/python benchmarks/overhead.py --timed      # CPU time, medians over interleaved rounds
+    .venv/bin/python benchmarks/overhead.py --readme     # instructions, and the figures written into README.md
 
 The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not drown the figure. Variants:
 
@@ -42,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -54,6 +56,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.version import __version__ as otel_sdk_version
 from opentelemetry.trace import SpanKind
 
 from costspan.instrumentor import CostspanInstrumentor
@@ -280,7 +283,37 @@ PLAIN_CALLS = (10, 110)
 STREAM_CALLS = 5  # streams of 200 and of 600 chunks: 2,000 chunks more, which average the per-chunk noise out
 
 
-def count_instructions() -> None:
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_BLOCK = re.compile(r"(<!-- overhead:begin -->\n).*?(<!-- overhead:end -->)", re.S)
+
+
+def write_readme(per_call: dict[str, float], per_chunk: float) -> None:
+    """Replaces the README's figures with this run's, so the README shows only what was measured last."""
+    bare = per_call["bare"]
+    floor = per_call["floor"] - bare
+    rows = [
+        ("bare SDK call (mock transport)", bare, "", ""),
+        ("floor: one bare OTel span with the same attributes", floor, "1x", f"{100 * floor / bare:.1f}%"),
+    ]
+    for label, variant in (("added on the request path", "costspan_request_path"), ("added, all of it", "costspan")):
+        added = per_call[variant] - bare
+        rows.append((label, added, f"{added / floor:.2f}x", f"{100 * added / bare:.1f}%"))
+    table = "\n".join(f"| {label} | {value / 1e6:.2f} M | {ratio} | {share} |" for label, value, ratio, share in rows)
+    today = time.strftime("%Y-%m-%d")
+    block = (
+        f"Per call, CPU instructions under callgrind ({today}; openai {openai.__version__}, "
+        f"OTel SDK {otel_sdk_version}, CPython {sys.version.split()[0]}):\n\n"
+        "| | instructions | vs the floor | vs a bare call |\n|---|---:|---:|---:|\n"
+        f"{table}\n| added per streamed chunk | {per_chunk / 1e3:.1f} k | | |\n"
+    )
+    text = README.read_text(encoding="utf-8")
+    if not README_BLOCK.search(text):
+        sys.exit(f"{README} has no <!-- overhead:begin --> ... <!-- overhead:end --> block to fill")
+    README.write_text(README_BLOCK.sub(lambda m: m[1] + block + m[2], text), encoding="utf-8")
+    print(f"wrote these figures into {README}")
+
+
+def count_instructions(readme: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
     print(
@@ -293,6 +326,8 @@ def count_instructions() -> None:
         per_call = {v: future.result() for v, future in calls.items()}
         per_chunk = chunks["costspan_stream"].result() - chunks["bare_stream"].result()
     report(per_call, per_chunk, "instr")
+    if readme:
+        write_readme(per_call, per_chunk)
 
 
 # --- CPU time ---------------------------------------------------------------------------------------------------
@@ -327,6 +362,7 @@ def time_rounds(rounds: int, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timed", action="store_true", help="measure CPU time instead of instructions")
+    parser.add_argument("--readme", action="store_true", help="write the instruction counts into README.md")
     parser.add_argument("--rounds", type=int, default=301, help="timed mode: interleaved rounds")
     parser.add_argument("--calls", type=int, default=10, help="calls per round (timed) or per run (child)")
     parser.add_argument("--chunks", type=int, default=CHUNKS, help=argparse.SUPPRESS)
@@ -337,7 +373,7 @@ def main() -> None:
     elif args.timed:
         time_rounds(args.rounds, args.calls)
     else:
-        count_instructions()
+        count_instructions(readme=args.readme)
 
 
 if __name__ == "__main__":
