@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from costspan import semconv
+from costspan.distro import CostspanDistro
 from costspan.fakeopenai import FakeOpenAI
+from costspan.store import Store
 from tests.otlp_receiver import OtlpReceiver
 from tests.ports import free_port
 
@@ -110,3 +115,109 @@ def test_a_collector_that_is_down_never_stops_the_app_and_its_losses_are_counted
         assert "Failed to export spans batch" in result.stderr, result.stderr
         exported = "otel.sdk.exporter.span.exported"
         assert receiver.total(exported, **{"error.type": "ConnectionError"}) == receiver.total(exported) == 2
+
+
+def run_store_only(
+    fake: FakeOpenAI, store: Path, *extra_args: str, **env_vars: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The README's store-only run, `opentelemetry-instrument --traces_exporter costspan`, with no collector
+    named; returns the run and its wall seconds, interpreter start-up and exit included."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "sk-test-not-a-secret",
+        "COSTSPAN_STORE_PATH": str(store),
+        **env_vars,
+    }
+    command = [str(BIN / "opentelemetry-instrument"), "--traces_exporter", "costspan", *extra_args]
+    started = time.monotonic()
+    result = subprocess.run(
+        [*command, sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result, time.monotonic() - started
+
+
+def stored_customers(path: Path) -> set[str]:
+    with Store(path) as store:
+        rows = store.query("SELECT customer_id, cost_usd FROM spans")
+    assert all(r["cost_usd"] > 0 for r in rows)
+    return {r["customer_id"] for r in rows}
+
+
+# What a run that reaches for a collector prints: "Transient error ... localhost:4318 ... refused", "Failed to
+# export metrics batch due to timeout".
+EXPORT_NOISE = re.compile(r"error|warn|fail|refused|timeout|export|4318", re.IGNORECASE)
+
+
+def test_a_store_only_run_is_quiet_and_as_fast_as_one_with_metrics_off(tmp_path: Path) -> None:
+    """Before the distro's store-only default, this run sent metrics to localhost:4318: three connection-refused
+    lines, a metrics timeout, and ~7 s of retries at exit. Timed against `--metrics_exporter none`, in turn."""
+    store_only: list[float] = []
+    metrics_off: list[float] = []
+    with FakeOpenAI() as fake:
+        for i in range(3):
+            result, seconds = run_store_only(fake, tmp_path / f"store-only-{i}.sqlite3")
+            assert result.returncode == 0, result.stderr
+            assert not [line for line in result.stderr.splitlines() if EXPORT_NOISE.search(line)], result.stderr
+            store_only.append(seconds)
+            result, seconds = run_store_only(fake, tmp_path / f"metrics-off-{i}.sqlite3", "--metrics_exporter", "none")
+            assert result.returncode == 0, result.stderr
+            metrics_off.append(seconds)
+    for i in range(3):
+        assert stored_customers(tmp_path / f"store-only-{i}.sqlite3") == {"cust_4291", "cust_0007"}
+    # Minima tolerate a busy machine: this guards against a seconds-long shutdown delay, it is no benchmark.
+    assert min(store_only) - min(metrics_off) < 0.5, (store_only, metrics_off)
+
+
+def test_a_store_only_run_with_an_otlp_endpoint_still_exports_metrics(tmp_path: Path) -> None:
+    """An endpoint names a collector: metrics go there as before (the SDK's own span counter stands in for them,
+    as the receiver reads sums)."""
+    path = tmp_path / "store.sqlite3"
+    with FakeOpenAI() as fake, OtlpReceiver() as receiver:
+        result, _ = run_store_only(
+            fake,
+            path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED="true",
+        )
+        assert result.returncode == 0, result.stderr
+    assert receiver.total("otel.sdk.span.started") >= 2
+    assert receiver.spans == []  # traces went only to the store
+    assert stored_customers(path) == {"cust_4291", "cust_0007"}
+
+
+@pytest.mark.parametrize(
+    ("env", "metrics"),
+    [
+        ({}, "otlp_proto_http"),  # traces default to OTLP too: a collector is expected
+        ({"OTEL_TRACES_EXPORTER": "costspan"}, "none"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "none"),
+        ({"OTEL_TRACES_EXPORTER": "none"}, "none"),
+        ({"OTEL_TRACES_EXPORTER": "costspan, console"}, "none"),
+        ({"OTEL_TRACES_EXPORTER": "costspan,otlp_proto_http"}, "otlp_proto_http"),
+        ({"OTEL_TRACES_EXPORTER": "costspan", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "otlp_proto_http"),
+        (
+            {"OTEL_TRACES_EXPORTER": "costspan", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4318/v1/metrics"},
+            "otlp_proto_http",
+        ),
+        # An explicit choice always wins, either way.
+        ({"OTEL_TRACES_EXPORTER": "costspan", "OTEL_METRICS_EXPORTER": "otlp_proto_http"}, "otlp_proto_http"),
+        ({"OTEL_TRACES_EXPORTER": "costspan", "OTEL_METRICS_EXPORTER": "prometheus"}, "prometheus"),
+        ({"OTEL_METRICS_EXPORTER": "none"}, "none"),
+    ],
+)
+def test_the_distro_turns_metrics_off_only_when_no_collector_is_named(env: dict[str, str], metrics: str) -> None:
+    with mock.patch.dict(os.environ, env, clear=True):
+        CostspanDistro()._configure()
+        configured = dict(os.environ)
+    assert configured == {
+        "OTEL_TRACES_EXPORTER": "otlp_proto_http",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        **env,
+        "OTEL_METRICS_EXPORTER": metrics,
+    }
