@@ -190,7 +190,7 @@ const root = document.documentElement;
 if (root.scrollWidth > root.clientWidth) {
   problems.push(`the page is ${root.scrollWidth}px wide in a ${root.clientWidth}px window`);
 }
-for (const panel of document.querySelectorAll("section")) {
+for (const panel of document.querySelectorAll("section, .card")) {
   const past = (el) => el.getBoundingClientRect().right > panel.getBoundingClientRect().right + 0.5;
   for (const el of panel.querySelectorAll("*")) {
     if (past(el) && !past(el.parentElement)) {  // the outermost culprit, not each of its children
