@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -61,6 +63,17 @@ def row(
         cost_usd=cost,
         pricing_status="priced",
     )
+
+
+# A week of traffic whose names are as long as real ones get: the route must be shown whole, never cut.
+LONG_ROUTE = "/api/v2/organizations/{organization_id}/projects/{project_id}/conversations/{conversation_id}/messages"
+LONG_FEATURE = "document-summaries-for-enterprise-knowledge-base"
+REALISTIC = [
+    *CALLS,
+    *((n * DAY, "support-chat", LONG_ROUTE, "initech-holdings-international", 3.20, 42_000, 30_000) for n in range(7)),
+    *((n * DAY, LONG_FEATURE, "POST /v1/documents/{document_id}/summaries", "acme", 1.85, 96_000, 0) for n in range(6)),
+    (3 * DAY, "nightly-batch", "POST /batch/nightly-digest-generation", "globex", 0.0125, 1_500, 0),
+]
 
 
 @pytest.fixture
@@ -135,6 +148,7 @@ def _headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedPro
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-quic",
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
@@ -166,3 +180,65 @@ def test_renders_in_headless_chromium(page: Path, tmp_path: Path) -> None:
     for name, figure in EXPECTED.items():
         assert figure in text, name
     assert dom.count("<rect ") == 5
+
+
+# Measures the page as laid out and writes what it finds into the DOM, where --dump-dom can read it. It goes
+# into the test's copy only: the dashboard itself has no script.
+LAYOUT_CHECK = """<script>
+const problems = [];
+const root = document.documentElement;
+if (root.scrollWidth > root.clientWidth) {
+  problems.push(`the page is ${root.scrollWidth}px wide in a ${root.clientWidth}px window`);
+}
+for (const panel of document.querySelectorAll("section, .card")) {
+  const past = (el) => el.getBoundingClientRect().right > panel.getBoundingClientRect().right + 0.5;
+  for (const el of panel.querySelectorAll("*")) {
+    if (past(el) && !past(el.parentElement)) {  // the outermost culprit, not each of its children
+      problems.push(`<${el.tagName} class="${el.getAttribute("class")}"> sticks out of its panel`);
+    }
+  }
+}
+// Every name that could be long carries its full text as a title; the cell must show all of it.
+const names = [...document.querySelectorAll("main [title]")];
+for (const el of names) {
+  if (el.textContent !== el.title) problems.push(`${el.title} reads "${el.textContent}"`);
+  if (el.scrollWidth > el.clientWidth) problems.push(`${el.title} is cut off`);
+}
+const result = {width: window.innerWidth, names: names.map((el) => el.textContent), problems};
+const out = document.createElement("pre");
+out.id = "layout-check";
+out.textContent = JSON.stringify(result);
+document.body.append(out);
+</script>"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("width", "height"), [(600, 2600), (1400, 1800)])  # tall enough for the whole page
+def test_long_names_read_in_full_at_phone_and_desktop_widths(width: int, height: int, tmp_path: Path) -> None:
+    """No sideways scrolling, nothing past its panel, no name cut off, at 600 and 1400 px.
+
+    To look at the screenshots: ``pytest tests/test_dashboard.py -k long_names --basetemp=/tmp/shots`` and open
+    /tmp/shots/test_long_names_*/dashboard-600.png and dashboard-1400.png in an image viewer.
+    """
+    binary = _chromium()
+    store = tmp_path / "store.sqlite3"
+    with Store(store) as s:
+        s.insert(row(i, *call) for i, call in enumerate(REALISTIC))
+    page = tmp_path / "spend.html"
+    assert main(["dashboard", "--out", str(page), "--store", str(store)]) == 0
+
+    shot = tmp_path / f"dashboard-{width}.png"
+    window = f"--window-size={width},{height}"
+    result = _headless(binary, tmp_path / "profile", "--hide-scrollbars", f"--screenshot={shot}", window, page.as_uri())
+    assert shot.exists(), result.stderr[-2000:]
+    assert int.from_bytes(shot.read_bytes()[16:20], "big") == width
+
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.read_text("utf-8").replace("</body>", f"{LAYOUT_CHECK}</body>"), "utf-8")
+    dom = _headless(binary, tmp_path / "profile", "--dump-dom", window, checked.as_uri()).stdout
+    found = re.search(r'<pre id="layout-check">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    layout = json.loads(html.unescape(found.group(1)))
+    assert layout["width"] == width
+    assert not layout["problems"], "\n".join(layout["problems"])
+    assert LONG_ROUTE in layout["names"] and LONG_FEATURE in layout["names"]

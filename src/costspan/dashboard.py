@@ -148,6 +148,14 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _breakable(text: str) -> str:
+    """Escaped ``text`` that may wrap after each slash, so a long route breaks between its segments.
+
+    ``<wbr>`` adds no characters: the text a reader copies or searches for stays the route itself.
+    """
+    return "/<wbr>".join(_e(part) for part in text.split("/"))
+
+
 def axis_ticks(peak: float) -> list[float]:
     """Round gridline values from 0 to at or above ``peak``: steps of 1, 2, 2.5 or 5 x 10^k, three to five of them."""
     if peak <= 0:
@@ -230,12 +238,26 @@ def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str
         share = spend / total if total else 0.0
         lines.append(
             f'<li><div class="bar" style="width:{100 * spend / biggest:.1f}%"></div>'
-            f'<span class="name" title="{_e(_label(row[dimension]))}">{_e(_label(row[dimension]))}</span>'
+            f'<span class="name" title="{_e(_label(row[dimension]))}">{_breakable(_label(row[dimension]))}</span>'
             f'<span class="num">{_e(usd(row["spend_usd"]))}</span>'
             f'<span class="num muted">{_e(percent(share))}</span>'
             f'<span class="num muted">{_e(compact(row["requests"]))} req</span></li>'
         )
     return f'<ol class="ranking">{"".join(lines)}</ol>'
+
+
+# The feature table's columns; on a narrow screen each row stacks and labels its figures with these names.
+FEATURE_COLUMNS = (
+    "Feature",
+    "Requests",
+    "Spend",
+    "Share",
+    "Per request",
+    "Tokens",
+    "Avg latency",
+    "Cache-hit rate",
+    "p95 prompt",
+)
 
 
 def feature_table(rows: Sequence[dict[str, Any]], total: float, palette: dict[str, str]) -> str:
@@ -247,25 +269,26 @@ def feature_table(rows: Sequence[dict[str, Any]], total: float, palette: dict[st
         rate = row["cache_hit_rate"]
         latency = row["avg_latency_ms"]
         swatch = palette.get(name, OTHER_COLOUR)
-        body.append(
-            "<tr>"
-            f'<td><span class="swatch" style="background:{swatch}"></span>{_e(name)}</td>'
-            f'<td class="num">{_e(exact(row["requests"]))}</td>'
-            f'<td class="num">{_e(usd(row["spend_usd"]))}</td>'
-            f'<td class="num">{_e(percent((row["spend_usd"] or 0.0) / total if total else None))}</td>'
-            f'<td class="num">{_e(usd((row["spend_usd"] or 0.0) / row["requests"]))}</td>'
-            f'<td class="num">{_e(compact(row["input_tokens"] + row["output_tokens"]))}</td>'
-            f'<td class="num">{"n/a" if latency is None else f"{latency:,.0f} ms"}</td>'
-            f'<td class="num"><span class="meter"><span style="width:{100 * (rate or 0):.1f}%"></span></span>'
-            f"{_e(percent(rate))}</td>"
-            f'<td class="num">{_e(exact(row["p95_input_tokens"]))}</td>'
-            "</tr>"
+        figures = (
+            _e(exact(row["requests"])),
+            _e(usd(row["spend_usd"])),
+            _e(percent((row["spend_usd"] or 0.0) / total if total else None)),
+            _e(usd((row["spend_usd"] or 0.0) / row["requests"])),
+            _e(compact(row["input_tokens"] + row["output_tokens"])),
+            "n/a" if latency is None else f"{latency:,.0f} ms",
+            f'<span class="meter"><span style="width:{100 * (rate or 0):.1f}%"></span></span>{_e(percent(rate))}',
+            _e(exact(row["p95_input_tokens"])),
         )
-    head = (
-        "<tr><th>Feature</th><th>Requests</th><th>Spend</th><th>Share</th><th>Per request</th><th>Tokens</th>"
-        "<th>Avg latency</th><th>Cache-hit rate</th><th>p95 prompt</th></tr>"
-    )
-    return f'<table class="features"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+        cells = "".join(
+            f'<td class="num" data-label="{_e(label)}">{figure}</td>'
+            for label, figure in zip(FEATURE_COLUMNS[1:], figures, strict=True)
+        )
+        body.append(
+            f'<tr><td class="name" title="{_e(name)}"><span class="swatch" style="background:{swatch}"></span>'
+            f"{_breakable(name)}</td>{cells}</tr>"
+        )
+    head = "".join(f'<th scope="col">{_e(label)}</th>' for label in FEATURE_COLUMNS)
+    return f'<table class="features"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _card(label: str, value: str, note: str = "", cls: str = "") -> str:
