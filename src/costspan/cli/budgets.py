@@ -106,7 +106,8 @@ def register(subparsers: Any) -> None:
         "budgets",
         help="spend against the caps of a budget file (80%% / 100%% marks)",
         description="Show each budget's spend in its current window (hour, day or month) against its cap, "
-        "marking the 80%% and 100%% thresholds (or the file's alert_thresholds).",
+        # Not %-expanded by argparse (only argument and subcommand help is), so a single % here.
+        "marking the 80% and 100% thresholds (or the file's alert_thresholds).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
