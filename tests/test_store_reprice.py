@@ -52,7 +52,9 @@ def test_reprice_keeps_the_original_figure_and_both_versions(
     capsys: pytest.CaptureFixture[str], store_path: str, tmp_path: Path
 ) -> None:
     assert main(["reprice", "--store", store_path, "--since", "30d", "--dry-run"]) == 0
-    assert "1 would change" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("Would re-price 2 calls since ") and "1 would change" in out
+    assert "(dry run: nothing written)" in out and "Re-priced" not in out and "changed" not in out
     assert costs(store_path)[1][0] == 1.0  # a dry run writes nothing
 
     assert main(["reprice", "--store", store_path, "--since", "30d"]) == 0
