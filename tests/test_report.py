@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from costspan.cli import main
 from costspan.store import Store
-from tests.test_store import T0, row
+from tests.test_store import T0, damage, row
 
 AT = (T0 + timedelta(days=1)).isoformat()  # --until for every command: the data is in the day before
 
@@ -109,9 +111,39 @@ def test_a_missing_or_damaged_store_exits_2(capsys: pytest.CaptureFixture[str], 
     assert main(["report", "--store", str(tmp_path / "nothing.sqlite3")]) == 2
     assert "no costspan store at" in capsys.readouterr().err
     damaged = tmp_path / "damaged.sqlite3"
-    damaged.write_bytes(b"\0garbage" * 512)
+    damage(damaged)
     assert main(["report", "--store", str(damaged)]) == 2
     assert f"mv {damaged} {damaged}.damaged" in capsys.readouterr().err
+
+
+def _foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    sqlite3.connect(path).close()
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda path: path.write_text("root:x:0:0:root:/root:/bin/bash\n"), "(it is not a SQLite file)"),
+        (lambda path: path.write_bytes(b"\0garbage" * 512), "(it is not a SQLite file)"),
+        (_foreign_sqlite, "(a SQLite database without costspan's tables)"),
+    ],
+    ids=["text", "binary", "other-sqlite"],
+)
+@pytest.mark.parametrize("command", ["report", "alerts", "serve"])
+def test_a_file_that_is_no_store_is_named_so_and_never_moved_or_changed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], object], why: str, command: str
+) -> None:
+    """`--store /etc/passwd` is a wrong path, not a damaged store: no `mv` advice, and the file is left alone."""
+    foreign = tmp_path / "passwd"
+    make(foreign)
+    before = foreign.read_bytes()
+    assert main([command, "--store", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"{foreign} is not a costspan store {why}. Pass the right --store path" in err
+    assert "mv " not in err and "damaged" not in err
+    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]
 
 
 def test_top_must_be_1_or_more(capsys: pytest.CaptureFixture[str], store_path: str) -> None:

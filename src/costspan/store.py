@@ -197,6 +197,34 @@ class StoreError(Exception):
     """The store cannot be used; the message says why and what to do."""
 
 
+SQLITE_MAGIC: Final = b"SQLite format 3\0"  # the first 16 bytes of every SQLite file
+_WRONG_PATH = "Pass the right --store path (or set COSTSPAN_STORE_PATH)."
+
+
+def _header_user_version(path: Path) -> int | None:
+    """The ``user_version`` a SQLite file's 100-byte header holds (bytes 60-63); None when the file is not SQLite.
+    Read from the bytes, so that it works on a file SQLite itself can no longer open."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        return None
+    return int.from_bytes(header[60:64], "big")
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Raise unless ``path`` is missing, empty or SQLite: costspan never writes into, nor calls damaged, a file
+    that is not a store (``--store /etc/passwd``)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        return  # missing (or unreadable): connecting says so
+    if not empty and _header_user_version(path) is None:
+        raise StoreError(f"{path} is not a costspan store (it is not a SQLite file). {_WRONG_PATH}")
+
+
 def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     text = str(error)
     if isinstance(error, sqlite3.OperationalError) and "locked" in text:
@@ -207,6 +235,10 @@ def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     if "full" in text:
         return StoreError(f"costspan store {path}: {text}. Free disk space; nothing was written.")
     if isinstance(error, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        if not 1 <= (_header_user_version(path) or 0) <= SCHEMA_VERSION:  # costspan stamps its schema version
+            return StoreError(
+                f"{path} is a SQLite file that cannot be read ({text}) and not a costspan store. {_WRONG_PATH}"
+            )
         return StoreError(
             f"costspan store {path} is damaged ({text}). Move it aside (`mv {path} {path}.damaged`): costspan "
             f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows."
@@ -311,6 +343,7 @@ class Store:
                 f"no costspan store at {self.path} yet. Export spans into it (`opentelemetry-instrument "
                 "--traces_exporter costspan ...`), run `costspan demo`, or pass --store / set COSTSPAN_STORE_PATH."
             )
+        _refuse_foreign_file(self.path)
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         try:
@@ -321,12 +354,21 @@ class Store:
         try:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+                self._refuse_foreign_database()  # before WAL and migrations change the file
                 self._use_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
                 self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _refuse_foreign_database(self) -> None:
+        """Raise when the file is another application's SQLite database: it has tables, but not costspan's."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "spans" not in tables:
+            raise StoreError(
+                f"{self.path} is not a costspan store (a SQLite database without costspan's tables). {_WRONG_PATH}"
+            )
 
     def _use_wal(self) -> None:
         """Switch the file to WAL. The switch needs a moment alone with the file and does not wait on the busy
