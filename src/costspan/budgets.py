@@ -238,7 +238,7 @@ def _read(path: Path) -> Mapping[str, Any]:
             try:
                 import yaml
             except ImportError:
-                raise BudgetFileError(f"{path}: YAML budget files need PyYAML (pip install 'costspan[yaml]')") from None
+                raise BudgetFileError(f"{path}: YAML budget files need PyYAML (pip install pyyaml)") from None
             data = yaml.safe_load(text) or {}
         else:
             data = tomllib.loads(text)

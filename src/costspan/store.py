@@ -27,6 +27,7 @@ import json
 import math
 import operator
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -38,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from costspan.paths import default_store_path
+from costspan.paths import checkout_for_hints, default_store_path, demo_store_path
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
@@ -225,6 +226,24 @@ def _refuse_foreign_file(path: Path) -> None:
         raise StoreError(f"{path} is not a costspan store (it is not a SQLite file). {_WRONG_PATH}")
 
 
+def _no_store_yet(path: Path) -> str:
+    """Where to look instead. `costspan demo` writes its own store, so after it the hint points there rather than
+    back at the demo."""
+    demo = demo_store_path()
+    export = "`opentelemetry-instrument --traces_exporter costspan python app.py`"
+    if demo.exists() and path.resolve() != demo.resolve():
+        quoted = shlex.quote(str(demo))
+        return (
+            f"no costspan store at {path} yet, but `costspan demo` wrote one: add --store {quoted}, e.g. "
+            f"`costspan report --store {quoted}`. Your own app's spans go to {path} once it runs under {export}."
+        )
+    return (
+        f"no costspan store at {path} yet. Export your app's spans into it ({export}), or pass --store / set "
+        "COSTSPAN_STORE_PATH. To try costspan first, run `costspan demo`: it writes its own store and prints the "
+        "commands that read it."
+    )
+
+
 def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     text = str(error)
     if isinstance(error, sqlite3.OperationalError) and "locked" in text:
@@ -339,10 +358,7 @@ class Store:
         """
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         if not create and not self.path.exists():
-            raise StoreError(
-                f"no costspan store at {self.path} yet. Export spans into it (`opentelemetry-instrument "
-                "--traces_exporter costspan ...`), run `costspan demo`, or pass --store / set COSTSPAN_STORE_PATH."
-            )
+            raise StoreError(_no_store_yet(self.path))
         _refuse_foreign_file(self.path)
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
@@ -427,7 +443,8 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"costspan store {self.path} has schema version {version}, newer than this costspan "
-                    f"understands ({SCHEMA_VERSION}). Upgrade costspan (`pip install -U costspan`)."
+                    f"understands ({SCHEMA_VERSION}). Upgrade costspan: update its checkout and reinstall it "
+                    f"(`pip install -e {checkout_for_hints()}`)."
                 )
             for number in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number].split(";"):
