@@ -46,15 +46,25 @@ def test_table_is_aligned_sorted_by_spend_and_explains_unpriced_calls(
     out = report(capsys, store_path, "--env", "prod")
     title, _, header, rule, chat, search, _, summary, note = out.splitlines()[:9]
     assert title == "Spend by feature, 2026-11-02 09:00 to 2026-11-03 09:00 UTC, environment prod"
-    assert header.split() == ["feature", "requests", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
+    assert header.split() == ["feature", "LLM", "calls", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
                               "cache", "hit", "p95", "prompt"]  # fmt: skip
     assert len(rule) == len(header)
     assert chat.split()[:3] == ["chat", "2", "$3.5000"]
     assert search.split()[:5] == ["search", "2", "$2.0000", "1,100", "20"]
     assert search.split()[-3:] == ["ms", "22.7%", "1,000"]  # 250/1100 cached; p95 of (1000, 100)
     assert header.index("spend") + len("spend") == chat.index("$3.5000") + len("$3.5000")  # right-aligned
-    assert summary == "2 rows, 4 requests, $5.5000 spent."
-    assert note.startswith("1 requests have no price")
+    assert summary == "2 rows, 4 LLM calls, $5.5000 spent."
+    assert note.startswith("1 LLM calls have no price")
+
+
+def test_money_in_one_column_has_one_precision(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A big and a tiny amount in one column: the same decimals, and the tiny one still shows its digits."""
+    path = tmp_path / "money.sqlite3"
+    with Store(path) as store:
+        store.insert([row(1, feature="batch", cost_usd=1234.5), row(2, feature="embed", cost_usd=0.000013)])
+    out = report(capsys, str(path))
+    spend = {line.split()[0]: line.split()[2] for line in out.splitlines() if line.startswith(("batch", "embed"))}
+    assert spend == {"batch": "$1,234.5000000", "embed": "$0.0000130"}
 
 
 def test_csv_and_json_carry_the_raw_figures(capsys: pytest.CaptureFixture[str], store_path: str) -> None:

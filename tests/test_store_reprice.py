@@ -59,7 +59,7 @@ def test_reprice_keeps_the_original_figure_and_both_versions(
 
     assert main(["reprice", "--store", store_path, "--since", "30d"]) == 0
     out, err = capsys.readouterr()
-    assert "Re-priced 2 calls" in out and "1 changed" in out and "$1.0000 -> $0.000720" in out
+    assert "Re-priced 2 calls" in out and "1 changed" in out and "spend $1.000000 -> $0.000720 (-$0.999280)" in out
     assert "re-pricing: 2/2 calls" in err  # progress
     after = costs(store_path)
     version = genai_prices.__version__

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from costspan.cli._store_cli import usd
+from costspan.money import usd_column
 from costspan.paths import checkout_for_hints, demo_store_path
 from costspan.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
 
@@ -70,9 +70,10 @@ def _reconciliation(days: list[DayResult]) -> str:
     """What `costspan reconcile` would say, against the stand-in's own bill instead of OpenAI's."""
     finished = [day for day in days if day.verdict != PARTIAL]
     billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
+    shown = usd_column([billed, recorded])
     lines = [
         "\nReconciled with the stand-in's own bill, as `costspan reconcile` does with OpenAI's Costs and Usage APIs:",
-        f"  billed {usd(billed)}, recorded {usd(recorded)} over {len(days)} days (today's bill is partial)",
+        f"  billed {shown[0]}, recorded {shown[1]} over {len(days)} days (today's bill is partial)",
     ]
     gaps = [day for day in finished if day.verdict != OK]
     if not gaps:

@@ -22,8 +22,8 @@ from costspan.cli._store_cli import (
     guarded,
     open_store,
     parse_time,
-    usd,
 )
+from costspan.money import usd_column
 from costspan.pricing import Cost, Pricer, PriceSource, as_utc, packaged_prices, provider_price_id
 from costspan.store import to_ns
 from costspan.usage import Usage
@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
                 store.execute_write(_UPDATE, updates)
             progress.show(tally, total)
     progress.done()
-    spend = f"spend {usd(tally.before_usd)} -> {usd(tally.after_usd)} ({usd(tally.after_usd - tally.before_usd)})"
+    before, after, difference = usd_column([tally.before_usd, tally.after_usd, tally.after_usd - tally.before_usd])
+    spend = f"spend {before} -> {after} ({difference})"
     period = f"since {since:%Y-%m-%d %H:%M} UTC"
     if args.dry_run:
         print(
