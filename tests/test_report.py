@@ -92,7 +92,9 @@ def test_hourly_buckets(capsys: pytest.CaptureFixture[str], store_path: str) -> 
     data = json.loads(report(capsys, store_path, "--where", "feature=search", "--every", "hour", "--format", "json"))
     assert [(r["bucket"], r["requests"]) for r in data] == [("2026-11-02T09:00:00Z", 1), ("2026-11-02T11:00:00Z", 1)]
     table = report(capsys, store_path, "--where", "feature=search", "--every", "day")
-    assert "day (UTC)" in table and "2026-11-02 00:00" in table
+    assert "day (UTC)" in table and "2026-11-02 " in table and "00:00" not in table  # a day is its date
+    hourly = report(capsys, store_path, "--where", "feature=search", "--every", "hour")
+    assert "hour (UTC)" in hourly and "2026-11-02 09:00 " in hourly and "2026-11-02 11:00 " in hourly
 
 
 def test_empty_period_says_what_to_try(capsys: pytest.CaptureFixture[str], store_path: str) -> None:

@@ -188,11 +188,24 @@ def millis(value: float | None) -> str:
     return NONE_SHOWN if value is None else f"{value:,.0f} ms"
 
 
+def zoned(moment: datetime) -> str:
+    """A time for people, with its zone, so that nobody reads a Berlin midnight as a UTC one:
+    ``2026-11-02 00:00 UTC``, ``2026-11-02 00:00 Europe/Berlin``."""
+    zone = getattr(moment.tzinfo, "key", None) or moment.tzname() or "local time"
+    return f"{moment:%Y-%m-%d %H:%M} {zone}"
+
+
+def bucket_label(every: str) -> Callable[[Any], str]:
+    """Report buckets, in a column headed ``(UTC)``: a day is its date, an hour its start."""
+    pattern = "%Y-%m-%d" if every == "day" else "%Y-%m-%d %H:%M"
+    return lambda moment: moment.strftime(pattern)
+
+
 def text(value: Any) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return zoned(value)
     return str(value)
 
 

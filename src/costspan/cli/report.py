@@ -11,6 +11,7 @@ from typing import Any
 from costspan.cli._store_cli import (
     Column,
     add_filter_options,
+    bucket_label,
     count,
     describe,
     guarded,
@@ -109,7 +110,7 @@ def table(dimensions: list[str], every: str | None, rows: list[dict[str, Any]]) 
         return "No LLM spans in this period. Widen --since, or check --env/--where and --store."
     columns = [Column(d, d, text) for d in dimensions]
     if every:
-        columns.append(Column("bucket", f"{every} (UTC)", text))
+        columns.append(Column("bucket", f"{every} (UTC)", bucket_label(every)))
     lines = [render_table([*columns, *MEASURE_COLUMNS], rows)]
     spend = sum(r["spend_usd"] or 0.0 for r in rows)
     calls = sum(r["requests"] for r in rows)
