@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main
-from costspan.dashboard import axis_ticks, compact, percent, tick, usd
+from costspan.dashboard import axis_ticks, compact, percent, spend_chart
 from costspan.store import CostRow, Store
 
 NOW = datetime.now(UTC)
@@ -28,13 +28,13 @@ CALLS = [
     (1 * DAY, "summarize", "POST /summarize", "acme", 4.00, 8000, 0),
     (timedelta(minutes=5), "summarize", "POST /summarize", "initech", 0.60, 1200, 0),
 ]
-TOTAL = "$8.35"  # 1.50 + 0.25 + 2.00 + 4.00 + 0.60
+TOTAL = "$8.3500"  # 1.50 + 0.25 + 2.00 + 4.00 + 0.60
 EXPECTED = {
-    "summarize": "$4.60",
-    "support-chat": "$3.50",
-    "acme": "$5.50",
-    "globex": "$2.25",
-    "POST /summarize": "$4.60",
+    "summarize": "$4.6000",
+    "support-chat": "$3.5000",
+    "acme": "$5.5000",
+    "globex": "$2.2500",
+    "POST /summarize": "$4.6000",
     "cache": "50.0%",  # support-chat: (500 + 1500) / (1000 + 3000)
 }
 
@@ -93,10 +93,10 @@ def page(store_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_formatting() -> None:
-    money = (0, 0.4243, 0.6, 0.05, 0.000001264, 1, 1234.567)
-    assert [usd(v) for v in money] == ["$0.00", "$0.424", "$0.600", "$0.0500", "$0.00000126", "$1.00", "$1,234.57"]
     assert [compact(v) for v in (999, 25_213, 999_960, 1.3e9)] == ["999", "25.2k", "1.0M", "1.3B"]
-    assert [tick(v) for v in (0, 0.0125, 0.05, 20, 1250.5)] == ["$0.00", "$0.0125", "$0.05", "$20.00", "$1,250.50"]
+    # Axis labels are one column of money: the same decimals on every tick.
+    chart = spend_chart([datetime(2026, 11, 2, tzinfo=UTC)], {"chat": [0.0394]}, "day")
+    assert re.findall(r">(\$[\d.,]+)</text>", chart) == ["$0.0000", "$0.0100", "$0.0200", "$0.0300", "$0.0400"]
     assert axis_ticks(0) == [0, 1]
     assert axis_ticks(5.8) == [0, 2, 4, 6]
     assert axis_ticks(9.54) == [0, 2.5, 5, 7.5, 10]
@@ -115,7 +115,7 @@ def test_page_is_self_contained_with_the_expected_numbers(page: Path) -> None:
         assert figure in html, name
     # Three daily bars with spend; stacked segments carry exact figures in their tooltips.
     assert html.count("<rect ") == 5
-    assert "summarize: $4.00</title>" in html
+    assert "summarize: $4.0000</title>" in html
 
 
 def test_empty_period_and_filters(store_path: Path, tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_empty_period_and_filters(store_path: Path, tmp_path: Path) -> None:
     assert "No calls in this period." in html and "customer_id = nobody" in html
     assert main(["dashboard", "--out", str(out), "--store", str(store_path), "--since", "1h", "--env", "prod"]) == 0
     html = out.read_text("utf-8")
-    assert "$0.600" in html and "Spend per hour" in html and "$4.60" not in html
+    assert "$0.6000" in html and "Spend per hour" in html and "$4.6000" not in html
 
 
 def test_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

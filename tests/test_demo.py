@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -13,9 +14,9 @@ import pytest
 
 import costspan
 from costspan.cli import main
-from costspan.cli.demo import demo_store_path
 from costspan.demo import BURST_CUSTOMER, simulated_traffic
 from costspan.fakeopenai import FakeOpenAI
+from costspan.paths import demo_store_path
 from costspan.store import Store
 
 FEATURE_ROUTES = {
@@ -39,7 +40,9 @@ def rows(path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in store.query("SELECT * FROM spans")]
 
 
-def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_the_app_and_prints_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["demo", "--requests", "80"]) == 0
     out, err = capsys.readouterr()
     store = demo_store_path()
@@ -50,6 +53,9 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     for name in [*FEATURE_ROUTES, "acme", BURST_CUSTOMER, "system"]:
         assert name in out
     assert "costspan dashboard --out spend.html" in out and "costspan alerts" in out
+    # costspan is not on PyPI yet: the install hint names a checkout, never `pip install costspan`.
+    assert "pip install -e " in out and "pip install costspan" not in out
+    assert "app requests and jobs made" in err and "LLM calls, priced and written to" in err
     # The store, checked against the stand-in's own bill (kept at its own rates), as `costspan reconcile` does.
     assert "Reconciled with the stand-in's own bill" in out and "all 14 finished days agree within 2%" in out
 
@@ -83,6 +89,20 @@ def test_demo_runs_the_app_and_prints_the_report(tmp_path: Path, capsys: pytest.
     alerts = capsys.readouterr().out
     assert BURST_CUSTOMER in alerts and "acme" not in alerts
 
+    # Every `costspan ...` command it suggests works as written (the hour it ran may have passed: alerts may be 0).
+    monkeypatch.chdir(tmp_path)
+    suggested = [line.split("#")[0].split() for line in out.splitlines() if line.startswith("  costspan ")]
+    assert len(suggested) == 3
+    for command in suggested:
+        assert main(shlex.split(" ".join(command[1:]))) in (0, 1), command
+    capsys.readouterr()
+
+    # Reading the default store, which the demo did not write, points at the demo's store instead of back at it.
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert f"`costspan demo` wrote one: add --store {store}, e.g. `costspan report --store {store}`" in err
+    assert "run `costspan demo`" not in err
+
     # A second run starts the demo store afresh instead of doubling it.
     assert main(["demo", "--requests", "80"]) == 0
     assert len(rows(store)) == len(stored)
@@ -104,7 +124,7 @@ def test_real_api_mode_makes_a_few_small_calls(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
     before = datetime.now(UTC).timestamp() * 1e9
-    assert main(["demo"]) == 0
+    assert main(["demo", "--real-api"]) == 0
     assert "about ten small calls go to" in capsys.readouterr().err
     assert 8 <= len(fake_openai.received) <= 12
     assert {r.body.get("model") for r in fake_openai.received} == {"gpt-4o-mini", "text-embedding-3-small"}
@@ -113,20 +133,33 @@ def test_real_api_mode_makes_a_few_small_calls(
     assert all(row["start_ns"] >= before for row in stored)  # real timestamps
 
 
-def test_offline_flag_ignores_the_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flags", [[], ["--offline"]], ids=["default", "offline"])
+def test_a_key_in_the_environment_never_reaches_the_real_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-would-cost-money")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: any call would fail
-    assert main(["demo", "--offline", "--requests", "10"]) == 0
-    assert "local OpenAI stand-in" in capsys.readouterr().err
+    assert main(["demo", *flags, "--requests", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "local OpenAI stand-in" in err and "OPENAI_API_KEY is set but not used: --real-api calls" in err
 
 
-def test_failing_app_is_reported_not_raised(
+def test_real_api_without_a_key_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--real-api"]) == 2
+    assert "--real-api needs OPENAI_API_KEY set; run without --real-api" in capsys.readouterr().err
+
+
+def test_unreachable_real_api_is_one_line_with_what_to_do(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # connection refused
-    assert main(["demo"]) == 1
-    assert "the demo app failed: APIConnectionError" in capsys.readouterr().err
+    assert main(["demo", "--real-api"]) == 1
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if "error" in line]
+    assert error.startswith("costspan demo: error: cannot reach http://127.0.0.1:9/v1")
+    assert error.endswith("or run without --real-api to use the local stand-in.")
+    assert "Traceback" not in err
 
 
 def test_missing_openai_sdk_says_what_to_install(
@@ -136,7 +169,7 @@ def test_missing_openai_sdk_says_what_to_install(
     monkeypatch.delitem(sys.modules, "costspan.demo")
     monkeypatch.delattr(costspan, "demo")
     assert main(["demo"]) == 2
-    assert "pip install 'costspan[instruments]'" in capsys.readouterr().err
+    assert "pip install 'openai>=1.40'" in capsys.readouterr().err
 
 
 def test_traffic_shape() -> None:

@@ -36,10 +36,10 @@ def test_bill_line_by_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "priced as gpt-5.5" in out
     assert f"genai-prices {genai_prices.__version__}, in force on 2026-11-02 (UTC); service tier: standard" in out
     lines = [line.split() for line in out.splitlines()]
-    assert ["input", "(uncached)", "3,234", "5.00", "0.016170"] in lines
-    assert ["cached", "input", "12,000", "0.50", "0.006000"] in lines
-    assert ["output", "5,312", "30.00", "0.159360"] in lines
-    assert ["total", "0.181530"] in lines
+    assert ["input", "(uncached)", "3,234", "5.00", "$0.01617"] in lines
+    assert ["cached", "input", "12,000", "0.50", "$0.00600"] in lines
+    assert ["output", "5,312", "30.00", "$0.15936"] in lines
+    assert ["total", "$0.18153"] in lines
     assert "of which reasoning   4,500" in out and "not added again" in out
 
 

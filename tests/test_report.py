@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from costspan.cli import main
 from costspan.store import Store
-from tests.test_store import T0, row
+from tests.test_store import T0, damage, row
 
 AT = (T0 + timedelta(days=1)).isoformat()  # --until for every command: the data is in the day before
 
@@ -44,15 +46,25 @@ def test_table_is_aligned_sorted_by_spend_and_explains_unpriced_calls(
     out = report(capsys, store_path, "--env", "prod")
     title, _, header, rule, chat, search, _, summary, note = out.splitlines()[:9]
     assert title == "Spend by feature, 2026-11-02 09:00 to 2026-11-03 09:00 UTC, environment prod"
-    assert header.split() == ["feature", "requests", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
+    assert header.split() == ["feature", "LLM", "calls", "spend", "tokens", "in", "tokens", "out", "avg", "latency",
                               "cache", "hit", "p95", "prompt"]  # fmt: skip
     assert len(rule) == len(header)
     assert chat.split()[:3] == ["chat", "2", "$3.5000"]
     assert search.split()[:5] == ["search", "2", "$2.0000", "1,100", "20"]
     assert search.split()[-3:] == ["ms", "22.7%", "1,000"]  # 250/1100 cached; p95 of (1000, 100)
     assert header.index("spend") + len("spend") == chat.index("$3.5000") + len("$3.5000")  # right-aligned
-    assert summary == "2 rows, 4 requests, $5.5000 spent."
-    assert note.startswith("1 requests have no price")
+    assert summary == "2 rows, 4 LLM calls, $5.5000 spent."
+    assert note.startswith("1 LLM calls have no price")
+
+
+def test_money_in_one_column_has_one_precision(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A big and a tiny amount in one column: the same decimals, and the tiny one still shows its digits."""
+    path = tmp_path / "money.sqlite3"
+    with Store(path) as store:
+        store.insert([row(1, feature="batch", cost_usd=1234.5), row(2, feature="embed", cost_usd=0.000013)])
+    out = report(capsys, str(path))
+    spend = {line.split()[0]: line.split()[2] for line in out.splitlines() if line.startswith(("batch", "embed"))}
+    assert spend == {"batch": "$1,234.5000000", "embed": "$0.0000130"}
 
 
 def test_csv_and_json_carry_the_raw_figures(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
@@ -80,7 +92,9 @@ def test_hourly_buckets(capsys: pytest.CaptureFixture[str], store_path: str) -> 
     data = json.loads(report(capsys, store_path, "--where", "feature=search", "--every", "hour", "--format", "json"))
     assert [(r["bucket"], r["requests"]) for r in data] == [("2026-11-02T09:00:00Z", 1), ("2026-11-02T11:00:00Z", 1)]
     table = report(capsys, store_path, "--where", "feature=search", "--every", "day")
-    assert "day (UTC)" in table and "2026-11-02 00:00" in table
+    assert "day (UTC)" in table and "2026-11-02 " in table and "00:00" not in table  # a day is its date
+    hourly = report(capsys, store_path, "--where", "feature=search", "--every", "hour")
+    assert "hour (UTC)" in hourly and "2026-11-02 09:00 " in hourly and "2026-11-02 11:00 " in hourly
 
 
 def test_empty_period_says_what_to_try(capsys: pytest.CaptureFixture[str], store_path: str) -> None:
@@ -109,9 +123,39 @@ def test_a_missing_or_damaged_store_exits_2(capsys: pytest.CaptureFixture[str], 
     assert main(["report", "--store", str(tmp_path / "nothing.sqlite3")]) == 2
     assert "no costspan store at" in capsys.readouterr().err
     damaged = tmp_path / "damaged.sqlite3"
-    damaged.write_bytes(b"\0garbage" * 512)
+    damage(damaged)
     assert main(["report", "--store", str(damaged)]) == 2
     assert f"mv {damaged} {damaged}.damaged" in capsys.readouterr().err
+
+
+def _foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    sqlite3.connect(path).close()
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda path: path.write_text("root:x:0:0:root:/root:/bin/bash\n"), "(it is not a SQLite file)"),
+        (lambda path: path.write_bytes(b"\0garbage" * 512), "(it is not a SQLite file)"),
+        (_foreign_sqlite, "(a SQLite database without costspan's tables)"),
+    ],
+    ids=["text", "binary", "other-sqlite"],
+)
+@pytest.mark.parametrize("command", ["report", "alerts", "serve"])
+def test_a_file_that_is_no_store_is_named_so_and_never_moved_or_changed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], object], why: str, command: str
+) -> None:
+    """`--store /etc/passwd` is a wrong path, not a damaged store: no `mv` advice, and the file is left alone."""
+    foreign = tmp_path / "passwd"
+    make(foreign)
+    before = foreign.read_bytes()
+    assert main([command, "--store", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"{foreign} is not a costspan store {why}. Pass the right --store path" in err
+    assert "mv " not in err and "damaged" not in err
+    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]
 
 
 def test_top_must_be_1_or_more(capsys: pytest.CaptureFixture[str], store_path: str) -> None:

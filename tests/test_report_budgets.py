@@ -91,3 +91,19 @@ def test_table_marks_and_bad_file(capsys: pytest.CaptureFixture[str], files: tup
     bad.write_text('[[budget]]\ncustomer_id = "acme"\nwindow = "weekly"\nlimit_usd = 1\n')
     assert main(["budgets", "--store", store_path, "--file", str(bad)]) == 2
     assert "window must be one of hourly, daily, monthly" in capsys.readouterr().err
+
+
+def test_the_since_column_names_each_window_s_time_zone(
+    capsys: pytest.CaptureFixture[str], files: tuple[str, str], tmp_path: Path
+) -> None:
+    """A Berlin day starts at 23:00 UTC the evening before: unlabelled, its midnight reads as a UTC one."""
+    store_path, _ = files
+    Store(store_path).close()
+    budget_file = tmp_path / "berlin.toml"
+    budget_file.write_text(
+        BUDGETS + '\n[[budget]]\ncustomer_id = "acme"\nwindow = "daily"\nlimit_usd = 1\ntimezone = "Europe/Berlin"\n'
+    )
+    assert main(["budgets", "--store", store_path, "--file", str(budget_file), "--at", AT]) == 0
+    since = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "2026-11-02 00:00 Europe/Berlin" in since[("customer_id=acme", "daily")]
+    assert "2026-11-01 00:00 UTC" in since[("customer_id=acme", "monthly")]

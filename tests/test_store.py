@@ -157,11 +157,28 @@ def test_a_file_from_a_newer_costspan_is_refused_with_advice(tmp_path: Path) -> 
         Store(path)
 
 
-def test_a_damaged_file_gives_a_clear_error(tmp_path: Path) -> None:
+def damage(path: Path) -> None:
+    """A costspan store that lost every page after the first (its header and schema version survive)."""
+    with Store(path) as store:
+        store.insert([row(n) for n in range(1, 300)])
+    data = path.read_bytes()
+    page_size = int.from_bytes(data[16:18], "big")
+    path.write_bytes(data[:page_size] + b"\x55" * (len(data) - page_size))
+
+
+def test_a_damaged_store_gives_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "damaged.sqlite3"
+    damage(path)
+    with pytest.raises(StoreError, match=r"is damaged .* Move it aside"), Store(path) as store:
+        store.count()
+
+
+def test_a_file_that_is_no_store_is_never_called_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
     path.write_bytes(b"this is not a database, it was overwritten by mistake" * 100)
-    with pytest.raises(StoreError, match=r"is damaged .* Move it aside"):
+    with pytest.raises(StoreError, match=r"is not a costspan store \(it is not a SQLite file\)") as raised:
         Store(path)
+    assert "damaged" not in str(raised.value)
 
 
 def test_reading_never_creates_a_store(tmp_path: Path) -> None:

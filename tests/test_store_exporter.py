@@ -112,9 +112,9 @@ def test_an_unwritable_store_is_counted_and_never_raised(tmp_path: Path, caplog:
     llm_call()
     assert (exporter.failed_spans, exporter.stored_spans) == (2, 0)
     (logged,) = [r.getMessage() for r in caplog.records if r.name == "costspan.exporter"]  # once a minute at most
-    assert "damaged" in logged and "Move it aside" in logged
+    assert "is not a costspan store" in logged and "Pass the right --store path" in logged
 
-    path.rename(tmp_path / "spans.sqlite3.damaged")  # what the message says to do
+    path.rename(tmp_path / "spans.txt")  # the file was never a store: the right path holds none yet
     llm_call()
     assert exporter.stored_spans == 1
     exporter.shutdown()

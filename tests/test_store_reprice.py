@@ -53,12 +53,14 @@ def test_reprice_keeps_the_original_figure_and_both_versions(
     capsys: pytest.CaptureFixture[str], store_path: str, tmp_path: Path
 ) -> None:
     assert main(["reprice", "--store", store_path, "--since", "30d", "--dry-run"]) == 0
-    assert "1 would change" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("Would re-price 2 calls since ") and "1 would change" in out
+    assert "(dry run: nothing written)" in out and "Re-priced" not in out and "changed" not in out
     assert costs(store_path)[1][0] == 1.0  # a dry run writes nothing
 
     assert main(["reprice", "--store", store_path, "--since", "30d"]) == 0
     out, err = capsys.readouterr()
-    assert "Re-priced 2 calls" in out and "1 changed" in out and "$1.0000 -> $0.000720" in out
+    assert "Re-priced 2 calls" in out and "1 changed" in out and "spend $1.000000 -> $0.000720 (-$0.999280)" in out
     assert "re-pricing: 2/2 calls" in err  # progress
     after = costs(store_path)
     version = genai_prices.__version__

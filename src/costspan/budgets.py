@@ -36,6 +36,7 @@ from costspan import semconv
 from costspan._call import RequestInfo
 from costspan.attribution import CostspanRefusal
 from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
+from costspan.money import usd_column
 from costspan.pricing import Cost, Pricer, provider_price_id
 
 logger = logging.getLogger("costspan")
@@ -81,10 +82,11 @@ class BudgetExceeded(CostspanRefusal):
         self.retry_after_s = retry_after_s
         self.error_code = f"{window.kind}_ai_quota_exceeded"
         self.client_message = f"Your {window.kind} AI quota has been exceeded. Upgrade your plan or contact billing."
+        used, limit, requested = usd_column([used_usd, budget.limit_usd, requested_usd])
         super().__init__(
             f"costspan refused an OpenAI call before sending it: budget {budget.name!r} has used "
-            f"${used_usd:.6f} of ${budget.limit_usd} in the {window.kind} window that ends {window.end.isoformat()}, "
-            f"and this call could cost up to ${requested_usd:.6f}. Catch costspan.BudgetExceeded (the middleware "
+            f"{used} of {limit} in the {window.kind} window that ends {window.end.isoformat()}, "
+            f"and this call could cost up to {requested}. Catch costspan.BudgetExceeded (the middleware "
             "answers 429), or raise the cap in the budget file."
         )
 
@@ -233,7 +235,7 @@ def _read(path: Path) -> Mapping[str, Any]:
             try:
                 import yaml
             except ImportError:
-                raise BudgetFileError(f"{path}: YAML budget files need PyYAML (pip install 'costspan[yaml]')") from None
+                raise BudgetFileError(f"{path}: YAML budget files need PyYAML (pip install pyyaml)") from None
             data = yaml.safe_load(text) or {}
         else:
             data = tomllib.loads(text)

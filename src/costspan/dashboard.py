@@ -18,6 +18,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from costspan.money import usd, usd_column
 from costspan.paths import default_store_path
 from costspan.store import BUCKET_NS, Store
 
@@ -109,21 +110,6 @@ def _label(value: Any) -> str:
     return UNATTRIBUTED if value is None else str(value)
 
 
-def usd(value: float | None) -> str:
-    """Dollars as people read them: cents from a dollar up, three significant digits below ($0.424, $0.0013)."""
-    if value is None:
-        return "n/a"
-    if abs(value) >= 1 or value == 0:
-        return f"${value:,.2f}"
-    return f"${value:.{2 - math.floor(math.log10(abs(value)))}f}"
-
-
-def tick(value: float) -> str:
-    """An axis label: as few decimals as the round value needs, at least cents ($0.0125, $0.05, $20.00)."""
-    whole, _, decimals = f"{value:,.6f}".partition(".")
-    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
-
-
 def percent(value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -184,10 +170,10 @@ def spend_chart(
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="Spend per {every}, stacked by feature" xmlns="http://www.w3.org/2000/svg">'
     ]
-    for value in ticks:
+    for value, label in zip(ticks, usd_column(ticks), strict=True):
         y = top + plot_h - plot_h * value / y_max
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="axis" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_e(tick(value))}</text>')
+        parts.append(f'<text class="axis" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_e(label)}</text>')
     slot = plot_w / max(len(buckets), 1)
     bar_w = max(slot * 0.72, 1.0)
     palette = colours(list(series))
@@ -233,15 +219,15 @@ def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str
         return '<p class="empty">No calls in this period.</p>'
     biggest = max((row["spend_usd"] or 0.0) for row in rows) or 1.0
     lines = []
-    for row in rows:
+    for row, shown in zip(rows, usd_column([row["spend_usd"] for row in rows]), strict=True):
         spend = row["spend_usd"] or 0.0
         share = spend / total if total else 0.0
         lines.append(
             f'<li><div class="bar" style="width:{100 * spend / biggest:.1f}%"></div>'
             f'<span class="name" title="{_e(_label(row[dimension]))}">{_breakable(_label(row[dimension]))}</span>'
-            f'<span class="num">{_e(usd(row["spend_usd"]))}</span>'
+            f'<span class="num">{_e(shown)}</span>'
             f'<span class="num muted">{_e(percent(share))}</span>'
-            f'<span class="num muted">{_e(compact(row["requests"]))} req</span></li>'
+            f'<span class="num muted">{_e(compact(row["requests"]))} calls</span></li>'
         )
     return f'<ol class="ranking">{"".join(lines)}</ol>'
 
@@ -249,10 +235,10 @@ def ranking(rows: Sequence[dict[str, Any]], dimension: str, total: float) -> str
 # The feature table's columns; on a narrow screen each row stacks and labels its figures with these names.
 FEATURE_COLUMNS = (
     "Feature",
-    "Requests",
+    "LLM calls",
     "Spend",
     "Share",
-    "Per request",
+    "Per call",
     "Tokens",
     "Avg latency",
     "Cache-hit rate",
@@ -264,16 +250,18 @@ def feature_table(rows: Sequence[dict[str, Any]], total: float, palette: dict[st
     if not rows:
         return '<p class="empty">No calls in this period.</p>'
     body = []
-    for row in rows:
+    spend_cells = usd_column([row["spend_usd"] for row in rows])
+    per_request_cells = usd_column([(row["spend_usd"] or 0.0) / row["requests"] for row in rows])
+    for row, spend, per_request in zip(rows, spend_cells, per_request_cells, strict=True):
         name = _label(row["feature"])
         rate = row["cache_hit_rate"]
         latency = row["avg_latency_ms"]
         swatch = palette.get(name, OTHER_COLOUR)
         figures = (
             _e(exact(row["requests"])),
-            _e(usd(row["spend_usd"])),
+            _e(spend),
             _e(percent((row["spend_usd"] or 0.0) / total if total else None)),
-            _e(usd((row["spend_usd"] or 0.0) / row["requests"])),
+            _e(per_request),
             _e(compact(row["input_tokens"] + row["output_tokens"])),
             "n/a" if latency is None else f"{latency:,.0f} ms",
             f'<span class="meter"><span style="width:{100 * (rate or 0):.1f}%"></span></span>{_e(percent(rate))}',
@@ -308,7 +296,7 @@ def render(data: DashboardData, generated_at: datetime | None = None) -> str:
     unpriced = totals["unpriced"] or 0
     cards = [
         _card("Spend", usd(spend), f"{usd(spend / days)} per day on average"),
-        _card("Requests", exact(requests), f"{usd(spend / requests) if requests else 'n/a'} per request"),
+        _card("LLM calls", exact(requests), f"{usd(spend / requests) if requests else 'n/a'} per call"),
         _card(
             "Tokens",
             compact((totals["input_tokens"] or 0) + (totals["output_tokens"] or 0)),

@@ -7,8 +7,8 @@ and a nightly job attributes its own calls. It calls the real ``openai`` SDK, in
 
 Against the stand-in the demo replays two weeks of traffic in a few seconds: each request really runs now, and its
 spans are then moved to the moment it stands for, so the report and dashboard have history to show. The last
-full hour holds a burst from one customer, which ``costspan alerts`` flags. With ``OPENAI_API_KEY`` set it makes
-a dozen small calls to the real API instead, and keeps their real timestamps.
+full hour holds a burst from one customer, which ``costspan alerts`` flags. With ``real_api`` (``costspan demo
+--real-api``) it makes a dozen small calls to the real API instead, and keeps their real timestamps.
 """
 
 from __future__ import annotations
@@ -267,8 +267,8 @@ class Progress:
             self._last_quarter = quarter
             filled = self.WIDTH * self.done // self.total
             line = (
-                f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} requests"
-                f"  {time.monotonic() - self.started:4.1f}s  {label[:29]:<29}"
+                f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} requests/jobs"
+                f"  {time.monotonic() - self.started:4.1f}s  {label[:24]:<24}"
             )
             self.stream.write(("\r" + line) if self.tty else line.rstrip() + "\n")
             if self.tty and self.done == self.total:

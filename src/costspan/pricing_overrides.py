@@ -184,7 +184,7 @@ def _parse_yaml(shown: str, text: str) -> tuple[Any, _Locate]:
     try:
         import yaml
     except ImportError:
-        raise PricingFileError(shown, "YAML pricing files need PyYAML: pip install 'costspan[yaml]'") from None
+        raise PricingFileError(shown, "YAML pricing files need PyYAML: pip install pyyaml") from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

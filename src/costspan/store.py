@@ -27,6 +27,7 @@ import json
 import math
 import operator
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from costspan.paths import default_store_path
+from costspan.paths import checkout_for_hints, default_store_path, demo_store_path
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
@@ -197,6 +198,52 @@ class StoreError(Exception):
     """The store cannot be used; the message says why and what to do."""
 
 
+SQLITE_MAGIC: Final = b"SQLite format 3\0"  # the first 16 bytes of every SQLite file
+_WRONG_PATH = "Pass the right --store path (or set COSTSPAN_STORE_PATH)."
+
+
+def _header_user_version(path: Path) -> int | None:
+    """The ``user_version`` a SQLite file's 100-byte header holds (bytes 60-63); None when the file is not SQLite.
+    Read from the bytes, so that it works on a file SQLite itself can no longer open."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        return None
+    return int.from_bytes(header[60:64], "big")
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Raise unless ``path`` is missing, empty or SQLite: costspan never writes into, nor calls damaged, a file
+    that is not a store (``--store /etc/passwd``)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        return  # missing (or unreadable): connecting says so
+    if not empty and _header_user_version(path) is None:
+        raise StoreError(f"{path} is not a costspan store (it is not a SQLite file). {_WRONG_PATH}")
+
+
+def _no_store_yet(path: Path) -> str:
+    """Where to look instead. `costspan demo` writes its own store, so after it the hint points there rather than
+    back at the demo."""
+    demo = demo_store_path()
+    export = "`opentelemetry-instrument --traces_exporter costspan python app.py`"
+    if demo.exists() and path.resolve() != demo.resolve():
+        quoted = shlex.quote(str(demo))
+        return (
+            f"no costspan store at {path} yet, but `costspan demo` wrote one: add --store {quoted}, e.g. "
+            f"`costspan report --store {quoted}`. Your own app's spans go to {path} once it runs under {export}."
+        )
+    return (
+        f"no costspan store at {path} yet. Export your app's spans into it ({export}), or pass --store / set "
+        "COSTSPAN_STORE_PATH. To try costspan first, run `costspan demo`: it writes its own store and prints the "
+        "commands that read it."
+    )
+
+
 def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     text = str(error)
     if isinstance(error, sqlite3.OperationalError) and "locked" in text:
@@ -207,6 +254,10 @@ def _explain(path: Path, error: sqlite3.Error) -> StoreError:
     if "full" in text:
         return StoreError(f"costspan store {path}: {text}. Free disk space; nothing was written.")
     if isinstance(error, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        if not 1 <= (_header_user_version(path) or 0) <= SCHEMA_VERSION:  # costspan stamps its schema version
+            return StoreError(
+                f"{path} is a SQLite file that cannot be read ({text}) and not a costspan store. {_WRONG_PATH}"
+            )
         return StoreError(
             f"costspan store {path} is damaged ({text}). Move it aside (`mv {path} {path}.damaged`): costspan "
             f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows."
@@ -307,10 +358,8 @@ class Store:
         """
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         if not create and not self.path.exists():
-            raise StoreError(
-                f"no costspan store at {self.path} yet. Export spans into it (`opentelemetry-instrument "
-                "--traces_exporter costspan ...`), run `costspan demo`, or pass --store / set COSTSPAN_STORE_PATH."
-            )
+            raise StoreError(_no_store_yet(self.path))
+        _refuse_foreign_file(self.path)
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         try:
@@ -321,12 +370,21 @@ class Store:
         try:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+                self._refuse_foreign_database()  # before WAL and migrations change the file
                 self._use_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
                 self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _refuse_foreign_database(self) -> None:
+        """Raise when the file is another application's SQLite database: it has tables, but not costspan's."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "spans" not in tables:
+            raise StoreError(
+                f"{self.path} is not a costspan store (a SQLite database without costspan's tables). {_WRONG_PATH}"
+            )
 
     def _use_wal(self) -> None:
         """Switch the file to WAL. The switch needs a moment alone with the file and does not wait on the busy
@@ -385,7 +443,8 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"costspan store {self.path} has schema version {version}, newer than this costspan "
-                    f"understands ({SCHEMA_VERSION}). Upgrade costspan (`pip install -U costspan`)."
+                    f"understands ({SCHEMA_VERSION}). Upgrade costspan: update its checkout and reinstall it "
+                    f"(`pip install -e {checkout_for_hints()}`)."
                 )
             for number in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number].split(";"):

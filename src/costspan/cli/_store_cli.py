@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from costspan.money import NONE_SHOWN, usd_column
 from costspan.paths import COSTSPAN_STORE_PATH, default_store_path
 from costspan.store import DIMENSIONS, Store, StoreError
 
@@ -163,17 +164,16 @@ class Column:
     title: str
     show: Callable[[Any], str] = str
     numeric: bool = False
+    # Formats the whole column at once, when its cells must agree (money: one number of decimals per column).
+    show_all: Callable[[Sequence[Any]], list[str]] | None = None
+
+    def cells(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        values = [row.get(self.key) for row in rows]
+        return self.show_all(values) if self.show_all else [self.show(value) for value in values]
 
 
-NONE_SHOWN = "-"
-
-
-def usd(value: float | None) -> str:
-    if value is None:
-        return NONE_SHOWN
-    sign, amount = ("-" if value < 0 else ""), abs(value)
-    digits = 2 if amount >= 100 else 4 if amount >= 0.01 or amount == 0 else 6  # small amounts still show
-    return f"{sign}${amount:,.{digits}f}"
+def money_column(key: str, title: str) -> Column:
+    return Column(key, title, numeric=True, show_all=usd_column)
 
 
 def count(value: int | None) -> str:
@@ -188,17 +188,31 @@ def millis(value: float | None) -> str:
     return NONE_SHOWN if value is None else f"{value:,.0f} ms"
 
 
+def zoned(moment: datetime) -> str:
+    """A time for people, with its zone, so that nobody reads a Berlin midnight as a UTC one:
+    ``2026-11-02 00:00 UTC``, ``2026-11-02 00:00 Europe/Berlin``."""
+    zone = getattr(moment.tzinfo, "key", None) or moment.tzname() or "local time"
+    return f"{moment:%Y-%m-%d %H:%M} {zone}"
+
+
+def bucket_label(every: str) -> Callable[[Any], str]:
+    """Report buckets, in a column headed ``(UTC)``: a day is its date, an hour its start."""
+    pattern = "%Y-%m-%d" if every == "day" else "%Y-%m-%d %H:%M"
+    return lambda moment: moment.strftime(pattern)
+
+
 def text(value: Any) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return zoned(value)
     return str(value)
 
 
 def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     """An aligned plain-text table: text left-aligned, numbers right-aligned."""
-    cells = [[column.show(row.get(column.key)) for column in columns] for row in rows]
+    by_column = [column.cells(rows) for column in columns]
+    cells = [list(line) for line in zip(*by_column, strict=True)] if rows else []
     widths = [max([len(column.title), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ from costspan.cli._store_cli import (
     Column,
     add_store_option,
     guarded,
+    money_column,
     open_store,
     parse_dimensions,
     parse_time,
@@ -29,7 +30,6 @@ from costspan.cli._store_cli import (
     positive_float,
     render_table,
     text,
-    usd,
     write_json,
 )
 
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         columns = [
             *(Column(d, d, text) for d in dimensions),
-            Column("spend_usd", "last hour", usd, numeric=True),
-            Column("baseline_hourly_usd", "7d hourly avg", usd, numeric=True),
+            money_column("spend_usd", "last hour"),
+            money_column("baseline_hourly_usd", "7d hourly avg"),
             Column("ratio", "x avg", lambda r: "new" if r is None else f"{r:.1f}x", numeric=True),
         ]
         print(

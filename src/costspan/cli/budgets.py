@@ -22,12 +22,12 @@ from costspan.cli._store_cli import (
     UsageError,
     add_store_option,
     guarded,
+    money_column,
     open_store,
     parse_time,
     percent,
     render_table,
     text,
-    usd,
     write_csv,
     write_json,
 )
@@ -106,7 +106,8 @@ def register(subparsers: Any) -> None:
         "budgets",
         help="spend against the caps of a budget file (80%% / 100%% marks)",
         description="Show each budget's spend in its current window (hour, day or month) against its cap, "
-        "marking the 80%% and 100%% thresholds (or the file's alert_thresholds).",
+        # Not %-expanded by argparse (only argument and subcommand help is), so a single % here.
+        "marking the 80% and 100% thresholds (or the file's alert_thresholds).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -161,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
                     Column("subject", "subject", text),
                     Column("window", "window", text),
                     Column("window_start", "since", text),
-                    Column("spent_usd", "spent", usd, numeric=True),
-                    Column("limit_usd", "cap", usd, numeric=True),
+                    money_column("spent_usd", "spent"),
+                    money_column("limit_usd", "cap"),
                     Column("used", "used", percent, numeric=True),
                     Column("mark", "mark", lambda m: {"100%": "100% cap reached"}.get(m, m or "")),
                 ],

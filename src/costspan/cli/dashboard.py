@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from costspan.cli._store_cli import EXIT_ERROR, add_filter_options, guarded, open_store, read_filters
+from costspan.money import usd
 
 EPILOG = """\
 examples:
@@ -57,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"costspan dashboard: error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
-    spend = dashboard.usd(data.totals["spend_usd"] or 0.0)
+    spend = usd(data.totals["spend_usd"] or 0.0)
     print(f"wrote {out}: {spend} over {data.totals['requests']} calls. Open it in a browser: {out.resolve().as_uri()}")
     return 0

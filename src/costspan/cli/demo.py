@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from costspan.cli._store_cli import usd
+from costspan.money import usd_column
+from costspan.paths import checkout_for_hints, demo_store_path
 from costspan.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
 
 EPILOG = """\
@@ -24,15 +25,14 @@ What it does:
 
 Its spans go to a separate demo store, recreated on every run, so your real store is never touched.
 
-With OPENAI_API_KEY set (and OPENAI_BASE_URL, if you use one) it calls the real API instead: about ten
-small gpt-4o-mini and embedding calls, a fraction of a cent. --offline keeps it on the stand-in.
+It never calls the real API on its own, even with OPENAI_API_KEY set. With --real-api it does: about ten
+small gpt-4o-mini and embedding calls to OPENAI_BASE_URL (default: the OpenAI API), a fraction of a cent.
+
+examples:
+  costspan demo                       the stand-in, two weeks of traffic, the report
+  costspan demo --requests 2000       more traffic
+  costspan demo --real-api            ten small real calls with your OPENAI_API_KEY
 """
-
-
-def demo_store_path() -> Path:
-    """The demo's own store, beside the real one but never it: ``$XDG_DATA_HOME/costspan/demo.sqlite3``."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "costspan" / "demo.sqlite3"
 
 
 def register(subparsers: Any) -> None:
@@ -49,9 +49,15 @@ def register(subparsers: Any) -> None:
         help=f"write here instead of the demo store {demo_store_path()} (an existing file is appended to)",
     )
     parser.add_argument(
-        "--requests", type=int, default=400, metavar="N", help="customer requests to replay (default: %(default)s)"
+        "--requests", type=int, default=400, metavar="N", help="customer HTTP requests to replay (default: %(default)s)"
     )
-    parser.add_argument("--offline", action="store_true", help="use the local stand-in even if OPENAI_API_KEY is set")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--real-api",
+        action="store_true",
+        help="call the real OpenAI API with $OPENAI_API_KEY instead of the stand-in (a fraction of a cent)",
+    )
+    target.add_argument("--offline", action="store_true", help="use the local stand-in (the default)")
     parser.set_defaults(run=run)
 
 
@@ -64,9 +70,10 @@ def _reconciliation(days: list[DayResult]) -> str:
     """What `costspan reconcile` would say, against the stand-in's own bill instead of OpenAI's."""
     finished = [day for day in days if day.verdict != PARTIAL]
     billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
+    shown = usd_column([billed, recorded])
     lines = [
         "\nReconciled with the stand-in's own bill, as `costspan reconcile` does with OpenAI's Costs and Usage APIs:",
-        f"  billed {usd(billed)}, recorded {usd(recorded)} over {len(days)} days (today's bill is partial)",
+        f"  billed {shown[0]}, recorded {shown[1]} over {len(days)} days (today's bill is partial)",
     ]
     gaps = [day for day in finished if day.verdict != OK]
     if not gaps:
@@ -81,37 +88,57 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # openai is an optional dependency of costspan, and the demo drives the real SDK
         print(
             f"costspan demo: {exc.name or 'a package'} is not installed; the demo drives the real OpenAI SDK. "
-            "Install it with: pip install 'costspan[instruments]'",
+            "Install it with: pip install 'openai>=1.40'",
             file=sys.stderr,
         )
         return 2
+    import openai
+
     from costspan.cli import main as costspan_main
 
     if args.requests < 1:
         print("costspan demo: --requests must be at least 1", file=sys.stderr)
         return 2
-    real_api = bool(os.environ.get("OPENAI_API_KEY")) and not args.offline
+    real_api = args.real_api
+    if real_api and not os.environ.get("OPENAI_API_KEY"):
+        print(
+            "costspan demo: --real-api needs OPENAI_API_KEY set; run without --real-api to use the local stand-in",
+            file=sys.stderr,
+        )
+        return 2
     store = Path(args.store).expanduser() if args.store else demo_store_path()
     if not args.store:
         _fresh(store)
+    target = os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
     if real_api:
-        target = os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
-        print(f"costspan demo: OPENAI_API_KEY is set, so about ten small calls go to {target}", file=sys.stderr)
-        print("  (a fraction of a cent; run with --offline to use the local stand-in instead)", file=sys.stderr)
+        print(f"costspan demo: --real-api: about ten small calls go to {target}", file=sys.stderr)
+        print("  (a fraction of a cent; run without --real-api to use the local stand-in instead)", file=sys.stderr)
     else:
         print(
-            f"costspan demo: replaying two weeks of a support app's traffic ({args.requests} requests and a nightly "
-            "job)\n  against a local OpenAI stand-in on 127.0.0.1: no API key, no network, no cost",
+            f"costspan demo: replaying two weeks of a support app's traffic ({args.requests} customer requests, "
+            "a burst\n  and a nightly job) against a local OpenAI stand-in on 127.0.0.1: no API key, no network, "
+            "no cost",
             file=sys.stderr,
         )
+        if os.environ.get("OPENAI_API_KEY"):
+            print("  (OPENAI_API_KEY is set but not used: --real-api calls the real API with it)", file=sys.stderr)
     try:
         # Reconciliation compares the whole store with this run's bill: only for the demo's own fresh store.
         result = demo.run(store, real_api=real_api, requests=args.requests, reconcile_bill=not args.store)
+    except openai.APIConnectionError as exc:  # no network, a proxy, a wrong OPENAI_BASE_URL
+        print(
+            f"costspan demo: error: cannot reach {target} ({exc}). Check the network and OPENAI_BASE_URL, or run "
+            "without --real-api to use the local stand-in.",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # e.g. the real API refused the key: say what happened, not a traceback
-        print(f"costspan demo: the demo app failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        retry = " (run without --real-api to use the local stand-in)" if real_api else ""
+        print(f"costspan demo: the demo app failed: {type(exc).__name__}: {exc}{retry}", file=sys.stderr)
         return 1
     print(
-        f"costspan demo: {result.stored_spans} priced LLM spans written to {store} in {result.seconds:.1f}s",
+        f"costspan demo: {result.visits} app requests and jobs made {result.stored_spans} LLM calls, priced and "
+        f"written to {store} in {result.seconds:.1f}s",
         file=sys.stderr,
     )
     if result.failed_spans or not result.stored_spans:
@@ -127,14 +154,19 @@ def run(args: argparse.Namespace) -> int:
     if result.reconciliation is not None:
         print(_reconciliation(result.reconciliation))
     quoted = shlex.quote(str(store))
+    checkout = checkout_for_hints()
     burst = "" if real_api else f"   # flags {demo.BURST_CUSTOMER}'s burst in the last full hour"
     print(
         "\nNext, try:\n"
         f"  costspan report --by feature,route --every day --since 7d --store {quoted}\n"
         f"  costspan alerts --by customer_id --store {quoted}{burst}\n"
         f"  costspan dashboard --out spend.html --store {quoted}   # then open spend.html in a browser\n"
-        "  OPENAI_ADMIN_KEY=sk-admin-... costspan reconcile --since 14d   # your own store against your OpenAI bill\n"
-        "Then instrument your own app: pip install costspan, and run it under\n"
-        "  opentelemetry-instrument --traces_exporter costspan python app.py"
+        "Then instrument your own app: install costspan into its environment from this checkout,\n"
+        f"  pip install -e {checkout}\n"
+        f"  (or build a wheel to copy: python -m pip wheel --no-deps -w dist {checkout})\n"
+        "and run the app under\n"
+        "  opentelemetry-instrument --traces_exporter costspan python app.py\n"
+        "Its spans go to your own store, which `costspan report` reads without --store. Compare it with your\n"
+        "OpenAI bill with an organization admin key: OPENAI_ADMIN_KEY=<your sk-admin-... key> costspan reconcile"
     )
     return 0

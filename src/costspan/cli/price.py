@@ -16,6 +16,7 @@ from typing import Any
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 from costspan import environment_variables as env
+from costspan.money import usd_column
 from costspan.pricing import STANDARD_TIERS, BillLine, Pricer, PriceSource, packaged_prices
 from costspan.usage import Usage
 
@@ -325,13 +326,15 @@ def _price_text(
                 rows.append([_LABELS.get(key, key), _plain(price), ""])
         return "\n".join([*head, "", _table(rows, (False, True, False))])
     rows = [["item", "tokens", "USD / 1M", "USD", ""]]
-    for line in sorted(lines, key=lambda line: _order(line.price_key)):
+    lines = sorted(lines, key=lambda line: _order(line.price_key))
+    *amounts, shown_total = usd_column([*(line.amount for line in lines), total or Decimal(0)])
+    for line, amount in zip(lines, amounts, strict=True):
         label = _LABELS.get(line.price_key, line.price_key)
-        rows.append([label, f"{line.count:,}", _plain(line.rate), _plain(line.amount, 6), ""])
+        rows.append([label, f"{line.count:,}", _plain(line.rate), amount, ""])
         if line.price_key == "output_mtok" and usage.reasoning_tokens:
             note = "inside output: billed once, not added again"
             rows.append(["  of which reasoning", f"{usage.reasoning_tokens:,}", "", "", note])
-    rows.append(["total", "", "", _plain(total or Decimal(0), 6), ""])
+    rows.append(["total", "", "", shown_total, ""])
     return "\n".join([*head, "", _table(rows, (False, True, True, True, False))])
 
 

@@ -16,15 +16,16 @@ from costspan.cli._store_cli import (
     count,
     describe,
     guarded,
+    money_column,
     open_store,
     percent,
     read_filters,
     render_table,
     text,
-    usd,
     write_csv,
     write_json,
 )
+from costspan.money import usd_column
 from costspan.reconcile import (
     DEFAULT_BASE_URL,
     DEFAULT_TOLERANCE,
@@ -41,7 +42,7 @@ EXIT_MISMATCH = 1
 
 EXAMPLES = f"""\
 what it compares, per UTC day:
-  billed      the provider's Costs API (dollars) and Usage API (requests, tokens), read with an admin key
+  billed      the provider's Costs API (dollars) and Usage API (LLM calls, tokens), read with an admin key
   recorded    the costspan store: calls with usage, app-level retries included (they are billed)
   verdict     ok within the tolerance; otherwise the likely cause, from the token counts:
               unseen calls, unpriced calls, over-counted, price mismatch. Today is partial.
@@ -63,12 +64,12 @@ examples:
 
 DAY_COLUMNS = (
     Column("day", "day (UTC)", text),
-    Column("billed_usd", "billed", usd, numeric=True),
-    Column("recorded_usd", "recorded", usd, numeric=True),
-    Column("difference_usd", "difference", usd, numeric=True),
+    money_column("billed_usd", "billed"),
+    money_column("recorded_usd", "recorded"),
+    money_column("difference_usd", "difference"),
     Column("difference_pct", "diff %", percent, numeric=True),
-    Column("billed_requests", "billed req", count, numeric=True),
-    Column("recorded_requests", "recorded req", count, numeric=True),
+    Column("billed_requests", "billed calls", count, numeric=True),
+    Column("recorded_requests", "recorded calls", count, numeric=True),
     Column("billed_tokens", "billed tokens", count, numeric=True),
     Column("recorded_tokens", "recorded tokens", count, numeric=True),
     Column("verdict", "verdict", text),
@@ -204,9 +205,8 @@ def _table(results: list[DayResult], rows: list[dict[str, Any]], *, by_model: bo
     lines = [render_table(DAY_COLUMNS, rows)]
     billed = sum(r.provider.usd for r in results)
     recorded_ = sum(r.costspan.usd for r in results)
-    lines.append(
-        f"\n{len(results)} days: billed {usd(billed)}, recorded {usd(recorded_)}, difference {usd(recorded_ - billed)}."
-    )
+    shown = usd_column([billed, recorded_, recorded_ - billed])
+    lines.append(f"\n{len(results)} days: billed {shown[0]}, recorded {shown[1]}, difference {shown[2]}.")
     findings = [r for r in results if r.verdict not in (OK, PARTIAL)]
     for result in findings:
         lines.append(f"{result.day}: {result.verdict}: {result.cause}")

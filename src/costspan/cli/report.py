@@ -11,10 +11,12 @@ from typing import Any
 from costspan.cli._store_cli import (
     Column,
     add_filter_options,
+    bucket_label,
     count,
     describe,
     guarded,
     millis,
+    money_column,
     open_store,
     parse_dimensions,
     percent,
@@ -22,15 +24,15 @@ from costspan.cli._store_cli import (
     read_filters,
     render_table,
     text,
-    usd,
     write_csv,
     write_json,
 )
+from costspan.money import usd
 from costspan.store import DIMENSIONS, MEASURES, round_usd
 
 EXAMPLES = f"""\
 columns:
-  requests      LLM calls (app-level retries included: the provider billed them)
+  LLM calls     calls to the provider (app-level retries included: the provider billed them)
   spend         sum of the priced cost, USD; calls without a price are counted apart, never as $0
   tokens in/out prompt and completion tokens
   avg latency   mean call duration
@@ -49,8 +51,8 @@ examples:
 """
 
 MEASURE_COLUMNS = (
-    Column("requests", "requests", count, numeric=True),
-    Column("spend_usd", "spend", usd, numeric=True),
+    Column("requests", "LLM calls", count, numeric=True),
+    money_column("spend_usd", "spend"),
     Column("input_tokens", "tokens in", count, numeric=True),
     Column("output_tokens", "tokens out", count, numeric=True),
     Column("avg_latency_ms", "avg latency", millis, numeric=True),
@@ -108,19 +110,19 @@ def table(dimensions: list[str], every: str | None, rows: list[dict[str, Any]]) 
         return "No LLM spans in this period. Widen --since, or check --env/--where and --store."
     columns = [Column(d, d, text) for d in dimensions]
     if every:
-        columns.append(Column("bucket", f"{every} (UTC)", text))
+        columns.append(Column("bucket", f"{every} (UTC)", bucket_label(every)))
     lines = [render_table([*columns, *MEASURE_COLUMNS], rows)]
     spend = sum(r["spend_usd"] or 0.0 for r in rows)
-    requests = sum(r["requests"] for r in rows)
+    calls = sum(r["requests"] for r in rows)
     unpriced = sum(r["unpriced"] for r in rows)
     retries = sum(r["retries"] for r in rows)
-    lines.append(f"\n{len(rows):,} rows, {requests:,} requests, {usd(round_usd(spend))} spent.")
+    lines.append(f"\n{len(rows):,} rows, {calls:,} LLM calls, {usd(round_usd(spend))} spent.")
     if unpriced:
         lines.append(
-            f"{unpriced:,} requests have no price (unknown model or no usage reported) and are not in the spend; "
+            f"{unpriced:,} LLM calls have no price (unknown model or no usage reported) and are not in the spend; "
             "`--by request_model` shows which models; add their prices to a pricing file (`costspan price --help`), "
             "then `costspan reprice`."
         )
     if retries:
-        lines.append(f"{retries:,} requests are app-level retries: billed again by the provider, and counted.")
+        lines.append(f"{retries:,} LLM calls are app-level retries: billed again by the provider, and counted.")
     return "\n".join(lines)

@@ -22,8 +22,8 @@ from costspan.cli._store_cli import (
     guarded,
     open_store,
     parse_time,
-    usd,
 )
+from costspan.money import usd_column
 from costspan.pricing import Cost, Pricer, PriceSource, as_utc, packaged_prices, provider_price_id
 from costspan.store import to_ns
 from costspan.usage import Usage
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     until = parse_time(args.until, now) if args.until else now
     pricer = Pricer(price_layers(args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)))
     tally = Tally()
-    progress = Progress()
+    progress = Progress(dry_run=args.dry_run)
     with open_store(args) as store:
         total = store.query(
             "SELECT count(*) FROM spans WHERE start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL",
@@ -176,18 +176,24 @@ def run(args: argparse.Namespace) -> int:
                 store.execute_write(_UPDATE, updates)
             progress.show(tally, total)
     progress.done()
-    verb = "would change" if args.dry_run else "changed"
-    print(
-        f"Re-priced {tally.examined:,} calls since {since:%Y-%m-%d %H:%M} UTC: {tally.changed:,} {verb}; "
-        f"spend {usd(tally.before_usd)} -> {usd(tally.after_usd)} ({usd(tally.after_usd - tally.before_usd)})."
-    )
+    before, after, difference = usd_column([tally.before_usd, tally.after_usd, tally.after_usd - tally.before_usd])
+    spend = f"spend {before} -> {after} ({difference})"
+    period = f"since {since:%Y-%m-%d %H:%M} UTC"
+    if args.dry_run:
+        print(
+            f"Would re-price {tally.examined:,} calls {period}; {tally.changed:,} would change, {spend} "
+            "(dry run: nothing written)."
+        )
+    else:
+        print(f"Re-priced {tally.examined:,} calls {period}: {tally.changed:,} changed; {spend}.")
     return 0
 
 
 class Progress:
     """A progress line on stderr: rewritten in place on a terminal, one line a second otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dry_run: bool) -> None:
+        self.changed = "would change" if dry_run else "changed"
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.shown = False
@@ -197,7 +203,7 @@ class Progress:
         if now - self.last < (0.1 if self.tty else 1.0):
             return
         self.last = now
-        line = f"re-pricing: {tally.examined:,}/{total:,} calls, {tally.changed:,} changed"
+        line = f"re-pricing: {tally.examined:,}/{total:,} calls, {tally.changed:,} {self.changed}"
         print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
         self.shown = True
 

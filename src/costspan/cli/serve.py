@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"costspan serve: error: {exc}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s costspan serve: %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("%(asctime)s costspan serve: %(message)s", datefmt="%H:%M:%S %Z"))
     logging.getLogger("costspan").addHandler(handler)
     logging.getLogger("costspan").setLevel(logging.INFO)
     exporter = CostspanSpanExporter(store)
