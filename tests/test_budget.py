@@ -9,7 +9,7 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import openai
@@ -222,6 +222,107 @@ def test_worst_case_dollars_by_hand(
         to_nano(Decimal(13 * 150 + 5 * 10 * 200) / 100_000_000),  # best_of=5 completions are billed
     ]
     assert seen[0] == 31_500
+
+
+def reservations(ledger: MemoryLedger) -> list[int]:
+    """The amounts the guard reserves in this ledger, in order."""
+    seen: list[int] = []
+    original = ledger.reserve
+
+    def spy(key: str, amount: int, cap: int, expires_at: float) -> Any:
+        seen.append(amount)
+        return original(key, amount, cap, expires_at)
+
+    ledger.reserve = spy  # type: ignore[method-assign]
+    return seen
+
+
+NOV_5 = datetime(2026, 11, 5, 10, tzinfo=UTC)  # after the tier and batch rates of the frozen data start (12/14 Oct)
+
+
+def acme_guard(instrumented: list[Pipeline], cap: Decimal = Decimal(10)) -> tuple[MemoryLedger, list[int]]:
+    ledger = MemoryLedger()
+    guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", cap)], ledger, clock=lambda: NOV_5))
+    return ledger, reservations(ledger)
+
+
+def test_image_generation_reserves_its_image_output_tokens(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """It reserved the prompt alone ($0.000035) for a call that costs $0.042275."""
+    ledger, seen = acme_guard(instrumented)
+    with costspan.attribute(customer_id="acme"):
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat", size="1024x1024", quality="medium")
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat", size="1536x1024", quality="high", n=2)
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat")  # size and quality "auto"
+    # gpt-image-1: $5 per million text input, $40 per million output (image) tokens. The prompt is 14 characters:
+    # 4 tokens, + 3. Image output tokens: medium 1024x1024 = 1,056; high 1536x1024 = 6,208; the most of any
+    # size and quality (high 1024x1536) = 6,240.
+    assert seen == [
+        to_nano(Decimal(7 * 5 + 1_056 * 40) / 1_000_000),  # $0.042275
+        to_nano(Decimal(7 * 5 + 2 * 6_208 * 40) / 1_000_000),  # $0.496675
+        to_nano(Decimal(7 * 5 + 6_240 * 40) / 1_000_000),  # $0.249635
+    ]
+    assert seen[0] == 42_275_000
+    # The fake bills 6 input and 1,056 output tokens each: 3 x (6 x $5 + 1,056 x $40) per million.
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == ledger.totals(key).used == 3 * 42_270_000
+
+
+def test_audio_output_reserves_at_the_audio_rate(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """It reserved $0.0101 (all output at the text rate) for a call that costs $0.0641."""
+    ledger, seen = acme_guard(instrumented)
+    fake_openai.script(
+        Scripted(
+            usage={
+                "prompt_tokens": 40,
+                "completion_tokens": 1_000,
+                "total_tokens": 1_040,
+                "completion_tokens_details": {"audio_tokens": 1_000},
+            }
+        )
+    )
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 121}]
+    assert estimate_input_tokens({"messages": messages}) == 40  # (121 + 15) / 4 = 34, + 3 x 2
+    with costspan.attribute(customer_id="acme"):
+        client.chat.completions.create(
+            model="gpt-audio",
+            messages=messages,
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+            max_completion_tokens=1_000,
+        )
+    # gpt-audio: $2.50 per million text input, $64 per million audio output (text output: $10).
+    assert seen == [to_nano(Decimal(40 * 250 + 1_000 * 6_400) / 100_000_000)]  # $0.0641
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == 64_100_000  # 40 x $2.50 + 1,000 x $64 per million, as billed
+
+
+def test_service_tiers_reserve_the_dearest_rate_they_can_run_at(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    _, seen = acme_guard(instrumented)
+    cases: list[tuple[str, Literal["auto", "default", "flex"]]] = [
+        ("gpt-4o-mini", "auto"),  # may run at priority
+        ("gpt-4o-mini", "default"),
+        ("gpt-4o-mini", "flex"),  # no flex price for gpt-4o-mini: the standard one
+        ("gpt-5", "flex"),
+        ("gpt-5-nano", "auto"),  # no priority price for gpt-5-nano: the standard one
+    ]
+    with costspan.attribute(customer_id="acme"):
+        for model, tier in cases:
+            client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=100, service_tier=tier)
+    # 18 input tokens estimated, 100 output tokens allowed. Per million (input, output): gpt-4o-mini standard
+    # $0.15 / $0.60, priority $0.25 / $1; gpt-5 flex $0.625 / $5; gpt-5-nano standard $0.05 / $0.40.
+    assert seen == [
+        to_nano(Decimal(18 * 25 + 100 * 100) / 100_000_000),  # $0.0001045 (standard: $0.0000627)
+        to_nano(Decimal(18 * 15 + 100 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 100 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 625 + 100 * 5_000) / 1_000_000_000),  # $0.00051125 (standard: $0.0010225)
+        to_nano(Decimal(18 * 5 + 100 * 40) / 100_000_000),
+    ]
 
 
 # --- refusal and settlement --------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from costspan import semconv
 from costspan._call import RequestInfo
 from costspan.attribution import CostspanRefusal
 from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
-from costspan.pricing import Cost, Pricer, provider_price_id
+from costspan.pricing import Cost, Pricer, billed_tier, provider_price_id
+from costspan.usage import Usage
 
 logger = logging.getLogger("costspan")
 
@@ -380,6 +381,81 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * (messages + 1) + _TOKENS_PER_IMAGE * images
 
 
+# --- the worst case: what a request can bill --------------------------------------------------------------------
+
+
+def _completions_billed(body: Mapping[str, Any]) -> int:
+    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
+    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
+    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
+    return max(counts, default=1)
+
+
+def _wants_audio(body: Mapping[str, Any]) -> bool:
+    """Chat Completions asked to speak (``modalities=["text", "audio"]``): its output may all be audio tokens."""
+    modalities = body.get("modalities")
+    return isinstance(modalities, list) and "audio" in modalities
+
+
+# Output tokens of one image from the GPT Image 1 models (gpt-image-1, gpt-image-1-mini, gpt-image-1.5), by quality
+# and size, as OpenAI's image-generation guide tabulates them (https://platform.openai.com/docs/guides/image-generation,
+# "Cost and latency"). An omitted or "auto" quality or size, one this table lacks, or another image model may
+# produce the most of any row.
+IMAGE_OUTPUT_TOKENS: Mapping[tuple[str, str], int] = {
+    ("low", "1024x1024"): 272,
+    ("low", "1024x1536"): 408,
+    ("low", "1536x1024"): 400,
+    ("medium", "1024x1024"): 1_056,
+    ("medium", "1024x1536"): 1_584,
+    ("medium", "1536x1024"): 1_568,
+    ("high", "1024x1024"): 4_160,
+    ("high", "1024x1536"): 6_240,
+    ("high", "1536x1024"): 6_208,
+}
+PARTIAL_IMAGE_TOKENS = 100  # a streamed partial image bills this many more output tokens (the same guide)
+_IMAGE_QUALITIES = frozenset(quality for quality, _ in IMAGE_OUTPUT_TOKENS)
+_IMAGE_SIZES = frozenset(size for _, size in IMAGE_OUTPUT_TOKENS)
+_IMAGE_ENDPOINTS = frozenset({"/images/generations", "/images/edits"})
+
+
+def image_output_tokens(body: Mapping[str, Any]) -> int:
+    """The most output tokens an image request can bill: ``n`` images of the largest its quality and size allow,
+    plus its streamed partial images."""
+    quality, size = body.get("quality"), body.get("size")
+    per_image = max(
+        tokens
+        for (q, s), tokens in IMAGE_OUTPUT_TOKENS.items()
+        if (quality == q or quality not in _IMAGE_QUALITIES) and (size == s or size not in _IMAGE_SIZES)
+    )
+    partial = body.get("partial_images")
+    if type(partial) is int and partial > 0:
+        per_image += partial * PARTIAL_IMAGE_TOKENS
+    return per_image * _completions_billed(body)
+
+
+def tiers_to_reserve(service_tier: str | None) -> tuple[str | None, ...]:
+    """The service tiers a request may run (and bill) at. ``auto`` runs at the project's tier, which may be
+    priority: reserve the dearer of standard and priority."""
+    if service_tier == "auto":
+        return (None, "priority")
+    return (billed_tier(service_tier),)
+
+
+def worst_case_usage(request: RequestInfo, input_tokens: int, default_output: int, max_output: int) -> Usage:
+    """The most a request can bill, as a usage for ``Pricer.price``: the span's own pricing, applied to the worst
+    case. Output: its max_tokens (``default_output`` when it sets none), at most ``max_output``, per completion."""
+    if request.endpoint in _IMAGE_ENDPOINTS:
+        images = image_output_tokens(request.body)
+        return Usage(input_tokens, images, output_image_tokens=images)
+    if request.operation not in _GENERATING:
+        return Usage(input_tokens, 0)
+    asked = request.max_output_tokens
+    limit = min(default_output if asked is None or asked <= 0 else asked, max_output)
+    output = limit * _completions_billed(request.body)
+    # Audio output tokens are part of the output count, billed at the (much higher) audio rate.
+    return Usage(input_tokens, output, output_audio_tokens=output if _wants_audio(request.body) else 0)
+
+
 # --- the guard --------------------------------------------------------------------------------------------------
 
 
@@ -396,13 +472,6 @@ class _Held:
 def _ledger_key(subject: tuple[tuple[str, str], ...], window_id: str) -> str:
     scope = "|".join(f"{k}={quote(v, safe='')}" for k, v in subject)
     return f"{scope}|{window_id}"
-
-
-def _completions_billed(body: Mapping[str, Any]) -> int:
-    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
-    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
-    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
-    return max(counts, default=1)
 
 
 class BudgetGuard:
@@ -510,29 +579,23 @@ class BudgetGuard:
                     break
         return found
 
-    def output_allowance(self, request: RequestInfo) -> int:
-        """Output tokens the call may bill: its max_tokens, capped (the configured default when it sets none),
-        for each completion it asks for."""
-        if request.operation not in _GENERATING:
-            return 0
-        asked = request.max_output_tokens
-        if asked is None or asked <= 0:
-            asked = self.default_max_output_tokens
-        return min(asked, self.max_output_tokens) * _completions_billed(request.body)
-
     def worst_case(self, request: RequestInfo, input_tokens: int, at: datetime) -> Decimal | None:
-        """The most the call can cost in dollars; None when its price is unknown."""
+        """The most the call can cost in dollars, priced as the span prices it; None when its price is unknown."""
         if not request.model:
             return None
-        resolved = self.pricer.resolve(request.model, provider_price_id(request.provider), at, request.service_tier)
-        if resolved is None:
-            self._warn(
-                "price:" + request.model, "costspan: no price for %r; budgets count its calls as $0", request.model
-            )
-            return None
-        input_rate = resolved.sheet.rate("input_mtok", input_tokens) or Decimal(0)
-        output_rate = resolved.sheet.rate("output_mtok", input_tokens) or Decimal(0)
-        return (input_tokens * input_rate + self.output_allowance(request) * output_rate) / 1_000_000
+        model = request.model
+        usage = worst_case_usage(request, input_tokens, self.default_max_output_tokens, self.max_output_tokens)
+        provider = provider_price_id(request.provider)
+
+        def price(tier: str | None) -> Decimal | None:
+            return self.pricer.price(usage, model, at=at, provider=provider, service_tier=tier).total
+
+        totals = [total for tier in tiers_to_reserve(request.service_tier) if (total := price(tier)) is not None]
+        # A tier the price data does not know for this model: its standard price.
+        worst = max(totals) if totals else price(None)
+        if worst is None:
+            self._warn("price:" + model, "costspan: no price for %r; budgets count its calls as $0", model)
+        return worst
 
     def _check_prompt_size(self, tokens: int, span: Any) -> None:
         if self.prompt_warn_tokens and tokens >= self.prompt_warn_tokens:
