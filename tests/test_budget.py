@@ -6,6 +6,7 @@ Calls go through the real openai SDK to the loopback FakeOpenAI, with the real O
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -87,7 +88,7 @@ BUDGET_TOML = """
 ledger = "memory"
 timezone = "Europe/Berlin"
 on_ledger_error = "closed"
-default_max_output_tokens = 2000
+max_output_tokens = 2000
 prompt_warn_tokens = 1000
 
 [[budget]]
@@ -111,13 +112,14 @@ timezone = "America/New_York"
 """
 
 
-def test_budget_file_toml(tmp_path: Path) -> None:
+def test_budget_file_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text(BUDGET_TOML)
     guard = load_budget_guard(path)
+    assert not caplog.records
     assert isinstance(guard.ledger, MemoryLedger)
     assert guard.fail_closed
-    assert guard.default_max_output_tokens == 2000
+    assert guard.max_output_tokens == 2000
     assert guard.prompt_warn_tokens == 1000
     every, acme, search = guard.budgets
     assert every.scope == {"customer_id": "*"}
@@ -169,6 +171,14 @@ def test_bad_budget_files_say_what_to_fix(tmp_path: Path, text: str, message: st
         load_budget_guard(path)
 
 
+def test_a_removed_setting_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text('ledger = "memory"\ndefault_max_output_tokens = 4096\n')
+    with caplog.at_level(logging.WARNING, logger="costspan"):
+        load_budget_guard(path)
+    assert "default_max_output_tokens is no longer used" in caplog.text
+
+
 def test_ledger_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
     path = tmp_path / "budgets.toml"
@@ -196,28 +206,28 @@ def test_worst_case_dollars_by_hand(
 ) -> None:
     ledger = MemoryLedger()
     budget = Budget({"customer_id": "acme"}, "monthly", Decimal(10))
-    guard = BudgetGuard([budget], ledger, default_max_output_tokens=1000, max_output_tokens=5000)
-    guarded(instrumented, guard)
-    seen: list[int] = []
-    original = ledger.reserve
-
-    def spy(key: str, amount: int, cap: int, expires_at: float) -> Any:
-        seen.append(amount)
-        return original(key, amount, cap, expires_at)
-
-    ledger.reserve = spy  # type: ignore[method-assign]
+    guarded(instrumented, BudgetGuard([budget], ledger, max_output_tokens=5000))
+    seen = reservations(ledger)
     with costspan.attribute(customer_id="acme"):
         chat(client, max_tokens=48)
-        chat(client, max_tokens=None)  # no limit: the configured default worst case
-        chat(client, max_tokens=10_000_000)  # absurd: capped
+        chat(client, max_tokens=None)  # no limit: the most gpt-4o-mini can write
+        chat(client, max_tokens=10_000_000)  # absurd: the same
+        client.chat.completions.create(model="gpt-4o-mini-2024-07-18", messages=MESSAGES)  # a snapshot: its family
+        client.chat.completions.create(model="gpt-5.5", messages=MESSAGES)  # not in the table: max_output_tokens
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_completion_tokens=10**9)
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, n=3)  # 3 completions
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x" * 40, max_tokens=10, n=2, best_of=5)
-    # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated.
+    # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated; at most 16,384 output tokens.
+    # gpt-5.5: $5 input, $30 output per million; not in the ceiling table, so max_output_tokens = 5,000.
+    # gpt-4.1: $2 input, $8 output per million; at most 32,768 output tokens.
     # gpt-3.5-turbo-instruct: $1.50 input, $2.00 output per million; 40 characters are 10 tokens, + 3.
     assert seen == [
         to_nano(Decimal(18 * 15 + 48 * 60) / 100_000_000),  # $0.00003150
-        to_nano(Decimal(18 * 15 + 1000 * 60) / 100_000_000),
-        to_nano(Decimal(18 * 15 + 5000 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),  # $0.0098331
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 500 + 5_000 * 3_000) / 100_000_000),  # $0.15009
+        to_nano(Decimal(18 * 200 + 32_768 * 800) / 100_000_000),  # $0.2621800
         to_nano(Decimal(18 * 15 + 3 * 48 * 60) / 100_000_000),
         to_nano(Decimal(13 * 150 + 5 * 10 * 200) / 100_000_000),  # best_of=5 completions are billed
     ]
@@ -323,6 +333,35 @@ def test_service_tiers_reserve_the_dearest_rate_they_can_run_at(
         to_nano(Decimal(18 * 625 + 100 * 5_000) / 1_000_000_000),  # $0.00051125 (standard: $0.0010225)
         to_nano(Decimal(18 * 5 + 100 * 40) / 100_000_000),
     ]
+
+
+def test_calls_without_an_output_limit_cannot_carry_the_ledger_past_the_cap(
+    client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """Eight concurrent gpt-4o-mini calls without max_tokens, each writing 16,000 tokens. They reserved 4,096 output
+    tokens each ($0.0024603), so four fit under a $0.01 cap together and settled at 3.8x it. Now each reserves
+    what gpt-4o-mini can write (16,384 tokens: $0.0098331), so one at a time fits."""
+    ledger, _ = acme_guard(instrumented, cap=Decimal("0.01"))
+    usage = {"prompt_tokens": 18, "completion_tokens": 16_000, "total_tokens": 16_018}
+    with FakeOpenAI(latency_s=0.3) as slow:  # every call is admitted before any settles
+        slow.script(*(Scripted(usage=usage) for _ in range(8)))
+        slow_client = openai.OpenAI(base_url=slow.base_url, api_key="sk-test-not-a-secret", max_retries=0)
+
+        def call(_: int) -> bool:
+            with costspan.attribute(customer_id="acme"):
+                try:
+                    chat(slow_client, max_tokens=None)
+                except BudgetExceeded:
+                    return False
+                return True
+
+        with ThreadPoolExecutor(8) as pool:
+            admitted = sum(pool.map(call, range(8)))
+        assert admitted == len(slow.received) == 1
+    (key,) = ledger._counters
+    one_call = 18 * 150 + 16_000 * 600  # nano-dollars: 18 x $0.15 + 16,000 x $0.60 per million = $0.0096027
+    assert ledger.totals(key).settled == one_call
+    assert ledger.totals(key).settled <= to_nano(Decimal("0.01")) + one_call  # the cap holds within one call
 
 
 # --- refusal and settlement --------------------------------------------------------------------------------
@@ -443,9 +482,7 @@ def test_alerts_fire_once_per_window(
     alerts: list[BudgetAlert] = []
     # Each call costs $0.000210 exactly (scripted), worst case $0.0000315 + ... -> cap for ~10 calls.
     budget = Budget({"customer_id": "acme"}, "daily", Decimal("0.0021"))
-    guard = BudgetGuard(
-        [budget], MemoryLedger(), on_alert=alerts.append, clock=lambda: now[0], default_max_output_tokens=100
-    )
+    guard = BudgetGuard([budget], MemoryLedger(), on_alert=alerts.append, clock=lambda: now[0])
     pipeline = guarded(instrumented, guard)
     usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
 

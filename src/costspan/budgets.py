@@ -45,8 +45,9 @@ WINDOWS = ("hourly", "daily", "monthly")
 SCOPE_KEYS = ("customer_id", "feature")
 LEDGER_POLICIES = ("open", "closed")
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1"))
-DEFAULT_MAX_OUTPUT_TOKENS = 4_096  # worst case assumed when a request sets no limit
-MAX_OUTPUT_TOKENS = 128_000  # a larger max_tokens is capped here: no model writes more in one call
+# The output ceiling assumed for a model MODEL_OUTPUT_CEILINGS lacks: the most any OpenAI model documents
+# (gpt-5-pro), so that a call without an output limit cannot bill more than it reserved.
+MAX_OUTPUT_TOKENS = 272_000
 PROMPT_WARN_TOKENS = 250_000  # under the 272K step where some models switch to a higher price
 EXPIRY_GRACE_S = 3_600  # a window's counters outlive it by this much, so calls that straddle its end settle
 UNAVAILABLE_RETRY_AFTER_S = 30
@@ -276,7 +277,13 @@ def parse_budgets(data: Mapping[str, Any], source: str = "budget file") -> tuple
     if policy not in LEDGER_POLICIES:
         raise BudgetFileError(f'{source}: on_ledger_error must be "open" or "closed", not {policy!r}')
     options["on_ledger_error"] = policy
-    for key in ("default_max_output_tokens", "max_output_tokens", "prompt_warn_tokens", "prompt_refuse_tokens"):
+    if "default_max_output_tokens" in data:
+        logger.warning(
+            "costspan: %s: default_max_output_tokens is no longer used (a call without an output limit reserves "
+            "its model's output ceiling, see docs/budgets.md); delete it",
+            source,
+        )
+    for key in ("max_output_tokens", "prompt_warn_tokens", "prompt_refuse_tokens"):
         if key in data:
             options[key] = _positive_int(data[key], f"{source}: {key}")
     entries = data.get("budget", [])
@@ -384,6 +391,42 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
 # --- the worst case: what a request can bill --------------------------------------------------------------------
 
 
+# The most output tokens (reasoning and audio included) one completion can have, per model family: a model is in
+# a family when its name is the family's or starts with it and "-" (a snapshot, or mini/nano); the longest family
+# wins. From OpenAI's model pages, https://platform.openai.com/docs/models ("Max output tokens").
+MODEL_OUTPUT_CEILINGS: Mapping[str, int] = {
+    "gpt-3.5-turbo": 4_096,
+    "gpt-3.5-turbo-16k": 16_384,
+    "gpt-4": 8_192,
+    "gpt-4-32k": 32_768,
+    "gpt-4-turbo": 4_096,
+    "gpt-4o": 16_384,
+    "gpt-4o-2024-05-13": 4_096,
+    "chatgpt-4o-latest": 16_384,
+    "gpt-4.1": 32_768,
+    "gpt-4.5-preview": 16_384,
+    "gpt-audio": 16_384,
+    "gpt-5": 128_000,
+    "gpt-5-chat-latest": 16_384,
+    "gpt-5-pro": 272_000,
+    "gpt-5.1": 128_000,
+    "gpt-5.2": 128_000,
+    "o1": 100_000,
+    "o1-mini": 65_536,
+    "o1-preview": 32_768,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+    "codex-mini-latest": 100_000,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def model_output_ceiling(model: str) -> int | None:
+    """The most output tokens one completion of ``model`` can have; None for a model the table does not know."""
+    families = [family for family in MODEL_OUTPUT_CEILINGS if model == family or model.startswith(family + "-")]
+    return MODEL_OUTPUT_CEILINGS[max(families, key=len)] if families else None
+
+
 def _completions_billed(body: Mapping[str, Any]) -> int:
     """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
     generates (and bills) that many to return ``n``. Each may use the whole output limit."""
@@ -441,16 +484,17 @@ def tiers_to_reserve(service_tier: str | None) -> tuple[str | None, ...]:
     return (billed_tier(service_tier),)
 
 
-def worst_case_usage(request: RequestInfo, input_tokens: int, default_output: int, max_output: int) -> Usage:
+def worst_case_usage(request: RequestInfo, input_tokens: int, output_ceiling: int) -> Usage:
     """The most a request can bill, as a usage for ``Pricer.price``: the span's own pricing, applied to the worst
-    case. Output: its max_tokens (``default_output`` when it sets none), at most ``max_output``, per completion."""
+    case. Output: its max_tokens, at most the model's ``output_ceiling`` (all of it when it sets none), for each
+    completion it asks for."""
     if request.endpoint in _IMAGE_ENDPOINTS:
         images = image_output_tokens(request.body)
         return Usage(input_tokens, images, output_image_tokens=images)
     if request.operation not in _GENERATING:
         return Usage(input_tokens, 0)
     asked = request.max_output_tokens
-    limit = min(default_output if asked is None or asked <= 0 else asked, max_output)
+    limit = output_ceiling if asked is None or asked <= 0 else min(asked, output_ceiling)
     output = limit * _completions_billed(request.body)
     # Audio output tokens are part of the output count, billed at the (much higher) audio rate.
     return Usage(input_tokens, output, output_audio_tokens=output if _wants_audio(request.body) else 0)
@@ -484,7 +528,6 @@ class BudgetGuard:
         *,
         pricer: Pricer | None = None,
         on_ledger_error: str = "open",
-        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         max_output_tokens: int = MAX_OUTPUT_TOKENS,
         prompt_warn_tokens: int = PROMPT_WARN_TOKENS,
         prompt_refuse_tokens: int = 0,
@@ -499,7 +542,6 @@ class BudgetGuard:
         self.blocking = getattr(ledger, "blocking", True)  # see CallGuard: async calls admit and settle off the loop
         self.pricer = pricer or Pricer()
         self.fail_closed = on_ledger_error == "closed"
-        self.default_max_output_tokens = default_max_output_tokens
         self.max_output_tokens = max_output_tokens
         self.prompt_warn_tokens = prompt_warn_tokens
         self.prompt_refuse_tokens = prompt_refuse_tokens
@@ -584,7 +626,8 @@ class BudgetGuard:
         if not request.model:
             return None
         model = request.model
-        usage = worst_case_usage(request, input_tokens, self.default_max_output_tokens, self.max_output_tokens)
+        ceiling = model_output_ceiling(model) or self.max_output_tokens
+        usage = worst_case_usage(request, input_tokens, ceiling)
         provider = provider_price_id(request.provider)
 
         def price(tier: str | None) -> Decimal | None:
