@@ -35,6 +35,8 @@ from costspan.budgets import (
 )
 from costspan.fakeopenai import FakeOpenAI, Scripted
 from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
+from costspan.pricing import Pricer
+from costspan.usage import Usage
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port
 
@@ -470,6 +472,42 @@ def test_unattributed_and_uncapped_calls_pass(
     with costspan.attribute(customer_id="other"):
         chat(client)
     assert ledger._counters == {}
+
+
+def test_a_finished_batch_job_is_charged_to_its_creators_budget(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """A $0.018 batch created by acme left acme's ledger at $0 against a $0.01 cap, and admitted the next call."""
+    ledger = MemoryLedger()
+    guard = BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal("0.01"))], ledger)
+    guarded(instrumented, guard)
+    with costspan.attribute(customer_id="acme"):
+        batch = client.batches.create(
+            input_file_id="file-abc", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    # Polled without baggage: the job is attributed from the metadata costspan set at creation.
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert client.batches.retrieve(batch.id).status == "completed"
+    client.batches.retrieve(batch.id)  # recorded, and charged, once
+    (key,) = ledger._counters
+    # gpt-4o-mini at batch rates (frozen genai-prices 0.2.5, from 2026-10-14): $0.075 input, $0.30 output per
+    # million. 120,000 x 0.075 + 30,000 x 0.30 = 9,000 + 9,000 micro-dollars = $0.018.
+    assert ledger.totals(key).settled == ledger.totals(key).used == 18_000_000
+    guard.charge({"customer_id": "acme"}, f"batch {batch.id}", None)  # nothing billed: nothing counted
+    with costspan.attribute(customer_id="acme"), pytest.raises(BudgetExceeded):
+        chat(client)
+    assert [r.path for r in fake_openai.received] == ["/v1/batches"]
+
+
+def test_a_charge_counts_once_across_replicas() -> None:
+    """Two replicas polling the same finished job share the ledger; the job counts once."""
+    ledger = MemoryLedger()
+    budget = Budget({"customer_id": "acme"}, "monthly", Decimal("0.01"))
+    cost = Pricer().price(Usage(1_000, 100), "gpt-4o-mini", at=NOV_5)  # 1,000 x $0.15 + 100 x $0.60 per million
+    for _replica in range(2):
+        BudgetGuard([budget], ledger).charge({"customer_id": "acme"}, "batch batch_1", cost)
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == 210_000
 
 
 # --- alerts ----------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ MAX_OUTPUT_TOKENS = 272_000
 PROMPT_WARN_TOKENS = 250_000  # under the 272K step where some models switch to a higher price
 EXPIRY_GRACE_S = 3_600  # a window's counters outlive it by this much, so calls that straddle its end settle
 UNAVAILABLE_RETRY_AFTER_S = 30
+_UNCAPPED = 2**53 - 1  # nano-dollars; exact in Redis' Lua numbers
 _WARN_INTERVAL_S = 60.0
 
 # Request fields whose text the model reads as input.
@@ -593,6 +594,31 @@ class BudgetGuard:
         if not held:
             return None
         return functools.partial(self._settle, held, span)
+
+    def charge(self, attribution: Mapping[str, str], charge_id: str, cost: Cost | None) -> None:
+        """Count a cost billed without a reservation (a finished Batch job) in every budget that covers its
+        attribution, in the window current now, once per ``charge_id`` across replicas. It may carry spend past a
+        cap (nothing was checked before it ran): the calls that follow are refused."""
+        if cost is None or cost.total is None:
+            return  # not billed, or by an unknown amount: nothing was reserved that could stand for it
+        span = trace.get_current_span()
+        now = self.clock()
+        held: list[_Held] = []
+        for budget, subject in self.matching(attribution):
+            window, expires_at = self._window(budget, now)
+            key = _ledger_key(tuple(subject.items()), window.id)
+            try:
+                if not self.ledger.claim_alert(key, f"charge {charge_id}", expires_at):
+                    continue  # another replica polling the same job counted it
+                # The ledger's own atomic steps, with no cap: a zero reservation, settled to the cost below.
+                reservation, _ = self.ledger.reserve(key, 0, _UNCAPPED, expires_at)
+            except Exception as exc:
+                self._count_ledger_error(exc, "charge")
+                self._warn("charge", "costspan: could not charge %s to a budget: %s", charge_id, exc)
+                continue
+            if reservation is not None:
+                held.append(_Held(budget, subject, window, self._caps[id(budget)], reservation))
+        self._settle(held, span, cost)
 
     # -- the parts --
 
