@@ -6,9 +6,12 @@ A ``BudgetGuard`` is a ``CallGuard`` (see ``_call.py``): ``instrument(guards=[gu
 1. estimates the prompt locally (no network) and applies the prompt-size guardrail;
 2. finds the budgets that cover the call's attribution (customer, feature, or both);
 3. reserves the call's worst-case cost in a shared ledger, atomically against the cap, and raises
-   ``BudgetExceeded`` when that would cross it;
+   ``BudgetExceeded`` when that would cross it: the most the request can bill (``worst_case_usage``), priced by the
+   same ``Pricer.price`` as the span;
 4. once the call is over, settles the reservation to the real cost (zero when the call failed) and fires the
    threshold alerts, once per window.
+
+A finished Batch job, which nothing checks before it runs, is charged to its creator's budgets (``charge``).
 """
 
 from __future__ import annotations
