@@ -6,10 +6,11 @@ Calls go through the real openai SDK to the loopback FakeOpenAI, with the real O
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import openai
@@ -34,6 +35,8 @@ from costspan.budgets import (
 )
 from costspan.fakeopenai import FakeOpenAI, Scripted
 from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
+from costspan.pricing import Pricer
+from costspan.usage import Usage
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port
 
@@ -87,7 +90,7 @@ BUDGET_TOML = """
 ledger = "memory"
 timezone = "Europe/Berlin"
 on_ledger_error = "closed"
-default_max_output_tokens = 2000
+max_output_tokens = 2000
 prompt_warn_tokens = 1000
 
 [[budget]]
@@ -111,13 +114,14 @@ timezone = "America/New_York"
 """
 
 
-def test_budget_file_toml(tmp_path: Path) -> None:
+def test_budget_file_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text(BUDGET_TOML)
     guard = load_budget_guard(path)
+    assert not caplog.records
     assert isinstance(guard.ledger, MemoryLedger)
     assert guard.fail_closed
-    assert guard.default_max_output_tokens == 2000
+    assert guard.max_output_tokens == 2000
     assert guard.prompt_warn_tokens == 1000
     every, acme, search = guard.budgets
     assert every.scope == {"customer_id": "*"}
@@ -169,6 +173,14 @@ def test_bad_budget_files_say_what_to_fix(tmp_path: Path, text: str, message: st
         load_budget_guard(path)
 
 
+def test_a_removed_setting_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text('ledger = "memory"\ndefault_max_output_tokens = 4096\n')
+    with caplog.at_level(logging.WARNING, logger="costspan"):
+        load_budget_guard(path)
+    assert "default_max_output_tokens is no longer used" in caplog.text
+
+
 def test_ledger_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
     path = tmp_path / "budgets.toml"
@@ -196,8 +208,36 @@ def test_worst_case_dollars_by_hand(
 ) -> None:
     ledger = MemoryLedger()
     budget = Budget({"customer_id": "acme"}, "monthly", Decimal(10))
-    guard = BudgetGuard([budget], ledger, default_max_output_tokens=1000, max_output_tokens=5000)
-    guarded(instrumented, guard)
+    guarded(instrumented, BudgetGuard([budget], ledger, max_output_tokens=5000))
+    seen = reservations(ledger)
+    with costspan.attribute(customer_id="acme"):
+        chat(client, max_tokens=48)
+        chat(client, max_tokens=None)  # no limit: the most gpt-4o-mini can write
+        chat(client, max_tokens=10_000_000)  # absurd: the same
+        client.chat.completions.create(model="gpt-4o-mini-2024-07-18", messages=MESSAGES)  # a snapshot: its family
+        client.chat.completions.create(model="gpt-5.5", messages=MESSAGES)  # not in the table: max_output_tokens
+        client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_completion_tokens=10**9)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, n=3)  # 3 completions
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x" * 40, max_tokens=10, n=2, best_of=5)
+    # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated; at most 16,384 output tokens.
+    # gpt-5.5: $5 input, $30 output per million; not in the ceiling table, so max_output_tokens = 5,000.
+    # gpt-4.1: $2 input, $8 output per million; at most 32,768 output tokens.
+    # gpt-3.5-turbo-instruct: $1.50 input, $2.00 output per million; 40 characters are 10 tokens, + 3.
+    assert seen == [
+        to_nano(Decimal(18 * 15 + 48 * 60) / 100_000_000),  # $0.00003150
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),  # $0.0098331
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 16_384 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 500 + 5_000 * 3_000) / 100_000_000),  # $0.15009
+        to_nano(Decimal(18 * 200 + 32_768 * 800) / 100_000_000),  # $0.2621800
+        to_nano(Decimal(18 * 15 + 3 * 48 * 60) / 100_000_000),
+        to_nano(Decimal(13 * 150 + 5 * 10 * 200) / 100_000_000),  # best_of=5 completions are billed
+    ]
+    assert seen[0] == 31_500
+
+
+def reservations(ledger: MemoryLedger) -> list[int]:
+    """The amounts the guard reserves in this ledger, in order."""
     seen: list[int] = []
     original = ledger.reserve
 
@@ -206,22 +246,124 @@ def test_worst_case_dollars_by_hand(
         return original(key, amount, cap, expires_at)
 
     ledger.reserve = spy  # type: ignore[method-assign]
+    return seen
+
+
+NOV_5 = datetime(2026, 11, 5, 10, tzinfo=UTC)  # after the tier and batch rates of the frozen data start (12/14 Oct)
+
+
+def acme_guard(instrumented: list[Pipeline], cap: Decimal = Decimal(10)) -> tuple[MemoryLedger, list[int]]:
+    ledger = MemoryLedger()
+    guarded(instrumented, BudgetGuard([Budget({"customer_id": "acme"}, "monthly", cap)], ledger, clock=lambda: NOV_5))
+    return ledger, reservations(ledger)
+
+
+def test_image_generation_reserves_its_image_output_tokens(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """It reserved the prompt alone ($0.000035) for a call that costs $0.042275."""
+    ledger, seen = acme_guard(instrumented)
     with costspan.attribute(customer_id="acme"):
-        chat(client, max_tokens=48)
-        chat(client, max_tokens=None)  # no limit: the configured default worst case
-        chat(client, max_tokens=10_000_000)  # absurd: capped
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=48, n=3)  # 3 completions
-        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x" * 40, max_tokens=10, n=2, best_of=5)
-    # gpt-4o-mini: $0.15 input, $0.60 output per million; 18 input tokens estimated.
-    # gpt-3.5-turbo-instruct: $1.50 input, $2.00 output per million; 40 characters are 10 tokens, + 3.
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat", size="1024x1024", quality="medium")
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat", size="1536x1024", quality="high", n=2)
+        client.images.generate(model="gpt-image-1", prompt="a cat in a hat")  # size and quality "auto"
+    # gpt-image-1: $5 per million text input, $40 per million output (image) tokens. The prompt is 14 characters:
+    # 4 tokens, + 3. Image output tokens: medium 1024x1024 = 1,056; high 1536x1024 = 6,208; the most of any
+    # size and quality (high 1024x1536) = 6,240.
     assert seen == [
-        to_nano(Decimal(18 * 15 + 48 * 60) / 100_000_000),  # $0.00003150
-        to_nano(Decimal(18 * 15 + 1000 * 60) / 100_000_000),
-        to_nano(Decimal(18 * 15 + 5000 * 60) / 100_000_000),
-        to_nano(Decimal(18 * 15 + 3 * 48 * 60) / 100_000_000),
-        to_nano(Decimal(13 * 150 + 5 * 10 * 200) / 100_000_000),  # best_of=5 completions are billed
+        to_nano(Decimal(7 * 5 + 1_056 * 40) / 1_000_000),  # $0.042275
+        to_nano(Decimal(7 * 5 + 2 * 6_208 * 40) / 1_000_000),  # $0.496675
+        to_nano(Decimal(7 * 5 + 6_240 * 40) / 1_000_000),  # $0.249635
     ]
-    assert seen[0] == 31_500
+    assert seen[0] == 42_275_000
+    # The fake bills 6 input and 1,056 output tokens each: 3 x (6 x $5 + 1,056 x $40) per million.
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == ledger.totals(key).used == 3 * 42_270_000
+
+
+def test_audio_output_reserves_at_the_audio_rate(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """It reserved $0.0101 (all output at the text rate) for a call that costs $0.0641."""
+    ledger, seen = acme_guard(instrumented)
+    fake_openai.script(
+        Scripted(
+            usage={
+                "prompt_tokens": 40,
+                "completion_tokens": 1_000,
+                "total_tokens": 1_040,
+                "completion_tokens_details": {"audio_tokens": 1_000},
+            }
+        )
+    )
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 121}]
+    assert estimate_input_tokens({"messages": messages}) == 40  # (121 + 15) / 4 = 34, + 3 x 2
+    with costspan.attribute(customer_id="acme"):
+        client.chat.completions.create(
+            model="gpt-audio",
+            messages=messages,
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+            max_completion_tokens=1_000,
+        )
+    # gpt-audio: $2.50 per million text input, $64 per million audio output (text output: $10).
+    assert seen == [to_nano(Decimal(40 * 250 + 1_000 * 6_400) / 100_000_000)]  # $0.0641
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == 64_100_000  # 40 x $2.50 + 1,000 x $64 per million, as billed
+
+
+def test_service_tiers_reserve_the_dearest_rate_they_can_run_at(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    _, seen = acme_guard(instrumented)
+    cases: list[tuple[str, Literal["auto", "default", "flex"]]] = [
+        ("gpt-4o-mini", "auto"),  # may run at priority
+        ("gpt-4o-mini", "default"),
+        ("gpt-4o-mini", "flex"),  # no flex price for gpt-4o-mini: the standard one
+        ("gpt-5", "flex"),
+        ("gpt-5-nano", "auto"),  # no priority price for gpt-5-nano: the standard one
+    ]
+    with costspan.attribute(customer_id="acme"):
+        for model, tier in cases:
+            client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=100, service_tier=tier)
+    # 18 input tokens estimated, 100 output tokens allowed. Per million (input, output): gpt-4o-mini standard
+    # $0.15 / $0.60, priority $0.25 / $1; gpt-5 flex $0.625 / $5; gpt-5-nano standard $0.05 / $0.40.
+    assert seen == [
+        to_nano(Decimal(18 * 25 + 100 * 100) / 100_000_000),  # $0.0001045 (standard: $0.0000627)
+        to_nano(Decimal(18 * 15 + 100 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 15 + 100 * 60) / 100_000_000),
+        to_nano(Decimal(18 * 625 + 100 * 5_000) / 1_000_000_000),  # $0.00051125 (standard: $0.0010225)
+        to_nano(Decimal(18 * 5 + 100 * 40) / 100_000_000),
+    ]
+
+
+def test_calls_without_an_output_limit_cannot_carry_the_ledger_past_the_cap(
+    client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """Eight concurrent gpt-4o-mini calls without max_tokens, each writing 16,000 tokens. They reserved 4,096 output
+    tokens each ($0.0024603), so four fit under a $0.01 cap together and settled at 3.8x it. Now each reserves
+    what gpt-4o-mini can write (16,384 tokens: $0.0098331), so one at a time fits."""
+    ledger, _ = acme_guard(instrumented, cap=Decimal("0.01"))
+    usage = {"prompt_tokens": 18, "completion_tokens": 16_000, "total_tokens": 16_018}
+    with FakeOpenAI(latency_s=0.3) as slow:  # every call is admitted before any settles
+        slow.script(*(Scripted(usage=usage) for _ in range(8)))
+        slow_client = openai.OpenAI(base_url=slow.base_url, api_key="sk-test-not-a-secret", max_retries=0)
+
+        def call(_: int) -> bool:
+            with costspan.attribute(customer_id="acme"):
+                try:
+                    chat(slow_client, max_tokens=None)
+                except BudgetExceeded:
+                    return False
+                return True
+
+        with ThreadPoolExecutor(8) as pool:
+            admitted = sum(pool.map(call, range(8)))
+        assert admitted == len(slow.received) == 1
+    (key,) = ledger._counters
+    one_call = 18 * 150 + 16_000 * 600  # nano-dollars: 18 x $0.15 + 16,000 x $0.60 per million = $0.0096027
+    assert ledger.totals(key).settled == one_call
+    assert ledger.totals(key).settled <= to_nano(Decimal("0.01")) + one_call  # the cap holds within one call
 
 
 # --- refusal and settlement --------------------------------------------------------------------------------
@@ -332,6 +474,42 @@ def test_unattributed_and_uncapped_calls_pass(
     assert ledger._counters == {}
 
 
+def test_a_finished_batch_job_is_charged_to_its_creators_budget(
+    fake_openai: FakeOpenAI, client: openai.OpenAI, instrumented: list[Pipeline]
+) -> None:
+    """A $0.018 batch created by acme left acme's ledger at $0 against a $0.01 cap, and admitted the next call."""
+    ledger = MemoryLedger()
+    guard = BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal("0.01"))], ledger)
+    guarded(instrumented, guard)
+    with costspan.attribute(customer_id="acme"):
+        batch = client.batches.create(
+            input_file_id="file-abc", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    # Polled without baggage: the job is attributed from the metadata costspan set at creation.
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert client.batches.retrieve(batch.id).status == "completed"
+    client.batches.retrieve(batch.id)  # recorded, and charged, once
+    (key,) = ledger._counters
+    # gpt-4o-mini at batch rates (frozen genai-prices 0.2.5, from 2026-10-14): $0.075 input, $0.30 output per
+    # million. 120,000 x 0.075 + 30,000 x 0.30 = 9,000 + 9,000 micro-dollars = $0.018.
+    assert ledger.totals(key).settled == ledger.totals(key).used == 18_000_000
+    guard.charge({"customer_id": "acme"}, f"batch {batch.id}", None)  # nothing billed: nothing counted
+    with costspan.attribute(customer_id="acme"), pytest.raises(BudgetExceeded):
+        chat(client)
+    assert [r.path for r in fake_openai.received] == ["/v1/batches"]
+
+
+def test_a_charge_counts_once_across_replicas() -> None:
+    """Two replicas polling the same finished job share the ledger; the job counts once."""
+    ledger = MemoryLedger()
+    budget = Budget({"customer_id": "acme"}, "monthly", Decimal("0.01"))
+    cost = Pricer().price(Usage(1_000, 100), "gpt-4o-mini", at=NOV_5)  # 1,000 x $0.15 + 100 x $0.60 per million
+    for _replica in range(2):
+        BudgetGuard([budget], ledger).charge({"customer_id": "acme"}, "batch batch_1", cost)
+    (key,) = ledger._counters
+    assert ledger.totals(key).settled == 210_000
+
+
 # --- alerts ----------------------------------------------------------------------------------------------------
 
 
@@ -342,9 +520,7 @@ def test_alerts_fire_once_per_window(
     alerts: list[BudgetAlert] = []
     # Each call costs $0.000210 exactly (scripted), worst case $0.0000315 + ... -> cap for ~10 calls.
     budget = Budget({"customer_id": "acme"}, "daily", Decimal("0.0021"))
-    guard = BudgetGuard(
-        [budget], MemoryLedger(), on_alert=alerts.append, clock=lambda: now[0], default_max_output_tokens=100
-    )
+    guard = BudgetGuard([budget], MemoryLedger(), on_alert=alerts.append, clock=lambda: now[0])
     pipeline = guarded(instrumented, guard)
     usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
 

@@ -7,6 +7,7 @@ patches in ``_patch.py``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -140,12 +141,16 @@ class CallGuard(Protocol):
     """Runs before a request is sent (e.g. a budget check).
 
     ``admit`` may raise a ``CostspanRefusal`` to refuse the call; it returns a callback that is given the
-    final ``Cost`` (``None`` when the call failed) so that reservations settle. A guard whose ``blocking``
-    attribute is true waits on I/O: for ``AsyncOpenAI`` calls, costspan runs its ``admit`` and its settlement in
-    a worker thread, never on the event loop.
+    final ``Cost`` (``None`` when the call failed) so that reservations settle. ``charge`` is given the cost of
+    work billed without a call to admit first (a finished Batch job, attributed from its metadata), once per
+    ``charge_id`` in this process; a guard without it does not see such costs. A guard whose ``blocking``
+    attribute is true waits on I/O: for ``AsyncOpenAI`` calls, costspan runs its ``admit``, settlement and charge
+    in a worker thread, never on the event loop.
     """
 
     def admit(self, request: RequestInfo, attribution: Mapping[str, str]) -> Callable[[Cost | None], None] | None: ...
+
+    def charge(self, attribution: Mapping[str, str], charge_id: str, cost: Cost | None) -> None: ...
 
 
 class Telemetry:
@@ -243,7 +248,13 @@ class Telemetry:
         created_ns = int(getattr(body, "created_at", 0) or 0) * 1_000_000_000 or time.time_ns()
         completed_ns = int(getattr(body, "completed_at", 0) or 0) * 1_000_000_000 or None
         parent = set_span_in_context(NonRecordingSpan(batch_job_context(str(batch_id))))
-        self._open(job, created_ns, attribution, [], parent).finish(summary, request_id, end_ns=completed_ns)
+        call = self._open(job, created_ns, attribution, [], parent)
+        for guard in self.guards:
+            # The job's cost reaches the budgets of whoever created it, as a call's settlement would.
+            charge = getattr(guard, "charge", None)  # a guard written before charge existed has none
+            if charge is not None:
+                call.settlements.append(functools.partial(charge, attribution, f"batch {batch_id}"))
+        call.finish(summary, request_id, end_ns=completed_ns)
 
 
 def batch_job_context(batch_id: str) -> SpanContext:

@@ -6,9 +6,12 @@ A ``BudgetGuard`` is a ``CallGuard`` (see ``_call.py``): ``instrument(guards=[gu
 1. estimates the prompt locally (no network) and applies the prompt-size guardrail;
 2. finds the budgets that cover the call's attribution (customer, feature, or both);
 3. reserves the call's worst-case cost in a shared ledger, atomically against the cap, and raises
-   ``BudgetExceeded`` when that would cross it;
+   ``BudgetExceeded`` when that would cross it: the most the request can bill (``worst_case_usage``), priced by the
+   same ``Pricer.price`` as the span;
 4. once the call is over, settles the reservation to the real cost (zero when the call failed) and fires the
    threshold alerts, once per window.
+
+A finished Batch job, which nothing checks before it runs, is charged to its creator's budgets (``charge``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from costspan._call import RequestInfo
 from costspan.attribution import CostspanRefusal
 from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
 from costspan.money import usd_column
-from costspan.pricing import Cost, Pricer, provider_price_id
+from costspan.pricing import Cost, Pricer, billed_tier, provider_price_id
+from costspan.usage import Usage
 
 logger = logging.getLogger("costspan")
 
@@ -45,11 +49,13 @@ WINDOWS = ("hourly", "daily", "monthly")
 SCOPE_KEYS = ("customer_id", "feature")
 LEDGER_POLICIES = ("open", "closed")
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1"))
-DEFAULT_MAX_OUTPUT_TOKENS = 4_096  # worst case assumed when a request sets no limit
-MAX_OUTPUT_TOKENS = 128_000  # a larger max_tokens is capped here: no model writes more in one call
+# The output ceiling assumed for a model MODEL_OUTPUT_CEILINGS lacks: the most any OpenAI model documents
+# (gpt-5-pro), so that a call without an output limit cannot bill more than it reserved.
+MAX_OUTPUT_TOKENS = 272_000
 PROMPT_WARN_TOKENS = 250_000  # under the 272K step where some models switch to a higher price
 EXPIRY_GRACE_S = 3_600  # a window's counters outlive it by this much, so calls that straddle its end settle
 UNAVAILABLE_RETRY_AFTER_S = 30
+_UNCAPPED = 2**53 - 1  # nano-dollars; exact in Redis' Lua numbers
 _WARN_INTERVAL_S = 60.0
 
 # Request fields whose text the model reads as input.
@@ -277,7 +283,13 @@ def parse_budgets(data: Mapping[str, Any], source: str = "budget file") -> tuple
     if policy not in LEDGER_POLICIES:
         raise BudgetFileError(f'{source}: on_ledger_error must be "open" or "closed", not {policy!r}')
     options["on_ledger_error"] = policy
-    for key in ("default_max_output_tokens", "max_output_tokens", "prompt_warn_tokens", "prompt_refuse_tokens"):
+    if "default_max_output_tokens" in data:
+        logger.warning(
+            "costspan: %s: default_max_output_tokens is no longer used (a call without an output limit reserves "
+            "its model's output ceiling, see docs/budgets.md); delete it",
+            source,
+        )
+    for key in ("max_output_tokens", "prompt_warn_tokens", "prompt_refuse_tokens"):
         if key in data:
             options[key] = _positive_int(data[key], f"{source}: {key}")
     entries = data.get("budget", [])
@@ -382,6 +394,118 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * (messages + 1) + _TOKENS_PER_IMAGE * images
 
 
+# --- the worst case: what a request can bill --------------------------------------------------------------------
+
+
+# The most output tokens (reasoning and audio included) one completion can have, per model family: a model is in
+# a family when its name is the family's or starts with it and "-" (a snapshot, or mini/nano); the longest family
+# wins. From OpenAI's model pages, https://platform.openai.com/docs/models ("Max output tokens").
+MODEL_OUTPUT_CEILINGS: Mapping[str, int] = {
+    "gpt-3.5-turbo": 4_096,
+    "gpt-3.5-turbo-16k": 16_384,
+    "gpt-4": 8_192,
+    "gpt-4-32k": 32_768,
+    "gpt-4-turbo": 4_096,
+    "gpt-4o": 16_384,
+    "gpt-4o-2024-05-13": 4_096,
+    "chatgpt-4o-latest": 16_384,
+    "gpt-4.1": 32_768,
+    "gpt-4.5-preview": 16_384,
+    "gpt-audio": 16_384,
+    "gpt-5": 128_000,
+    "gpt-5-chat-latest": 16_384,
+    "gpt-5-pro": 272_000,
+    "gpt-5.1": 128_000,
+    "gpt-5.2": 128_000,
+    "o1": 100_000,
+    "o1-mini": 65_536,
+    "o1-preview": 32_768,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+    "codex-mini-latest": 100_000,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def model_output_ceiling(model: str) -> int | None:
+    """The most output tokens one completion of ``model`` can have; None for a model the table does not know."""
+    families = [family for family in MODEL_OUTPUT_CEILINGS if model == family or model.startswith(family + "-")]
+    return MODEL_OUTPUT_CEILINGS[max(families, key=len)] if families else None
+
+
+def _completions_billed(body: Mapping[str, Any]) -> int:
+    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
+    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
+    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
+    return max(counts, default=1)
+
+
+def _wants_audio(body: Mapping[str, Any]) -> bool:
+    """Chat Completions asked to speak (``modalities=["text", "audio"]``): its output may all be audio tokens."""
+    modalities = body.get("modalities")
+    return isinstance(modalities, list) and "audio" in modalities
+
+
+# Output tokens of one image from the GPT Image 1 models (gpt-image-1, gpt-image-1-mini, gpt-image-1.5), by quality
+# and size, as OpenAI's image-generation guide tabulates them (https://platform.openai.com/docs/guides/image-generation,
+# "Cost and latency"). An omitted or "auto" quality or size, one this table lacks, or another image model may
+# produce the most of any row.
+IMAGE_OUTPUT_TOKENS: Mapping[tuple[str, str], int] = {
+    ("low", "1024x1024"): 272,
+    ("low", "1024x1536"): 408,
+    ("low", "1536x1024"): 400,
+    ("medium", "1024x1024"): 1_056,
+    ("medium", "1024x1536"): 1_584,
+    ("medium", "1536x1024"): 1_568,
+    ("high", "1024x1024"): 4_160,
+    ("high", "1024x1536"): 6_240,
+    ("high", "1536x1024"): 6_208,
+}
+PARTIAL_IMAGE_TOKENS = 100  # a streamed partial image bills this many more output tokens (the same guide)
+_IMAGE_QUALITIES = frozenset(quality for quality, _ in IMAGE_OUTPUT_TOKENS)
+_IMAGE_SIZES = frozenset(size for _, size in IMAGE_OUTPUT_TOKENS)
+_IMAGE_ENDPOINTS = frozenset({"/images/generations", "/images/edits"})
+
+
+def image_output_tokens(body: Mapping[str, Any]) -> int:
+    """The most output tokens an image request can bill: ``n`` images of the largest its quality and size allow,
+    plus its streamed partial images."""
+    quality, size = body.get("quality"), body.get("size")
+    per_image = max(
+        tokens
+        for (q, s), tokens in IMAGE_OUTPUT_TOKENS.items()
+        if (quality == q or quality not in _IMAGE_QUALITIES) and (size == s or size not in _IMAGE_SIZES)
+    )
+    partial = body.get("partial_images")
+    if type(partial) is int and partial > 0:
+        per_image += partial * PARTIAL_IMAGE_TOKENS
+    return per_image * _completions_billed(body)
+
+
+def tiers_to_reserve(service_tier: str | None) -> tuple[str | None, ...]:
+    """The service tiers a request may run (and bill) at. ``auto`` runs at the project's tier, which may be
+    priority: reserve the dearer of standard and priority."""
+    if service_tier == "auto":
+        return (None, "priority")
+    return (billed_tier(service_tier),)
+
+
+def worst_case_usage(request: RequestInfo, input_tokens: int, output_ceiling: int) -> Usage:
+    """The most a request can bill, as a usage for ``Pricer.price``: the span's own pricing, applied to the worst
+    case. Output: its max_tokens, at most the model's ``output_ceiling`` (all of it when it sets none), for each
+    completion it asks for."""
+    if request.endpoint in _IMAGE_ENDPOINTS:
+        images = image_output_tokens(request.body)
+        return Usage(input_tokens, images, output_image_tokens=images)
+    if request.operation not in _GENERATING:
+        return Usage(input_tokens, 0)
+    asked = request.max_output_tokens
+    limit = output_ceiling if asked is None or asked <= 0 else min(asked, output_ceiling)
+    output = limit * _completions_billed(request.body)
+    # Audio output tokens are part of the output count, billed at the (much higher) audio rate.
+    return Usage(input_tokens, output, output_audio_tokens=output if _wants_audio(request.body) else 0)
+
+
 # --- the guard --------------------------------------------------------------------------------------------------
 
 
@@ -400,13 +524,6 @@ def _ledger_key(subject: tuple[tuple[str, str], ...], window_id: str) -> str:
     return f"{scope}|{window_id}"
 
 
-def _completions_billed(body: Mapping[str, Any]) -> int:
-    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
-    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
-    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
-    return max(counts, default=1)
-
-
 class BudgetGuard:
     """Enforces budgets for every instrumented call (a ``CallGuard``). Thread-safe; one per process."""
 
@@ -417,7 +534,6 @@ class BudgetGuard:
         *,
         pricer: Pricer | None = None,
         on_ledger_error: str = "open",
-        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         max_output_tokens: int = MAX_OUTPUT_TOKENS,
         prompt_warn_tokens: int = PROMPT_WARN_TOKENS,
         prompt_refuse_tokens: int = 0,
@@ -432,7 +548,6 @@ class BudgetGuard:
         self.blocking = getattr(ledger, "blocking", True)  # see CallGuard: async calls admit and settle off the loop
         self.pricer = pricer or Pricer()
         self.fail_closed = on_ledger_error == "closed"
-        self.default_max_output_tokens = default_max_output_tokens
         self.max_output_tokens = max_output_tokens
         self.prompt_warn_tokens = prompt_warn_tokens
         self.prompt_refuse_tokens = prompt_refuse_tokens
@@ -485,6 +600,31 @@ class BudgetGuard:
             return None
         return functools.partial(self._settle, held, span)
 
+    def charge(self, attribution: Mapping[str, str], charge_id: str, cost: Cost | None) -> None:
+        """Count a cost billed without a reservation (a finished Batch job) in every budget that covers its
+        attribution, in the window current now, once per ``charge_id`` across replicas. It may carry spend past a
+        cap (nothing was checked before it ran): the calls that follow are refused."""
+        if cost is None or cost.total is None:
+            return  # not billed, or by an unknown amount: nothing was reserved that could stand for it
+        span = trace.get_current_span()
+        now = self.clock()
+        held: list[_Held] = []
+        for budget, subject in self.matching(attribution):
+            window, expires_at = self._window(budget, now)
+            key = _ledger_key(tuple(subject.items()), window.id)
+            try:
+                if not self.ledger.claim_alert(key, f"charge {charge_id}", expires_at):
+                    continue  # another replica polling the same job counted it
+                # The ledger's own atomic steps, with no cap: a zero reservation, settled to the cost below.
+                reservation, _ = self.ledger.reserve(key, 0, _UNCAPPED, expires_at)
+            except Exception as exc:
+                self._count_ledger_error(exc, "charge")
+                self._warn("charge", "costspan: could not charge %s to a budget: %s", charge_id, exc)
+                continue
+            if reservation is not None:
+                held.append(_Held(budget, subject, window, self._caps[id(budget)], reservation))
+        self._settle(held, span, cost)
+
     # -- the parts --
 
     def _window(self, budget: Budget, now: datetime) -> tuple[Window, float]:
@@ -512,29 +652,24 @@ class BudgetGuard:
                     break
         return found
 
-    def output_allowance(self, request: RequestInfo) -> int:
-        """Output tokens the call may bill: its max_tokens, capped (the configured default when it sets none),
-        for each completion it asks for."""
-        if request.operation not in _GENERATING:
-            return 0
-        asked = request.max_output_tokens
-        if asked is None or asked <= 0:
-            asked = self.default_max_output_tokens
-        return min(asked, self.max_output_tokens) * _completions_billed(request.body)
-
     def worst_case(self, request: RequestInfo, input_tokens: int, at: datetime) -> Decimal | None:
-        """The most the call can cost in dollars; None when its price is unknown."""
+        """The most the call can cost in dollars, priced as the span prices it; None when its price is unknown."""
         if not request.model:
             return None
-        resolved = self.pricer.resolve(request.model, provider_price_id(request.provider), at, request.service_tier)
-        if resolved is None:
-            self._warn(
-                "price:" + request.model, "costspan: no price for %r; budgets count its calls as $0", request.model
-            )
-            return None
-        input_rate = resolved.sheet.rate("input_mtok", input_tokens) or Decimal(0)
-        output_rate = resolved.sheet.rate("output_mtok", input_tokens) or Decimal(0)
-        return (input_tokens * input_rate + self.output_allowance(request) * output_rate) / 1_000_000
+        model = request.model
+        ceiling = model_output_ceiling(model) or self.max_output_tokens
+        usage = worst_case_usage(request, input_tokens, ceiling)
+        provider = provider_price_id(request.provider)
+
+        def price(tier: str | None) -> Decimal | None:
+            return self.pricer.price(usage, model, at=at, provider=provider, service_tier=tier).total
+
+        totals = [total for tier in tiers_to_reserve(request.service_tier) if (total := price(tier)) is not None]
+        # A tier the price data does not know for this model: its standard price.
+        worst = max(totals) if totals else price(None)
+        if worst is None:
+            self._warn("price:" + model, "costspan: no price for %r; budgets count its calls as $0", model)
+        return worst
 
     def _check_prompt_size(self, tokens: int, span: Any) -> None:
         if self.prompt_warn_tokens and tokens >= self.prompt_warn_tokens:
