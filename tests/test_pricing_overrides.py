@@ -396,3 +396,16 @@ def test_instrumentation_reads_the_env_var_and_survives_a_bad_file(
     # the packaged price: 1,000 x 0.15 + 500 x 0.60 = 450 -> $0.00045
     assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == 0.00045
     assert a[semconv.COSTSPAN_PRICING_SOURCE] == "genai-prices"
+
+
+def test_a_tier_only_entry_leaves_the_other_tiers_to_the_packaged_data(tmp_path: Path) -> None:
+    text = '[[models]]\nmodel = "gpt-5"\nservice_tier = "flex"\ninput = 0.50\noutput = 4.00\n'
+    pricer = Pricer(price_layers(write(tmp_path, text)))
+    # flex, from the file: 1,000 x 0.50 + 500 x 4 = 2,500 -> $0.0025
+    cost = pricer.price(Usage(1000, 500), "gpt-5", at=AT, service_tier="flex")
+    assert (cost.total, cost.source) == (Decimal("0.0025"), f"override:{tmp_path / 'prices.toml'}")
+    # standard, packaged gpt-5: $1.25 in, $10 out per 1M (genai-prices 0.2.5): 1,000 x 1.25 + 500 x 10 = 6,250
+    cost = pricer.price(Usage(1000, 500), "gpt-5", at=AT)
+    assert (cost.status, cost.total, cost.source) == (semconv.STATUS_PRICED, Decimal("0.00625"), "genai-prices")
+    # batch, packaged gpt-5 batch: $0.625 in, $5 out per 1M: 1,000 x 0.625 + 500 x 5 = 3,125
+    assert pricer.price(Usage(1000, 500), "gpt-5", at=AT, batch=True).total == Decimal("0.003125")

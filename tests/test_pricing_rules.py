@@ -209,6 +209,19 @@ CASES = [
     Case("batch/gpt-5.5-long", "gpt-5.5", Usage(300_000, 1000), usd("1522500"), batch=True),
     # o3 batch: 1,000 x 1 + 500 x 4 = 3,000
     Case("batch/o3", "o3", Usage(1000, 500), usd("3000"), batch=True),
+    # Cached input in a batch, where OpenAI's Batch table shows no cached rate (genai-prices 0.2.5: "The Batch
+    # table publishes no cached-input rate, so cached input keeps the standard rate"). 1,000,000 in of which
+    # 400,000 cached, 100,000 out; batch input and output rates, the standard cached rate (docs/cost.md, "Batch"):
+    # gpt-4.1: 600,000 x 1 + 400,000 x 0.50 + 100,000 x 4 = 600,000 + 200,000 + 400,000
+    Case("batch-cached/gpt-4.1", "gpt-4.1", Usage(M, 100_000, 400_000), Decimal("1.2"), batch=True),
+    # gpt-4.1-mini: 600,000 x 0.20 + 400,000 x 0.10 + 100,000 x 0.80 = 120,000 + 40,000 + 80,000
+    Case("batch-cached/gpt-4.1-mini", "gpt-4.1-mini", Usage(M, 100_000, 400_000), Decimal("0.24"), batch=True),
+    # gpt-4.1-nano: 600,000 x 0.05 + 400,000 x 0.025 + 100,000 x 0.20 = 30,000 + 10,000 + 20,000
+    Case("batch-cached/gpt-4.1-nano", "gpt-4.1-nano", Usage(M, 100_000, 400_000), Decimal("0.06"), batch=True),
+    # o3: 600,000 x 1 + 400,000 x 0.50 + 100,000 x 4 = 600,000 + 200,000 + 400,000
+    Case("batch-cached/o3", "o3", Usage(M, 100_000, 400_000), Decimal("1.2"), batch=True),
+    # o4-mini: 600,000 x 0.55 + 400,000 x 0.275 + 100,000 x 2.20 = 330,000 + 110,000 + 220,000
+    Case("batch-cached/o4-mini", "o4-mini", Usage(M, 100_000, 400_000), Decimal("0.66"), batch=True),
     # a model without a batch price is flagged, not billed at the standard rate
     Case("batch/gpt-audio-unknown", "gpt-audio", Usage(1000, 500), None, semconv.STATUS_UNKNOWN_TIER, batch=True),
     # --- embeddings: input only -----------------------------------------------------------------------------

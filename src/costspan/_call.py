@@ -36,7 +36,7 @@ from costspan import semconv
 from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
 from costspan.config import Settings
 from costspan.metrics import CallMetrics
-from costspan.pricing import STANDARD_TIERS, Cost, Pricer, provider_price_id
+from costspan.pricing import STANDARD_TIERS, BillableCall, Cost, Pricer, provider_price_id
 from costspan.usage import ResponseSummary, StreamSummary, Usage
 
 logger = logging.getLogger("costspan")
@@ -507,19 +507,22 @@ class Call:
             _usage_attributes(usage, attributes)
 
         if incomplete and usage is None:
-            cost = Cost(semconv.STATUS_INCOMPLETE)
+            cost = Cost(semconv.STATUS_INCOMPLETE, note="the stream ended before it reported usage")
         elif error_type is not None and usage is None:
-            cost = Cost(semconv.STATUS_NO_USAGE)
+            cost = Cost(semconv.STATUS_NO_USAGE, note="the call failed without reporting usage")
         else:
             if tier is None and request.service_tier not in STANDARD_TIERS:
                 tier = request.service_tier  # the response did not say; bill what was asked for
-            cost = telemetry.pricer.price(
-                usage,
-                response_model or request.model,
-                at=self.start_ns,
-                provider=provider_price_id(request.provider),
-                service_tier=tier,
-                batch=summary is not None and summary.batch_id is not None,  # a Batch object's usage: batch rates
+            cost = telemetry.pricer.bill(
+                BillableCall(  # positional, in field order: this runs on every call
+                    usage,
+                    response_model,
+                    request.model,
+                    provider_price_id(request.provider),
+                    tier,
+                    summary is not None and summary.batch_id is not None,  # a Batch object's usage: batch rates
+                    self.start_ns,
+                )
             )
         cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
         span = self._with_attributes(attributes)
@@ -570,7 +573,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:
     attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
-    attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+    if not usage.output_unknown:  # a count the response left out is unknown, not 0
+        attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
     attributes[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
     attributes[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
     attributes[semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
@@ -598,6 +602,8 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> fl
         attributes[semconv.COSTSPAN_PRICING_VERSION] = cost.version
     if cost.model_id:
         attributes[semconv.COSTSPAN_PRICING_MODEL] = cost.model_id
+    if cost.model_source:
+        attributes[semconv.COSTSPAN_PRICING_MODEL_SOURCE] = cost.model_source
     if cost.note:
         attributes[semconv.COSTSPAN_PRICING_NOTE] = cost.note
     floats = cost.floats()

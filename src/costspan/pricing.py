@@ -11,6 +11,12 @@ Rules that matter for money (see README, "How cost is computed"):
   are never added on top.
 - Tiered prices (e.g. above 272K input tokens) switch for the whole request, as the provider bills it.
 - A model the data does not know is ``unknown_model`` with no amount; never a neighbour's price.
+- The response model prices the call; the request model only when the response model has no price.
+- Usage that cannot be right (a completion without its output count, counts no call can reach) is
+  ``implausible_usage``: flagged, never billed.
+
+``Pricer.bill`` is the one place a call's dollars come from: the span, ``costspan reprice`` and ``costspan price``
+all build a ``BillableCall`` and hand it over.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 import genai_prices
 from genai_prices import data_snapshot
@@ -70,6 +76,7 @@ class Cost:
     version: str | None = None  # that data's version, so stored events can be re-priced later
     model_id: str | None = None  # the price-data model the name resolved to
     note: str | None = None
+    model_source: str | None = None  # which name priced it: "response" or "request" (MODEL_SOURCE_*)
 
     def _usd(self, units: int) -> Decimal:
         return Decimal(units).scaleb(-self.scale)
@@ -331,9 +338,9 @@ class ResolvedPrice:
     tier_known: bool
     whole_day: bool = True  # holds for the whole UTC day (no time-of-day rates), so it may be memoized per day
 
-    def unpriced(self, status: str, note: str) -> Cost:
+    def unpriced(self, status: str, note: str, model_source: str) -> Cost:
         """A cost with no amount that still says which price data it was looked up in, and why."""
-        return Cost(status, source=self.source, version=self.version, model_id=self.model_id, note=note)
+        return Cost(status, None, 0, self.source, self.version, self.model_id, note, model_source)
 
 
 class PriceSource(Protocol):
@@ -408,6 +415,82 @@ def time_of_day_priced(info: ModelInfo) -> bool:
     )
 
 
+@dataclass(slots=True)  # not frozen: built on every call, and a frozen dataclass costs ~1.5 µs more to build
+class BillableCall:
+    """Everything that decides what one call cost, as ``Pricer.bill`` takes it; treat as immutable.
+
+    No field has a default, so no caller can leave one out. Built by the span at call time and by
+    ``billable_from_row`` from a stored row, so both price the same inputs.
+    """
+
+    usage: Usage | None  # None: the call reported no usage
+    response_model: str | None  # tried first
+    request_model: str | None  # tried when the response model has no price
+    provider: str  # genai-prices provider id (``provider_price_id``)
+    service_tier: str | None  # what the response reported, else what was requested
+    batch: bool  # a Batch API job's usage: batch rates
+    at: datetime | int  # when the call started: a datetime, or Unix nanoseconds
+
+
+class StoredRow(Protocol):
+    """A stored span: a ``sqlite3.Row`` of the store's ``spans`` table, or any mapping of its column names."""
+
+    def __getitem__(self, column: str) -> Any: ...
+
+
+def billable_from_row(row: StoredRow) -> BillableCall:
+    """The ``BillableCall`` a stored span was priced from, so that re-pricing it prices exactly what the span did.
+
+    The store keeps what the span's attributes said: the response's service tier (else the request's), the batch
+    id of a Batch job's usage, and no output count where the response gave none.
+    """
+    input_tokens = row["input_tokens"]
+    usage = None
+    if input_tokens is not None:
+        output_tokens = row["output_tokens"]
+        usage = Usage(
+            input_tokens,
+            output_tokens or 0,
+            row["cached_tokens"] or 0,
+            row["cache_write_tokens"] or 0,
+            row["reasoning_tokens"] or 0,
+            row["input_audio_tokens"] or 0,
+            row["output_audio_tokens"] or 0,
+            row["input_image_tokens"] or 0,
+            row["output_image_tokens"] or 0,
+            output_unknown=output_tokens is None,
+        )
+    return BillableCall(
+        usage,
+        row["response_model"],
+        row["request_model"],
+        provider_price_id(row["provider"] or "openai"),
+        row["service_tier"],
+        row["batch_id"] is not None,
+        row["start_ns"],
+    )
+
+
+# The most tokens one call can plausibly count. The largest context windows hold ~2M tokens, so 10**8 is fifty
+# times beyond any real call; a Batch job holds at most 50,000 requests, so 50,000 x 2M = 10**11. Larger counts
+# are a corrupt payload (2**63 - 1 would bill over a trillion dollars), not usage.
+MAX_CALL_TOKENS = 10**8
+MAX_BATCH_TOKENS = 10**11
+
+
+def implausible_usage(usage: Usage, batch: bool) -> str | None:
+    """Why these counts cannot be billed; None when they can."""
+    if usage.output_unknown:
+        return "the response reported no completion_tokens: its output is unknown, not 0"
+    limit = MAX_BATCH_TOKENS if batch else MAX_CALL_TOKENS
+    if usage.input_tokens > limit or usage.output_tokens > limit:
+        return (
+            f"{usage.input_tokens:,} input / {usage.output_tokens:,} output tokens exceed the "
+            f"{limit:,} a {'batch job' if batch else 'call'} can count"
+        )
+    return None
+
+
 _NS_PER_DAY = 86_400 * 10**9
 _MEMO_LIMIT = 4096  # distinct (model, day, tier) lookups kept; far more than an app uses in a day
 
@@ -452,6 +535,57 @@ class Pricer:
                 return resolved
         return None
 
+    def bill(self, call: BillableCall) -> Cost:
+        """What ``call`` cost: the one computation behind every dollar costspan reports."""
+        usage = call.usage
+        if usage is None:
+            return Cost(semconv.STATUS_NO_USAGE, note="the response reported no usage")
+        implausible = implausible_usage(usage, call.batch)
+        if implausible is not None:
+            return Cost(semconv.STATUS_IMPLAUSIBLE_USAGE, note=implausible)
+        response_model, request_model, provider, at = call.response_model, call.request_model, call.provider, call.at
+        tier, batch = call.service_tier, call.batch
+        resolved = self.resolve(response_model, provider, at, tier, batch) if response_model else None
+        model_source = semconv.MODEL_SOURCE_RESPONSE
+        if resolved is None and request_model and request_model != response_model:
+            # The response may name a model the data does not list (davinci-002 answers "davinci:2023-07-21-v2"):
+            # the model that was asked for, and billed, still has a price.
+            resolved = self.resolve(request_model, provider, at, tier, batch)
+            model_source = semconv.MODEL_SOURCE_REQUEST
+        if resolved is None:
+            self._warn_unknown(response_model or request_model or "<none>")
+            return Cost(semconv.STATUS_UNKNOWN_MODEL, note=_no_price_note(response_model, request_model))
+        if not resolved.tier_known:
+            return resolved.unpriced(
+                semconv.STATUS_UNKNOWN_TIER, _missing_variant_note(resolved.model_id, tier, batch), model_source
+            )
+        if not resolved.sheet.units:
+            # Priced only in units no response reports (audio minutes, characters): $0 would be a guess.
+            self._warn_unknown(resolved.model_id, "it is priced only per audio minute or character")
+            return resolved.unpriced(
+                semconv.STATUS_UNKNOWN_MODEL,
+                "priced only per audio minute or character, which responses do not report",
+                model_source,
+            )
+        sheet = resolved.sheet
+        amounts = sheet.cost(usage)
+        if amounts is None:
+            return resolved.unpriced(
+                semconv.STATUS_INCOMPLETE,
+                "usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
+                model_source,
+            )
+        return Cost(
+            semconv.STATUS_PRICED,
+            amounts,
+            sheet.scale,
+            resolved.source,
+            resolved.version,
+            resolved.model_id,
+            None,
+            model_source,
+        )
+
     def price(
         self,
         usage: Usage | None,
@@ -462,30 +596,8 @@ class Pricer:
         service_tier: str | None = None,
         batch: bool = False,
     ) -> Cost:
-        if usage is None:
-            return Cost(semconv.STATUS_NO_USAGE)
-        resolved = self.resolve(model, provider, at, service_tier, batch) if model else None
-        if resolved is None:
-            self._warn_unknown(model or "<none>")
-            return Cost(semconv.STATUS_UNKNOWN_MODEL)
-        if not resolved.tier_known:
-            return resolved.unpriced(
-                semconv.STATUS_UNKNOWN_TIER, _missing_variant_note(resolved.model_id, service_tier, batch)
-            )
-        if not resolved.sheet.units:
-            # Priced only in units no response reports (audio minutes, characters): $0 would be a guess.
-            self._warn_unknown(resolved.model_id, "it is priced only per audio minute or character")
-            return resolved.unpriced(
-                semconv.STATUS_UNKNOWN_MODEL, "priced only per audio minute or character, which responses do not report"
-            )
-        amounts = resolved.sheet.cost(usage)
-        if amounts is None:
-            return resolved.unpriced(
-                semconv.STATUS_INCOMPLETE,
-                "usage parts exceed their totals, or overlap in a way this model's rates make ambiguous",
-            )
-        sheet = resolved.sheet
-        return Cost(semconv.STATUS_PRICED, amounts, sheet.scale, resolved.source, resolved.version, resolved.model_id)
+        """``bill`` for a call whose response named ``model`` (and whose request named no other)."""
+        return self.bill(BillableCall(usage, model, None, provider, service_tier, batch, at))
 
     def _warn_unknown(self, model: str, why: str = "no price is known for it") -> None:
         if model not in self._warned:
@@ -496,6 +608,13 @@ class Pricer:
                 model,
                 why,
             )
+
+
+def _no_price_note(response_model: str | None, request_model: str | None) -> str:
+    names = [f"{response_model!r} (response model)"] if response_model else []
+    if request_model and request_model != response_model:
+        names.append(f"{request_model!r} (request model)")
+    return f"no price for {' or '.join(names)}" if names else "the call names no model"
 
 
 def _missing_variant_note(model_id: str, service_tier: str | None, batch: bool) -> str:

@@ -438,7 +438,8 @@ class OverridePrices:
     - An alias renames the model before anything else.
     - The file's own rates win for a model (or for the price-data model a name maps to) from their
       ``effective_from`` day on; before the first of them, the packaged price applies, so a new rate never
-      rewrites history. A tier or batch call with no entry of its own is ``unknown_tier``, never standard.
+      rewrites history. An entry decides only its own service tier and mode: the others keep the packaged
+      prices, and for a model the data does not know they are ``unknown_tier``, never the file's standard rate.
     - A provider's discount applies to every price of that provider, the file's and the packaged ones.
     The file's dates are whole UTC days, so its own rates hold all day (``Pricer`` memoizes them per day).
     """
@@ -459,26 +460,24 @@ class OverridePrices:
         entries = pricing.entries_for(name, provider) or (pricing.entries_for(info.id, provider) if info else [])
         in_force = [e for e in entries if e.effective_from is None or e.effective_from <= day]
         discount = pricing.discounts.get(provider, Decimal(0))
-        if in_force:
-            return self._from_entries(in_force, tier, batch, discount)
+        matching = [e for e in in_force if e.service_tier == tier and e.batch == batch]
+        if matching:
+            return self._from_entries(matching, discount)
         packaged = self.packaged.resolve(name, provider, at, tier, batch)
+        if packaged is None and in_force:  # the file prices this model, but not at this tier or in this mode
+            return ResolvedPrice(PriceSheet(ModelPrice()), pricing.source, pricing.digest, in_force[0].model, False)
         if packaged is None or (target is None and not discount):
             return packaged
         sheet = PriceSheet(discounted(packaged.sheet.model_price, discount)) if discount else packaged.sheet
         version = f"{pricing.digest}+{packaged.source} {packaged.version}"
         return ResolvedPrice(sheet, pricing.source, version, packaged.model_id, packaged.tier_known, packaged.whole_day)
 
-    def _from_entries(
-        self, in_force: list[RateEntry], tier: str | None, batch: bool, discount: Decimal
-    ) -> ResolvedPrice:
-        pricing = self.pricing
-        matching = [e for e in in_force if e.service_tier == tier and e.batch == batch]
-        if not matching:
-            return ResolvedPrice(PriceSheet(ModelPrice()), pricing.source, pricing.digest, in_force[0].model, False)
+    def _from_entries(self, matching: list[RateEntry], discount: Decimal) -> ResolvedPrice:
         entry = max(matching, key=lambda e: e.effective_from or date.min)
         model_price = entry.model_price()
         if discount:
             model_price = discounted(model_price, discount)
+        pricing = self.pricing
         return ResolvedPrice(PriceSheet(model_price), pricing.source, pricing.digest, entry.model, True)
 
 

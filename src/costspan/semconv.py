@@ -59,7 +59,11 @@ COSTSPAN_PRICING_STATUS: Final = "costspan.pricing.status"
 COSTSPAN_PRICING_SOURCE: Final = "costspan.pricing.source"
 COSTSPAN_PRICING_VERSION: Final = "costspan.pricing.version"
 COSTSPAN_PRICING_MODEL: Final = "costspan.pricing.model"  # the price-data model id the response model resolved to
-COSTSPAN_PRICING_NOTE: Final = "costspan.pricing.note"  # e.g. an unknown service tier
+COSTSPAN_PRICING_NOTE: Final = "costspan.pricing.note"  # why a call is not priced, e.g. an unknown service tier
+# Which model name priced the call: the response's, or the request's when the response's has no price.
+COSTSPAN_PRICING_MODEL_SOURCE: Final = "costspan.pricing.model_source"
+MODEL_SOURCE_RESPONSE: Final = "response"
+MODEL_SOURCE_REQUEST: Final = "request"
 
 COSTSPAN_ATTRIBUTION_MISSING: Final = "costspan.attribution.missing"
 COSTSPAN_REFUSED: Final = "costspan.refused"  # why costspan refused the call before sending it
@@ -85,6 +89,7 @@ STATUS_UNKNOWN_MODEL: Final = "unknown_model"
 STATUS_NO_USAGE: Final = "no_usage"
 STATUS_INCOMPLETE: Final = "incomplete"
 STATUS_UNKNOWN_TIER: Final = "unknown_tier"
+STATUS_IMPLAUSIBLE_USAGE: Final = "implausible_usage"  # counts that cannot be right: flagged, never billed
 
 # Default baggage keys copied onto spans.
 DEFAULT_ATTRIBUTION_KEYS: Final = ("feature", "route", "customer_id", "environment")

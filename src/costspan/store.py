@@ -70,7 +70,7 @@ DIMENSIONS: Final = (
 MEASURES: Final = (
     "requests",  # spans, retries included
     "spend_usd",  # sum of priced costs; None when nothing in the group was priced
-    "unpriced",  # spans without a cost (unknown model, no usage): their spend is unknown, not zero
+    "unpriced",  # spans without a cost (any pricing status but priced): their spend is unknown, not zero
     "input_tokens",
     "output_tokens",
     "cached_tokens",
@@ -308,9 +308,11 @@ class _Group:
         self.requests += requests
         self.spend += spend
         self.priced += priced
-        self.input_tokens += input_tokens or 0
-        self.output_tokens += output_tokens or 0
-        self.cached_tokens += cached or 0
+        # Token sums come back as floats: total(), unlike sum(), cannot overflow on a stored implausible count
+        # (an implausible_usage span may say 2**63 - 1 tokens); real sums stay below 2**53, where floats are exact.
+        self.input_tokens += int(input_tokens)
+        self.output_tokens += int(output_tokens)
+        self.cached_tokens += int(cached)
         self.latency_total += latency
         self.latency_count += latency_count
         self.retries += retries or 0
@@ -591,8 +593,8 @@ class Store:
         prompt_sizes = "group_concat(input_tokens)" if percentiles else "NULL"
         sql = f"""
             SELECT {"".join(k + ", " for k in keys)}
-                   count(*), total(cost_usd), count(cost_usd), sum(input_tokens), sum(output_tokens),
-                   sum(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), {prompt_sizes}
+                   count(*), total(cost_usd), count(cost_usd), total(input_tokens), total(output_tokens),
+                   total(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), {prompt_sizes}
             FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
         """
         slices = self._slices(since_ns, until_ns)

@@ -31,6 +31,9 @@ class Usage:
     output_image_tokens: int = 0
     prediction_accepted_tokens: int = 0
     prediction_rejected_tokens: int = 0
+    # A text-generating call whose response left out completion_tokens: output_tokens is a 0 placeholder, and the
+    # call cannot be billed (``pricing.implausible_usage``).
+    output_unknown: bool = False
 
 
 @dataclass(slots=True)
@@ -90,13 +93,19 @@ def _check_parts(usage: Usage) -> Usage:
     return usage
 
 
-def _chat_usage(usage: Mapping[str, Any]) -> Usage:
+# Response objects of the endpoints that generate text, whose usage must count the completion. Embeddings ("list")
+# legitimately have no completion_tokens.
+_GENERATING_OBJECTS = frozenset({"chat.completion", "chat.completion.chunk", "text_completion"})
+
+
+def _chat_usage(usage: Mapping[str, Any], generates: bool) -> Usage:
     """Chat Completions, legacy Completions and Embeddings (``prompt_tokens``/``completion_tokens``)."""
     prompt = _fields(usage.get("prompt_tokens_details")).get
     completion = _fields(usage.get("completion_tokens_details")).get
+    completion_tokens = usage.get("completion_tokens")
     return Usage(  # positional, in field order: this runs on every call
         _count(usage.get("prompt_tokens")),  # present: normalize_usage checked
-        _count(usage.get("completion_tokens")),  # absent for embeddings
+        _count(completion_tokens),
         _count(prompt("cached_tokens")),
         _count(prompt("cache_write_tokens")),
         _count(completion("reasoning_tokens")),
@@ -106,6 +115,7 @@ def _chat_usage(usage: Mapping[str, Any]) -> Usage:
         0,
         _count(completion("accepted_prediction_tokens")),
         _count(completion("rejected_prediction_tokens")),
+        generates and completion_tokens is None,
     )
 
 
@@ -126,12 +136,14 @@ def _responses_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-def normalize_usage(usage: Any) -> Usage | None:
-    """Normalize any OpenAI usage object; ``None`` when it is missing or malformed."""
+def normalize_usage(usage: Any, object_type: Any = None) -> Usage | None:
+    """Normalize any OpenAI usage object; ``None`` when it is missing or malformed. ``object_type`` is the
+    ``object`` field of the response (or chunk) that carried it: it says whether a completion count is due."""
     fields = _fields(usage)
     try:
         if fields.get("prompt_tokens") is not None:
-            return _check_parts(_chat_usage(fields))
+            generates = type(object_type) is str and object_type in _GENERATING_OBJECTS
+            return _check_parts(_chat_usage(fields, generates))
         if fields.get("input_tokens") is not None:
             return _check_parts(_responses_usage(fields))
     except _Malformed:
@@ -163,7 +175,7 @@ def summarize_response(body: Any) -> ResponseSummary:
         response_id,
         _str_or_none(fields.get("service_tier")),
         finish_reasons,
-        normalize_usage(fields.get("usage")),
+        normalize_usage(fields.get("usage"), object_type),
         response_id if object_type == "batch" else None,
     )
 
@@ -223,7 +235,7 @@ class StreamSummary:
                     summary.finish_reasons.append(reason)
         usage = fields.get("usage")
         if usage is not None:
-            summary.usage = normalize_usage(usage)
+            summary.usage = normalize_usage(usage, fields.get("object"))
             return not choices
         return False
 

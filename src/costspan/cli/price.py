@@ -17,7 +17,7 @@ from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 from costspan import environment_variables as env
 from costspan.money import usd_column
-from costspan.pricing import STANDARD_TIERS, BillLine, Pricer, PriceSource, packaged_prices
+from costspan.pricing import STANDARD_TIERS, BillableCall, BillLine, Pricer, PriceSource, packaged_prices
 from costspan.usage import Usage
 
 EPILOG = """\
@@ -201,9 +201,8 @@ def _price(args: argparse.Namespace) -> int:
     resolved = pricer.resolve(args.model, args.provider, at, args.tier, args.batch)
     if resolved is None:
         raise _Failure(_unknown_model_message(args.model, args.provider, at))
-    cost = pricer.price(
-        usage or Usage(0, 0), args.model, at=at, provider=args.provider, service_tier=args.tier, batch=args.batch
-    )
+    # The CLI's model name stands for the response model: priced exactly as a span naming it would be.
+    cost = pricer.bill(BillableCall(usage or Usage(0, 0), args.model, None, args.provider, args.tier, args.batch, at))
     if cost.status != "priced":
         raise _Failure(f"{cost.status}: {cost.note or 'cannot price this call'}")
     lines = resolved.sheet.breakdown(usage) if usage else []

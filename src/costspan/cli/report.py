@@ -119,9 +119,9 @@ def table(dimensions: list[str], every: str | None, rows: list[dict[str, Any]]) 
     lines.append(f"\n{len(rows):,} rows, {calls:,} LLM calls, {usd(round_usd(spend))} spent.")
     if unpriced:
         lines.append(
-            f"{unpriced:,} LLM calls have no price (unknown model or no usage reported) and are not in the spend; "
-            "`--by request_model` shows which models; add their prices to a pricing file (`costspan price --help`), "
-            "then `costspan reprice`."
+            f"{unpriced:,} LLM calls have no price (unknown model or tier, missing or implausible usage) and are "
+            "not in the spend; `--by pricing_status` says why, `--by request_model` shows which models; add their "
+            "prices to a pricing file (`costspan price --help`), then `costspan reprice`."
         )
     if retries:
         lines.append(f"{retries:,} LLM calls are app-level retries: billed again by the provider, and counted.")

@@ -24,9 +24,8 @@ from costspan.cli._store_cli import (
     parse_time,
 )
 from costspan.money import usd_column
-from costspan.pricing import Cost, Pricer, PriceSource, as_utc, packaged_prices, provider_price_id
+from costspan.pricing import Cost, Pricer, PriceSource, billable_from_row, packaged_prices
 from costspan.store import to_ns
-from costspan.usage import Usage
 
 CHUNK = 5_000
 
@@ -45,9 +44,9 @@ _SELECT = """
 SELECT rowid, span_id, start_ns, provider, request_model, response_model, service_tier,
        input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
        input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
-       cost_usd, pricing_status, pricing_version
+       batch_id, cost_usd, pricing_status, pricing_version
 FROM spans
-WHERE rowid > ? AND start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL AND output_tokens IS NOT NULL
+WHERE rowid > ? AND start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL
 ORDER BY rowid LIMIT ?
 """
 
@@ -75,25 +74,8 @@ def _money(value: Any) -> float | None:
 
 
 def reprice_row(pricer: Pricer, row: Any) -> Cost:
-    """The cost of one stored row under ``pricer``, computed as the instrumentation does at call time."""
-    usage = Usage(
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cache_read_tokens=row["cached_tokens"] or 0,
-        cache_write_tokens=row["cache_write_tokens"] or 0,
-        reasoning_tokens=row["reasoning_tokens"] or 0,
-        input_audio_tokens=row["input_audio_tokens"] or 0,
-        output_audio_tokens=row["output_audio_tokens"] or 0,
-        input_image_tokens=row["input_image_tokens"] or 0,
-        output_image_tokens=row["output_image_tokens"] or 0,
-    )
-    return pricer.price(
-        usage,
-        row["response_model"] or row["request_model"],
-        at=as_utc(row["start_ns"]),
-        provider=provider_price_id(row["provider"] or "openai"),
-        service_tier=row["service_tier"],
-    )
+    """The cost of one stored row under ``pricer``, computed from the same inputs as the span's."""
+    return pricer.bill(billable_from_row(row))
 
 
 def price_layers(pricing_file: str | None) -> tuple[PriceSource, ...]:
