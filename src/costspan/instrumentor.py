@@ -58,7 +58,7 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         pricer = Pricer([*(kwargs.get("price_layers") or ()), *price_layers(settings.pricing_file)])
         telemetry = Telemetry(
             tracer=tracer,
-            metrics=CallMetrics(meter, customer_id=settings.metrics_customer_id) if settings.metrics else None,
+            metrics=CallMetrics(meter, attribution_keys=settings.metric_attribution_keys) if settings.metrics else None,
             pricer=pricer,
             attributor=Attributor(settings, tracer_provider),
             settings=settings,
