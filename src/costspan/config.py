@@ -37,7 +37,7 @@ _FLAG_DEFAULTS: Mapping[str, bool] = {
     "metrics_customer_id": False,
     "capture_content": False,
 }
-# Attribution keys kept off metric attributes unless configured otherwise: one series per customer would do.
+# Attribution keys kept off metric attributes unless configured otherwise: a series per customer is too many.
 DEFAULT_HIGH_CARDINALITY_KEYS = ("customer_id",)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

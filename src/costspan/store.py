@@ -361,10 +361,9 @@ def dimension_names(attribution_keys: Sequence[str] | None = None) -> tuple[str,
     return (*DIMENSIONS, *(key for key in keys if key not in DIMENSIONS and _PLAIN_KEY.fullmatch(key)))
 
 
-def dimension_sql(name: str, allowed: Sequence[str] | None = None) -> str:
-    """The SQL expression of a dimension; raises ValueError unless it is one of ``allowed`` (default:
-    ``dimension_names()``). Only a column name or a checked plain key is ever put into the SQL text."""
-    allowed = dimension_names() if allowed is None else allowed
+def dimension_sql(name: str, allowed: Sequence[str]) -> str:
+    """The SQL expression of a dimension; raises ValueError unless it is one of ``allowed`` (``dimension_names()``).
+    Only a column name or a plain key, checked again here where it meets the SQL text, is ever put into it."""
     if name not in allowed:
         raise ValueError(f"unknown dimension {name!r}; choose from {', '.join(allowed)}")
     if name in DIMENSIONS:
