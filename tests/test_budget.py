@@ -155,7 +155,7 @@ def test_budget_file_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[[budget]]\nwindow = 'monthly'\nlimit_usd = 1\n", "give customer_id and/or feature"),
+        ("[[budget]]\nwindow = 'monthly'\nlimit_usd = 1\n", "scope it on one or more of"),
         ("[[budget]]\ncustomer_id = 'a'\nwindow = 'weekly'\nlimit_usd = 1\n", "window must be one of"),
         ("[[budget]]\ncustomer_id = 'a'\n", "limit_usd is required"),
         ("[[budget]]\ncustomer_id = 'a'\nlimit_usd = -1\n", "non-negative"),

@@ -4,7 +4,7 @@ A ``BudgetGuard`` is a ``CallGuard`` (see ``_call.py``): ``instrument(guards=[gu
 ``OTEL_COSTSPAN_BUDGET_FILE``. For every OpenAI call it
 
 1. estimates the prompt locally (no network) and applies the prompt-size guardrail;
-2. finds the budgets that cover the call's attribution (customer, feature, or both);
+2. finds the budgets that cover the call's attribution (any attribution keys in force: customer, feature, ...);
 3. reserves the call's worst-case cost in a shared ledger, atomically against the cap, and raises
    ``BudgetExceeded`` when that would cross it: the most the request can bill (``worst_case_usage``), priced by the
    same ``Pricer.price`` as the span;
@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -35,9 +35,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opentelemetry import metrics, trace
 
+from costspan import environment_variables as env
 from costspan import semconv
 from costspan._call import RequestInfo
 from costspan.attribution import CostspanRefusal
+from costspan.config import attribution_keys_in_force
 from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
 from costspan.money import usd_column
 from costspan.pricing import Cost, Pricer, billed_tier, provider_price_id
@@ -46,7 +48,6 @@ from costspan.usage import Usage
 logger = logging.getLogger("costspan")
 
 WINDOWS = ("hourly", "daily", "monthly")
-SCOPE_KEYS = ("customer_id", "feature")
 LEDGER_POLICIES = ("open", "closed")
 DEFAULT_THRESHOLDS = (Decimal("0.8"), Decimal("1"))
 # The output ceiling assumed for a model MODEL_OUTPUT_CEILINGS lacks: the most any OpenAI model documents
@@ -168,8 +169,8 @@ def window_at(kind: str, now: datetime, tz: ZoneInfo) -> Window:
 class Budget:
     """A cap on spend over a window, for the calls whose attribution matches ``scope``.
 
-    ``scope`` maps ``customer_id`` and/or ``feature`` to a value; ``*`` gives every value its own cap. For one
-    call, an exact entry wins over a ``*`` entry of the same keys and window.
+    ``scope`` maps one or more attribution keys (``customer_id``, ``feature``, ``tenant``, ...) to a value; ``*``
+    gives every value its own cap. For one call, an exact entry wins over a ``*`` entry of the same keys and window.
     """
 
     scope: Mapping[str, str]
@@ -268,11 +269,16 @@ _TOP_LEVEL = frozenset(
         "budget",
     }
 )
-_ENTRY = frozenset({"name", "customer_id", "feature", "window", "limit_usd", "timezone", "alert_thresholds"})
+# An entry's settings; its other keys are its scope, each one an attribution key in force.
+_ENTRY = frozenset({"name", "window", "limit_usd", "timezone", "alert_thresholds"})
 
 
-def parse_budgets(data: Mapping[str, Any], source: str = "budget file") -> tuple[dict[str, Any], list[Budget]]:
-    """Validate a loaded budget file: the guard's keyword arguments, and the budgets."""
+def parse_budgets(
+    data: Mapping[str, Any], source: str = "budget file", attribution_keys: Sequence[str] | None = None
+) -> tuple[dict[str, Any], list[Budget]]:
+    """Validate a loaded budget file: the guard's keyword arguments, and the budgets. A budget scopes on
+    ``attribution_keys`` (default: the keys in force, ``costspan.config.attribution_keys_in_force``)."""
+    keys = attribution_keys_in_force(keyword=attribution_keys)
     unknown = set(data) - _TOP_LEVEL
     if unknown:
         raise BudgetFileError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -300,12 +306,19 @@ def parse_budgets(data: Mapping[str, Any], source: str = "budget file") -> tuple
         what = f"{source}: budget #{i}"
         if not isinstance(entry, Mapping):
             raise BudgetFileError(f"{what} is not a table")
-        unknown = set(entry) - _ENTRY
-        if unknown:
-            raise BudgetFileError(f"{what}: unknown key(s) {', '.join(sorted(unknown))}")
-        scope = {key: str(entry[key]) for key in SCOPE_KEYS if key in entry}
+        # Sorted, so that a scope's ledger keys and name do not depend on the order the file lists it in.
+        scope_keys = sorted(set(entry) - _ENTRY)
+        foreign = [key for key in scope_keys if key not in keys]
+        if foreign:
+            raise BudgetFileError(
+                f"{what}: unknown key(s) {', '.join(foreign)}; a budget scopes on the attribution keys in force "
+                f"({', '.join(keys)}; set by {env.OTEL_COSTSPAN_ATTRIBUTION_KEYS})"
+            )
+        scope = {key: str(entry[key]) for key in scope_keys}
         if not scope or any(not value for value in scope.values()):
-            raise BudgetFileError(f'{what}: give customer_id and/or feature (a value, or "*" for each one)')
+            raise BudgetFileError(
+                f'{what}: scope it on one or more of {", ".join(keys)} (a value, or "*" for each one)'
+            )
         window = entry.get("window", "monthly")
         if window not in WINDOWS:
             raise BudgetFileError(f"{what}: window must be one of {', '.join(WINDOWS)}, not {window!r}")
@@ -335,17 +348,18 @@ def ledger_url(data: Mapping[str, Any]) -> str:
     return raw
 
 
-def load_budgets(path: str | Path) -> list[Budget]:
+def load_budgets(path: str | Path, attribution_keys: Sequence[str] | None = None) -> list[Budget]:
     """The budgets a TOML or YAML budget file sets (see docs/budgets.md). Raises ``BudgetFileError``."""
     path = Path(path)
-    return parse_budgets(_read(path), str(path))[1]
+    return parse_budgets(_read(path), str(path), attribution_keys)[1]
 
 
-def load_budget_guard(path: str | Path, **overrides: Any) -> BudgetGuard:
-    """A ``BudgetGuard`` from a TOML or YAML budget file (see docs/budgets.md). Raises ``BudgetFileError``."""
+def load_budget_guard(path: str | Path, attribution_keys: Sequence[str] | None = None, **overrides: Any) -> BudgetGuard:
+    """A ``BudgetGuard`` from a TOML or YAML budget file (see docs/budgets.md), scoping on ``attribution_keys``
+    (default: the keys in force). Raises ``BudgetFileError``."""
     path = Path(path)
     data = _read(path)
-    options, budgets = parse_budgets(data, str(path))
+    options, budgets = parse_budgets(data, str(path), attribution_keys)
     ledger = overrides.pop("ledger", None) or open_ledger(ledger_url(data))
     return BudgetGuard(budgets, ledger, **{**options, **overrides})
 
@@ -567,7 +581,7 @@ class BudgetGuard:
         # (scope keys, window) -> {scope values, "*" allowed -> budget}: a call finds its budgets by lookups.
         self._index: dict[tuple[tuple[str, ...], str], dict[tuple[str, ...], Budget]] = {}
         for budget in self.budgets:
-            shape = (tuple(k for k in SCOPE_KEYS if k in budget.scope), budget.window)
+            shape = (tuple(sorted(budget.scope)), budget.window)  # sorted: as parse_budgets, for the ledger keys
             self._index.setdefault(shape, {})[tuple(budget.scope[k] for k in shape[0])] = budget
 
     # -- the CallGuard protocol --

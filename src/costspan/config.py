@@ -26,6 +26,7 @@ _VARIABLES: Mapping[str, str] = {
     "cost_compat": env.OTEL_COSTSPAN_COST_COMPAT,
     "metrics": env.OTEL_COSTSPAN_METRICS,
     "metrics_customer_id": env.OTEL_COSTSPAN_METRICS_CUSTOMER_ID,
+    "high_cardinality_keys": env.OTEL_COSTSPAN_HIGH_CARDINALITY_KEYS,
     "capture_content": env.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT,
     "budget_file": env.OTEL_COSTSPAN_BUDGET_FILE,
 }
@@ -36,6 +37,8 @@ _FLAG_DEFAULTS: Mapping[str, bool] = {
     "metrics_customer_id": False,
     "capture_content": False,
 }
+# Attribution keys kept off metric attributes unless configured otherwise: a series per customer is too many.
+DEFAULT_HIGH_CARDINALITY_KEYS = ("customer_id",)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -51,6 +54,15 @@ def _keys(raw: object) -> tuple[str, ...] | None:
     else:
         names = [str(raw)]
     return tuple(name.strip() for name in names if name.strip())
+
+
+def attribution_keys_in_force(environ: Mapping[str, str] | None = None, keyword: object = None) -> tuple[str, ...]:
+    """The attribution keys in force: the ``attribution_keys`` keyword of ``instrument()``, else
+    ``OTEL_COSTSPAN_ATTRIBUTION_KEYS``, else the defaults. The instrumentor, the store exporter, ``costspan serve``,
+    the CLI and budget files all ask here, so that a key configured once is copied, stored, reported and budgeted."""
+    if keyword is None:
+        keyword = (os.environ if environ is None else environ).get(env.OTEL_COSTSPAN_ATTRIBUTION_KEYS)
+    return _keys(keyword) or DEFAULT_ATTRIBUTION_KEYS
 
 
 def _flag(raw: object, default: bool, name: str) -> bool:
@@ -82,6 +94,7 @@ class Settings:
     cost_compat: bool = False
     metrics: bool = True
     metrics_customer_id: bool = False
+    high_cardinality_keys: tuple[str, ...] = DEFAULT_HIGH_CARDINALITY_KEYS
     capture_content: bool = False
     budget_file: str | None = None
 
@@ -94,7 +107,7 @@ class Settings:
             name: overrides[name] if overrides.get(name) is not None else e.get(variable)
             for name, variable in _VARIABLES.items()
         }
-        attribution_keys = _keys(raw["attribution_keys"]) or DEFAULT_ATTRIBUTION_KEYS
+        keys = attribution_keys_in_force(e, overrides.get("attribution_keys"))
         required_keys = _keys(raw["required_keys"])
         on_missing = str(raw["on_missing"] or "record").strip().lower()
         if on_missing not in ON_MISSING_POLICIES:
@@ -107,10 +120,18 @@ class Settings:
             on_missing = "record"
         flags = {name: _flag(raw[name], default, _VARIABLES[name]) for name, default in _FLAG_DEFAULTS.items()}
         return cls(
-            attribution_keys=attribution_keys,
-            required_keys=attribution_keys if required_keys is None else required_keys,
+            attribution_keys=keys,
+            required_keys=keys if required_keys is None else required_keys,
+            high_cardinality_keys=_keys(raw["high_cardinality_keys"]) or DEFAULT_HIGH_CARDINALITY_KEYS,
             on_missing=on_missing,
             pricing_file=_path(raw["pricing_file"]),
             budget_file=_path(raw["budget_file"]),
             **flags,
         )
+
+    @property
+    def metric_attribution_keys(self) -> tuple[str, ...]:
+        """The attribution keys the cost metric carries: every one in force but the high-cardinality ones, of
+        which ``metrics_customer_id`` lets ``customer_id`` back on."""
+        off = set(self.high_cardinality_keys) - ({"customer_id"} if self.metrics_customer_id else set())
+        return tuple(key for key in self.attribution_keys if key not in off)

@@ -33,5 +33,9 @@ costs the OTel SDK ~12 µs when a reader collects; the spans carry every figure,
 OTEL_COSTSPAN_METRICS_CUSTOMER_ID = "OTEL_COSTSPAN_METRICS_CUSTOMER_ID"
 """``true``: put ``customer_id`` on the cost metric (high cardinality). Default ``false``."""
 
+OTEL_COSTSPAN_HIGH_CARDINALITY_KEYS = "OTEL_COSTSPAN_HIGH_CARDINALITY_KEYS"
+"""Comma-separated attribution keys kept off the cost metric (one series per value would be too many; they stay on
+spans and in the store). Default: ``customer_id``."""
+
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """``true``: record prompt and completion content on spans. Default ``false``."""

@@ -4,6 +4,10 @@ Registered as the ``costspan`` traces exporter, so ``opentelemetry-instrument --
 costspan,otlp_proto_http python app.py`` writes locally and to a collector at once. It keeps only LLM spans
 (those carrying ``gen_ai.operation.name``) and never raises into the application: a batch that cannot be
 written (damaged or locked file, full disk) is counted in ``failed_spans`` and logged at most once a minute.
+
+The OpenTelemetry configurator creates it with no arguments, so it takes the attribution keys in force from
+``OTEL_COSTSPAN_ATTRIBUTION_KEYS`` (``costspan.config.attribution_keys_in_force``): keys given only to
+``instrument(attribution_keys=...)`` must be set there too, or passed as ``attribution_keys``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
+from costspan.config import attribution_keys_in_force
 from costspan.paths import default_store_path
-from costspan.store import CostRow, Store
+from costspan.store import CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +47,9 @@ def _float(attributes: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def row_from_span(span: ReadableSpan) -> CostRow | None:
-    """The store row for one span; None for spans that are not LLM calls (or have no ids or start time)."""
+def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> CostRow | None:
+    """The store row for one span; None for spans that are not LLM calls (or have no ids or start time).
+    ``attribution_keys`` beyond the typed columns go to the row's ``attribution`` JSON."""
     attributes = span.attributes or {}
     operation = _text(attributes, semconv.GEN_AI_OPERATION_NAME)
     context = span.context
@@ -56,6 +62,12 @@ def row_from_span(span: ReadableSpan) -> CostRow | None:
     def tokens(name: str) -> int | None:
         # Breakdown counts are zero, not unknown, whenever the call reported usage at all.
         return (_int(attributes, name) or 0) if has_usage else None
+
+    carried = {}
+    for key in attribution_keys:
+        value = _text(attributes, key)
+        if value is not None:
+            carried[key] = value
 
     return CostRow(
         span_id=f"{context.span_id:016x}",
@@ -96,6 +108,7 @@ def row_from_span(span: ReadableSpan) -> CostRow | None:
         service_tier=_text(attributes, semconv.OPENAI_RESPONSE_SERVICE_TIER)
         or _text(attributes, semconv.OPENAI_REQUEST_SERVICE_TIER),
         batch_id=_text(attributes, semconv.COSTSPAN_BATCH_ID),
+        attribution=attribution_json(carried),
     )
 
 
@@ -108,8 +121,11 @@ class CostspanSpanExporter(SpanExporter):
 
     LOG_INTERVAL_S = 60.0
 
-    def __init__(self, path: str | Path | None = None, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path | None = None, *, timeout_s: float = 5.0, attribution_keys: Sequence[str] | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
+        self.attribution_keys = attribution_keys_in_force(keyword=attribution_keys)
         self.timeout_s = timeout_s
         self.failed_spans = 0
         self.stored_spans = 0
@@ -125,7 +141,7 @@ class CostspanSpanExporter(SpanExporter):
             rows = []
             for span in spans:  # one span that cannot be read must not take its batch with it
                 try:
-                    row = row_from_span(span)
+                    row = row_from_span(span, self.attribution_keys)
                 except Exception as error:
                     self._failed(1, error)
                     continue

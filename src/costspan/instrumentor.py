@@ -37,8 +37,8 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``, ``guards`` (call guards such as
     budgets), ``price_layers`` (extra price sources tried before the packaged data), and any ``Settings`` field
     (``attribution_keys``, ``required_keys``, ``on_missing``, ``stream_usage``, ``pricing_file``,
-    ``cost_compat``, ``metrics_customer_id``, ``capture_content``, ``budget_file``), which win over their environment
-    variables.
+    ``cost_compat``, ``metrics_customer_id``, ``high_cardinality_keys``, ``capture_content``, ``budget_file``),
+    which win over their environment variables.
     """
 
     telemetry: Telemetry | None = None
@@ -58,13 +58,13 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         pricer = Pricer([*(kwargs.get("price_layers") or ()), *price_layers(settings.pricing_file)])
         telemetry = Telemetry(
             tracer=tracer,
-            metrics=CallMetrics(meter, customer_id=settings.metrics_customer_id) if settings.metrics else None,
+            metrics=CallMetrics(meter, attribution_keys=settings.metric_attribution_keys) if settings.metrics else None,
             pricer=pricer,
             attributor=Attributor(settings, tracer_provider),
             settings=settings,
             guards=(
                 *(kwargs.get("guards") or ()),
-                *_budget_guards(settings.budget_file, pricer, kwargs.get("meter_provider")),
+                *_budget_guards(settings, pricer, kwargs.get("meter_provider")),
             ),
         )
         self.telemetry = telemetry
@@ -81,14 +81,20 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self.telemetry = None
 
 
-def _budget_guards(path: str | None, pricer: Pricer, meter_provider: Any) -> tuple[CallGuard, ...]:
+def _budget_guards(settings: Settings, pricer: Pricer, meter_provider: Any) -> tuple[CallGuard, ...]:
     """The budget file's guard. A file that cannot be used is logged, and calls go on without budgets."""
-    if not path:
+    if not settings.budget_file:
         return ()
     from costspan.budgets import load_budget_guard
 
     try:
-        return (load_budget_guard(path, pricer=pricer, meter_provider=meter_provider),)
+        guard = load_budget_guard(
+            settings.budget_file,
+            attribution_keys=settings.attribution_keys,
+            pricer=pricer,
+            meter_provider=meter_provider,
+        )
+        return (guard,)
     except Exception as exc:
         logger.error("costspan: budgets are OFF: %s", exc)
         return ()

@@ -15,12 +15,13 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from costspan import semconv
+from costspan.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,6 @@ logger = logging.getLogger(__name__)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 COST_BUCKETS = (0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-
-# Attribution keys low-cardinality enough for metrics; customer_id only on opt-in.
-METRIC_ATTRIBUTION_KEYS = ("feature", "route", "environment")
 
 _DRAIN_THRESHOLD = 2048
 
@@ -50,9 +48,9 @@ _KEY_ATTRIBUTES = (
 
 
 class CallMetrics:
-    def __init__(self, meter: Meter, *, customer_id: bool = False) -> None:
-        # customer_id is high-cardinality: on the cost metric only when the user opts in.
-        self.attribution_keys = METRIC_ATTRIBUTION_KEYS + (("customer_id",) if customer_id else ())
+    def __init__(self, meter: Meter, *, attribution_keys: Sequence[str] = Settings().metric_attribution_keys) -> None:
+        # The attribution keys on the cost metric: Settings.metric_attribution_keys, without the high-cardinality ones.
+        self.attribution_keys = tuple(attribution_keys)
         # Per call key: the attributes of every point, and of the token points (which carry no error.type).
         self._key_attributes: dict[CallKey, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.tokens = meter.create_histogram(

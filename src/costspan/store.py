@@ -12,7 +12,9 @@ Query API (what ``costspan report``, ``alerts``, ``budgets``, ``dashboard`` and 
 
 ``spend_by`` returns ``list[dict]``; each dict has the requested dimensions (``None`` when a span lacked
 that attribute), ``bucket`` (an aware UTC datetime, only with ``every``) and the measures in ``MEASURES``.
-``DIMENSIONS`` lists the columns one may group and filter by.
+``dimension_names()`` lists what one may group and filter by: the columns in ``DIMENSIONS``, then the
+attribution keys in force (``OTEL_COSTSPAN_ATTRIBUTION_KEYS``) that have no column of their own. Those are stored
+in the ``attribution`` column, a compact JSON object, and read with ``json_extract``.
 
 Writers from several processes share one file safely: WAL journal, a busy timeout, and every batch in one
 ``BEGIN IMMEDIATE`` transaction. Rows are keyed by span id and inserted with ``ON CONFLICT (span_id) DO
@@ -27,6 +29,7 @@ import json
 import math
 import operator
 import os
+import re
 import shlex
 import sqlite3
 import threading
@@ -39,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from costspan.config import attribution_keys_in_force
 from costspan.paths import checkout_for_hints, default_store_path, demo_store_path
 
 NS_PER_S: Final = 1_000_000_000
@@ -49,12 +53,13 @@ LAST_NS: Final = 2**63 - 1
 PARALLEL_MIN_ROWS: Final = 200_000
 PARALLEL_READERS: Final = min(4, os.cpu_count() or 1)
 
-# Columns one may group by (``--by``) and filter on (``--where``).
+# The attribution keys with a typed column of their own (the default keys; reports and the ClickHouse pack read
+# these columns). Any other attribution key in force goes to the ``attribution`` JSON column.
+ATTRIBUTION_COLUMNS: Final = ("feature", "route", "customer_id", "environment")
+
+# Columns one may group by (``--by``) and filter on (``--where``), besides the other attribution keys in force.
 DIMENSIONS: Final = (
-    "feature",
-    "route",
-    "customer_id",
-    "environment",
+    *ATTRIBUTION_COLUMNS,
     "service",
     "provider",
     "operation",
@@ -122,6 +127,7 @@ class CostRow:
     prompt_cache_key: str | None = None
     service_tier: str | None = None
     batch_id: str | None = None
+    attribution: str | None = None  # the other attribution keys, as attribution_json() writes them
 
 
 ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
@@ -160,6 +166,10 @@ MIGRATIONS: Final = (
     # 3: a finished Batch job is billed once, but every process that reads it records it: keep the first.
     """
     CREATE UNIQUE INDEX spans_batch_job ON spans (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL;
+    """,
+    # 4: attribution keys configured beyond the four with columns (e.g. team, tenant), as one JSON object.
+    """
+    ALTER TABLE spans ADD COLUMN attribution TEXT;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -335,16 +345,47 @@ class _Group:
         }
 
 
+def attribution_json(values: Mapping[str, str]) -> str | None:
+    """The ``attribution`` column for the attribution values a span carried beyond the typed columns: compact
+    JSON with sorted keys (so equal attributions are equal text), or None when there are none."""
+    extra = {key: value for key, value in values.items() if key not in ATTRIBUTION_COLUMNS}
+    return json.dumps(extra, separators=(",", ":"), sort_keys=True) if extra else None
+
+
+# An attribution key that may name a JSON label in SQL: never a quote, backslash or space.
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def dimension_names(attribution_keys: Sequence[str] | None = None) -> tuple[str, ...]:
+    """What one may group and filter by: ``DIMENSIONS``, then the attribution keys in force (default: from the
+    environment) that have no column. A key named like a column (``service``) is that column."""
+    keys = attribution_keys_in_force() if attribution_keys is None else attribution_keys
+    return (*DIMENSIONS, *(key for key in keys if key not in DIMENSIONS and _PLAIN_KEY.fullmatch(key)))
+
+
+def dimension_sql(name: str, allowed: Sequence[str]) -> str:
+    """The SQL expression of a dimension; raises ValueError unless it is one of ``allowed`` (``dimension_names()``).
+    Only a column name or a plain key, checked again here where it meets the SQL text, is ever put into it."""
+    if name not in allowed:
+        raise ValueError(f"unknown dimension {name!r}; choose from {', '.join(allowed)}")
+    if name in DIMENSIONS:
+        return name
+    if not _PLAIN_KEY.fullmatch(name):
+        raise ValueError(f"attribution key {name!r} is not a plain name (letters, digits, _ . -)")
+    return f"""json_extract(attribution, '$."{name}"')"""
+
+
 def filter_sql(env: str | None, where: Mapping[str, str] | None) -> tuple[list[str], list[Any]]:
     """SQL conditions (after the period's ``start_ns >= ? AND start_ns < ?``) and their parameters for the
-    environment and ``where`` filters. Names must be checked against DIMENSIONS by the caller."""
+    environment and ``where`` filters. Raises ValueError for a name that is not one of ``dimension_names()``."""
     conditions = ["start_ns >= ?", "start_ns < ?"]
     parameters: list[Any] = []
     if env is not None:
         conditions.append("environment = ?")
         parameters.append(env)
+    allowed = dimension_names() if where else ()
     for name, value in (where or {}).items():
-        conditions.append(f"{name} = ?")
+        conditions.append(f"{dimension_sql(name, allowed)} = ?")
         parameters.append(value)
     return conditions, parameters
 
@@ -515,12 +556,13 @@ class Store:
         of a query over many rows.
         """
         dims = list(dict.fromkeys(dimensions))
-        for name in [*dims, *(where or {})]:
-            if name not in DIMENSIONS:
-                raise ValueError(f"unknown dimension {name!r}; choose from {', '.join(DIMENSIONS)}")
+        allowed = dimension_names() if dims else ()
         if every is not None and every not in BUCKET_NS:
             raise ValueError(f"every must be one of {', '.join(BUCKET_NS)}")
-        keys = [*dims, *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else [])]
+        keys = [
+            *(dimension_sql(name, allowed) for name in dims),
+            *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else []),
+        ]
         since_ns = to_ns(since) if since is not None else FIRST_NS
         until_ns = to_ns(until) if until is not None else LAST_NS
         groups = self._aggregate(keys, since_ns, until_ns, env, where, percentiles)

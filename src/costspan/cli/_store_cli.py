@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from costspan import environment_variables as env
 from costspan.money import NONE_SHOWN, usd_column
 from costspan.paths import COSTSPAN_STORE_PATH, default_store_path
-from costspan.store import DIMENSIONS, Store, StoreError
+from costspan.store import Store, StoreError, dimension_names
 
 EXIT_ERROR = 2
 
@@ -44,20 +45,26 @@ def parse_time(text: str, now: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+# Said whenever a dimension is refused: a custom attribution key is only known once it is configured.
+_KEYS_HINT = f"attribution keys of your own count once listed in {env.OTEL_COSTSPAN_ATTRIBUTION_KEYS}"
+
+
 def parse_dimensions(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in DIMENSIONS]
+    allowed = dimension_names()
+    unknown = [name for name in names if name not in allowed]
     if unknown or not names:
-        raise UsageError(f"cannot group by {text!r}; choose from {', '.join(DIMENSIONS)} (comma-separated)")
+        raise UsageError(f"cannot group by {text!r}; choose from {', '.join(allowed)} (comma-separated; {_KEYS_HINT})")
     return names
 
 
 def parse_where(pairs: Sequence[str]) -> dict[str, str]:
     where = {}
+    allowed = dimension_names()
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name.strip() not in DIMENSIONS:
-            raise UsageError(f"--where {pair!r}: use KEY=VALUE with KEY one of {', '.join(DIMENSIONS)}")
+        if not sep or name.strip() not in allowed:
+            raise UsageError(f"--where {pair!r}: use KEY=VALUE with KEY one of {', '.join(allowed)} ({_KEYS_HINT})")
         where[name.strip()] = value
     return where
 

@@ -28,9 +28,12 @@ from costspan.cli._store_cli import (
     write_json,
 )
 from costspan.money import usd
-from costspan.store import DIMENSIONS, MEASURES, round_usd
+from costspan.store import MEASURES, dimension_names, round_usd
 
-EXAMPLES = f"""\
+
+def examples() -> str:
+    """The help's epilog; built with the parser, so that it lists the attribution keys in force."""
+    return f"""\
 columns:
   LLM calls     calls to the provider (app-level retries included: the provider billed them)
   spend         sum of the priced cost, USD; calls without a price are counted apart, never as $0
@@ -39,8 +42,8 @@ columns:
   cache hit     cached prompt tokens / prompt tokens
   p95 prompt    95th percentile of prompt size in tokens (nearest rank)
 
-dimensions (--by, --where):
-{textwrap.fill(", ".join(DIMENSIONS), width=100, initial_indent="  ", subsequent_indent="  ")}
+dimensions (--by, --where; with the attribution keys in OTEL_COSTSPAN_ATTRIBUTION_KEYS):
+{textwrap.fill(", ".join(dimension_names()), width=100, initial_indent="  ", subsequent_indent="  ")}
 
 examples:
   costspan report                                      spend per feature over the last 7 days
@@ -49,6 +52,7 @@ examples:
   costspan report --by feature --since 2d --every hour --format csv > hourly.csv
   costspan report --by route --since 2026-11-01 --until 2026-12-01 --format json
 """
+
 
 MEASURE_COLUMNS = (
     Column("requests", "LLM calls", count, numeric=True),
@@ -67,7 +71,7 @@ def register(subparsers: Any) -> None:
         help="spend and usage by feature, customer, route, ...",
         description="Spend and usage from the costspan store, grouped by the dimensions you choose. Groups are "
         "sorted by spend, highest first.",
-        epilog=EXAMPLES,
+        epilog=examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
