@@ -14,6 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping
+from contextvars import Token
 from typing import Any
 
 import wrapt
@@ -22,6 +23,8 @@ from openai._legacy_response import LegacyAPIResponse
 from openai._models import BaseModel
 from openai._response import APIResponse, AsyncAPIResponse
 from openai._streaming import AsyncStream, Stream
+from opentelemetry import context
+from opentelemetry.context import Context
 
 from costspan._call import (
     BatchRetrieval,
@@ -148,17 +151,37 @@ def _copy_options(options: Any, update: dict[str, Any]) -> Any:
     return options.copy(update=update)  # pydantic v1
 
 
+def _attach(call: Call | BatchRetrieval) -> Token[Context] | None:
+    """The call's span made current while the SDK sends the request and parses a whole response: an HTTP
+    instrumentation's span is then its child, and a propagator names it in ``traceparent``."""
+    if isinstance(call, BatchRetrieval):
+        return None
+    try:
+        return call.attach()
+    except Exception:
+        logger.exception("costspan: could not make the span current; the call goes on")
+        return None
+
+
+def _detach(token: Token[Context] | None) -> None:
+    if token is not None:
+        context.detach(token)  # logs, never raises
+
+
 def wrap_sync_request(telemetry: Telemetry) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
         call = _start(telemetry, request)
         if call is None:
             return wrapped(*args, **kwargs)
+        token = _attach(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
+        finally:
+            _detach(token)
         return observe(call, result, injected)
 
     return request
@@ -173,11 +196,14 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
             call = _start(telemetry, request)
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = _attach(call)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
+        finally:
+            _detach(token)
         return observe(call, result, injected)
 
     return request
