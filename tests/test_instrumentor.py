@@ -667,6 +667,90 @@ def test_a_stream_cut_off_midway_records_the_error(
     assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
 
 
+def finished(chunk: Any) -> bool:
+    return bool(chunk.choices) and chunk.choices[0].finish_reason is not None
+
+
+def stop_after_finish(client: Any, end: str) -> None:
+    """Read a chat stream up to its finish_reason chunk, then stop it there, before the usage chunk costspan
+    asked for: by ``close()``, by leaving a ``stream()`` helper's block, or by dropping it."""
+    create = dict(model="gpt-4.1", messages=MESSAGES, max_tokens=3)
+
+    def sync() -> None:
+        if end == "helper":
+            with client.chat.completions.stream(**create) as events:
+                for event in events:
+                    if event.type == "chunk" and finished(event.chunk):
+                        break
+            return
+        stream = client.chat.completions.create(stream=True, **create)
+        for chunk in stream:
+            if finished(chunk):
+                break
+        if end == "close":
+            stream.close()
+        else:
+            del stream
+            gc.collect()
+
+    async def asynchronous() -> None:
+        if end == "helper":
+            async with client.chat.completions.stream(**create) as events:
+                async for event in events:
+                    if event.type == "chunk" and finished(event.chunk):
+                        break
+            return
+        stream = await client.chat.completions.create(stream=True, **create)
+        async for chunk in stream:
+            if finished(chunk):
+                break
+        if end == "close":
+            await stream.close()
+        else:
+            del stream
+            gc.collect()
+
+    asyncio.run(asynchronous()) if isinstance(client, openai.AsyncOpenAI) else sync()
+
+
+@pytest.mark.parametrize("end", ["close", "helper", "dropped"])
+def test_a_stream_stopped_after_its_finish_reason_is_priced_from_the_usage_chunk(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI, end: str
+) -> None:
+    """The usage chunk costspan asked for is the next and last event: closing the stream reads it (bounded) and
+    prices the call as billed. An async stream dropped without closing cannot be read any more: incomplete."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    stop_after_finish(any_client, end)
+    a = attrs(pipeline)
+    if end == "dropped" and isinstance(any_client, openai.AsyncOpenAI):
+        assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+        assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+        return
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "priced"
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(CHAT_COST, abs=1e-12)
+    assert a[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+
+
+@pytest.mark.parametrize("end", ["close", "helper"])
+@pytest.mark.parametrize("server", ["cut", "stalled"])
+def test_a_stream_stopped_before_its_usage_arrives_is_incomplete_and_closing_it_does_not_wait(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI, end: str, server: str
+) -> None:
+    """After the finish_reason chunk the connection drops, or the server goes quiet: closing waits at most
+    ``DRAIN_SECONDS`` for the usage chunk, and a call whose usage never came is incomplete, never priced at $0."""
+    from costspan._patch import DRAIN_SECONDS
+
+    # Events: the role chunk, 3 words, the finish_reason chunk (4), then the usage chunk (5).
+    quiet = Scripted(usage=CHAT_USAGE, stall_after=5, stall_s=3)
+    fake_openai.script(Scripted(usage=CHAT_USAGE, cut_after=5) if server == "cut" else quiet)
+    started = time.monotonic()
+    stop_after_finish(any_client, end)
+    assert time.monotonic() - started < DRAIN_SECONDS + 1.5
+    a = attrs(pipeline)
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+    assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+
+
 def test_async_abandoned_stream(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
     async def go() -> None:
         stream = await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)

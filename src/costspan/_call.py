@@ -605,16 +605,19 @@ def _usage_only(item: Any) -> bool:
 class StreamObserver:
     """Watches a stream's items for the span; shared by the sync and async stream proxies."""
 
-    __slots__ = ("_add", "broken", "call", "hide_usage_chunk", "reading", "request_id", "state", "texts")
+    __slots__ = ("_add", "broken", "call", "choices", "hide_usage_chunk", "reading", "request_id", "state", "texts")
 
     def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
         self.call = call
+        n = call.request.body.get("n")
+        self.choices = n if type(n) is int and n > 0 else 1
         self.hide_usage_chunk = hide_usage_chunk
         self.request_id = request_id
         self.state = StreamSummary()
         self._add = self.state.add
         self.broken = False
-        self.reading = False  # inside the SDK stream's __next__, which closes the response as the stream ends
+        # Inside the SDK stream's __next__, which closes the response as the stream ends: the reader sees that end.
+        self.reading = False
         self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
 
     def hides(self, item: Any) -> bool:
@@ -652,23 +655,28 @@ class StreamObserver:
             return None
         return json.dumps([{"role": "assistant", "content": "".join(self.texts)}])
 
-    def done(self) -> None:
-        self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+    def ended(self, exc: BaseException) -> None:
+        """The SDK stream raised: ``StopIteration`` / ``StopAsyncIteration`` at its end, else an error midway
+        (it was billed, and may still have reported usage)."""
+        if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+        else:
+            self.call.fail(exc, self.state.summary)
 
-    def closed(self) -> None:
-        """The HTTP response was closed from outside the stream (by a stream helper, or the user). A stream that
-        never reported how it finished stopped early."""
-        if self.reading:
-            return  # the SDK closing it as the stream ends or fails: the proxy sees that end
+    def awaits_usage(self) -> bool:
+        """Stopped now, the stream's next and last event is the usage chunk costspan asked for: every choice
+        has finished and no usage came yet."""
         summary = self.state.summary
-        self.call.finish(
-            summary, self.request_id, incomplete=not summary.finish_reasons, output_content=self._content()
+        return (
+            self.hide_usage_chunk
+            and not self.broken
+            and summary.usage is None
+            and len(summary.finish_reasons) >= self.choices
+            and not self.call.finished
         )
 
     def abandon(self) -> None:
-        """The user closed the stream, or dropped it, before its end."""
+        """The stream stopped before its end (closed, left, dropped): priced if its usage arrived, else
+        ``incomplete``, since the provider billed an amount the stream did not say."""
         if not self.call.finished:
             self.call.finish(self.state.summary, self.request_id, incomplete=True, output_content=self._content())
-
-    def error(self, exc: BaseException) -> None:
-        self.call.fail(exc, self.state.summary)
