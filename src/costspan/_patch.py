@@ -324,10 +324,14 @@ def _end_with_response(stream: Any, observer: StreamObserver) -> None:
 
 def _drain(stream: Stream[Any], observer: StreamObserver) -> None:
     """Read the usage chunk costspan asked for, at most ``DRAIN_SECONDS``: a read still waiting then is ended by
-    shutting the socket's read side (the response is being closed anyway). Without a socket to bound the read
-    with, nothing is read."""
+    shutting the socket's read side (the response is being closed anyway). Without a socket of this response
+    alone to bound the read with (HTTP/2 shares one among requests; a mock transport has none), nothing is
+    read."""
     try:
-        sock = stream.response.extensions["network_stream"].get_extra_info("socket")
+        response = stream.response
+        if response.http_version != "HTTP/1.1":
+            return
+        sock = response.extensions["network_stream"].get_extra_info("socket")
     except Exception:
         return
     if not isinstance(sock, socket.socket):
