@@ -28,6 +28,8 @@ PRICES = ROOT / "tests" / "data" / "gpt-4o-mini.toml"
 def run_instrumented(fake: FakeOpenAI, receiver: OtlpReceiver, *extra_args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        # The test extra installs the httpx instrumentation; the spans counted here are costspan's.
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx,httpx2",
         "OPENAI_BASE_URL": fake.base_url,
         "OPENAI_API_KEY": "sk-test-not-a-secret",
         "OTEL_SERVICE_NAME": "quickstart",
@@ -95,6 +97,8 @@ def test_a_collector_that_is_down_never_stops_the_app_and_its_losses_are_counted
     with FakeOpenAI() as fake, OtlpReceiver() as receiver:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            # The test extra installs the httpx instrumentation; the spans counted here are costspan's.
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx,httpx2",
             "OPENAI_BASE_URL": fake.base_url,
             "OPENAI_API_KEY": "sk-test-not-a-secret",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces",
@@ -124,6 +128,8 @@ def run_store_only(
     named; returns the run and its wall seconds, interpreter start-up and exit included."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        # The test extra installs the httpx instrumentation; the spans counted here are costspan's.
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx,httpx2",
         "OPENAI_BASE_URL": fake.base_url,
         "OPENAI_API_KEY": "sk-test-not-a-secret",
         "COSTSPAN_STORE_PATH": str(store),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -667,6 +667,90 @@ def test_a_stream_cut_off_midway_records_the_error(
     assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
 
 
+def finished(chunk: Any) -> bool:
+    return bool(chunk.choices) and chunk.choices[0].finish_reason is not None
+
+
+def stop_after_finish(client: Any, end: str) -> None:
+    """Read a chat stream up to its finish_reason chunk, then stop it there, before the usage chunk costspan
+    asked for: by ``close()``, by leaving a ``stream()`` helper's block, or by dropping it."""
+    create = dict(model="gpt-4.1", messages=MESSAGES, max_tokens=3)
+
+    def sync() -> None:
+        if end == "helper":
+            with client.chat.completions.stream(**create) as events:
+                for event in events:
+                    if event.type == "chunk" and finished(event.chunk):
+                        break
+            return
+        stream = client.chat.completions.create(stream=True, **create)
+        for chunk in stream:
+            if finished(chunk):
+                break
+        if end == "close":
+            stream.close()
+        else:
+            del stream
+            gc.collect()
+
+    async def asynchronous() -> None:
+        if end == "helper":
+            async with client.chat.completions.stream(**create) as events:
+                async for event in events:
+                    if event.type == "chunk" and finished(event.chunk):
+                        break
+            return
+        stream = await client.chat.completions.create(stream=True, **create)
+        async for chunk in stream:
+            if finished(chunk):
+                break
+        if end == "close":
+            await stream.close()
+        else:
+            del stream
+            gc.collect()
+
+    asyncio.run(asynchronous()) if isinstance(client, openai.AsyncOpenAI) else sync()
+
+
+@pytest.mark.parametrize("end", ["close", "helper", "dropped"])
+def test_a_stream_stopped_after_its_finish_reason_is_priced_from_the_usage_chunk(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI, end: str
+) -> None:
+    """The usage chunk costspan asked for is the next and last event: closing the stream reads it (bounded) and
+    prices the call as billed. An async stream dropped without closing cannot be read any more: incomplete."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE))
+    stop_after_finish(any_client, end)
+    a = attrs(pipeline)
+    if end == "dropped" and isinstance(any_client, openai.AsyncOpenAI):
+        assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+        assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+        return
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "priced"
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(CHAT_COST, abs=1e-12)
+    assert a[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+
+
+@pytest.mark.parametrize("end", ["close", "helper"])
+@pytest.mark.parametrize("server", ["cut", "stalled"])
+def test_a_stream_stopped_before_its_usage_arrives_is_incomplete_and_closing_it_does_not_wait(
+    pipeline: Pipeline, any_client: Any, fake_openai: FakeOpenAI, end: str, server: str
+) -> None:
+    """After the finish_reason chunk the connection drops, or the server goes quiet: closing waits at most
+    ``DRAIN_SECONDS`` for the usage chunk, and a call whose usage never came is incomplete, never priced at $0."""
+    from costspan._patch import DRAIN_SECONDS
+
+    # Events: the role chunk, 3 words, the finish_reason chunk (4), then the usage chunk (5).
+    quiet = Scripted(usage=CHAT_USAGE, stall_after=5, stall_s=3)
+    fake_openai.script(Scripted(usage=CHAT_USAGE, cut_after=5) if server == "cut" else quiet)
+    started = time.monotonic()
+    stop_after_finish(any_client, end)
+    assert time.monotonic() - started < DRAIN_SECONDS + 1.5
+    a = attrs(pipeline)
+    assert a[semconv.COSTSPAN_PRICING_STATUS] == "incomplete"
+    assert semconv.GEN_AI_USAGE_COST_AMOUNT not in a
+
+
 def test_async_abandoned_stream(pipeline: Pipeline, async_client: openai.AsyncOpenAI) -> None:
     async def go() -> None:
         stream = await async_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
@@ -912,11 +996,12 @@ class RecordingSampler(Sampler):
         return "RecordingSampler"
 
 
-def test_samplers_see_every_attribute_and_the_span_keeps_its_start_and_parent(
+def test_samplers_see_the_request_at_creation_and_the_span_keeps_its_parent(
     fake_openai: FakeOpenAI, client: openai.OpenAI
 ) -> None:
-    """The span is created when the call ends: with every attribute (samplers can use model and cost), its real
-    start time, and the context the call started in, even for a stream read after that context is gone."""
+    """The span starts before the request is sent, with what the request says (the attributes the GenAI
+    conventions ask samplers to see); the response's attributes are on it when it ends, even for a stream read
+    after the context it started in is gone."""
     sampler = RecordingSampler()
     provider = TracerProvider(sampler=sampler)
     exporter = InMemorySpanExporter()
@@ -925,16 +1010,90 @@ def test_samplers_see_every_attribute_and_the_span_keeps_its_start_and_parent(
     instrumentor.instrument(tracer_provider=provider)
     try:
         with provider.get_tracer("app").start_as_current_span("POST /answer") as handler:
+            before_ns = time.time_ns()
             stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-            started_ns = time.time_ns()
         for _ in stream:  # read after the handler's span has ended
             pass
     finally:
         instrumentor.uninstrument()
     ((_, offered),) = [seen for seen in sampler.seen if seen[0].startswith("chat")]
+    assert offered[semconv.GEN_AI_OPERATION_NAME] == "chat"
+    assert offered[semconv.GEN_AI_PROVIDER_NAME] == "openai"
     assert offered[semconv.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
-    assert offered[semconv.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini-2024-07-18"
-    assert offered[semconv.GEN_AI_USAGE_COST_AMOUNT] > 0
+    assert offered[semconv.SERVER_ADDRESS] == "127.0.0.1"
     (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("chat")]
     assert span.parent is not None and span.parent.span_id == handler.get_span_context().span_id
-    assert span.start_time is not None and span.start_time < started_ns
+    assert span.start_time is not None and before_ns <= span.start_time
+    a: dict[str, Any] = dict(span.attributes or {})
+    assert a[semconv.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini-2024-07-18"
+    assert a[semconv.GEN_AI_USAGE_COST_AMOUNT] > 0
+
+
+# --- the span is current while the request is sent -------------------------------------------------------------
+
+
+@pytest.fixture
+def http_instrumented(pipeline: Pipeline) -> Iterator[Pipeline]:
+    """The HTTP instrumentation of the client the SDK actually uses (httpx2 from openai 3, httpx before), on the
+    same tracer provider, with the W3C propagator it injects with."""
+    from opentelemetry.instrumentation import httpx as otel_httpx
+
+    instrumentor: Any = (
+        otel_httpx.HTTPX2ClientInstrumentor()
+        if vars(openai._base_client).get("httpx2") is not None
+        else otel_httpx.HTTPXClientInstrumentor()
+    )
+    instrumentor.instrument(tracer_provider=pipeline.tracer_provider)
+    try:
+        yield pipeline
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_the_http_span_is_a_child_of_the_genai_span(
+    http_instrumented: Pipeline, fake_openai: FakeOpenAI, any_client: Any
+) -> None:
+    """With an HTTP instrumentation on, the request is sent with the GenAI span current: the HTTP span is its
+    child, and the traceparent the provider receives names that HTTP span, in the GenAI span's trace."""
+    fake_openai.script(Scripted(usage=CHAT_USAGE), Scripted(usage=CHAT_USAGE))
+
+    async def both_async() -> None:  # one event loop for both: the client keeps its connections
+        await any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        async for _ in await any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True):
+            pass
+
+    if isinstance(any_client, openai.AsyncOpenAI):
+        asyncio.run(both_async())
+    else:
+        any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        list(any_client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True))
+    spans = http_instrumented.spans()
+    genai = [s for s in spans if s.name == "chat gpt-4.1"]
+    http = [s for s in spans if s.name == "POST"]
+    assert len(genai) == 2 and len(http) == 2, [s.name for s in spans]
+    for gen, sent, received in zip(genai, http, fake_openai.received[-2:], strict=True):
+        assert sent.parent is not None and sent.parent.span_id == gen.context.span_id
+        assert sent.context.trace_id == gen.context.trace_id
+        _, trace_id, parent_id, _ = received.headers["traceparent"].split("-")
+        assert int(trace_id, 16) == gen.context.trace_id
+        assert int(parent_id, 16) == sent.context.span_id
+    assert [dict(s.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] for s in genai] == ["priced", "priced"]
+
+
+def test_a_propagator_at_the_http_layer_names_the_genai_span(
+    pipeline: Pipeline, fake_openai: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    """Without an HTTP span, whatever injects trace headers at the HTTP layer (here an httpx event hook, as an app
+    or gateway would) names the GenAI span as the parent; costspan itself adds no trace header."""
+    from opentelemetry.propagate import inject
+
+    http: Any = vars(openai._base_client).get("httpx2") or vars(openai._base_client)["httpx"]
+    hooked = http.Client(event_hooks={"request": [lambda request: inject(request.headers)]})
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0, http_client=hooked) as own:
+        own.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    span = pipeline.span()
+    _, trace_id, parent_id, _ = fake_openai.received[-1].headers["traceparent"].split("-")
+    assert (int(trace_id, 16), int(parent_id, 16)) == (span.context.trace_id, span.context.span_id)
+
+    client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert "traceparent" not in fake_openai.received[-1].headers

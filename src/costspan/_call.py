@@ -15,13 +15,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextvars import Token
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context, attach
 from opentelemetry.trace import (
     NonRecordingSpan,
+    Span,
     SpanContext,
     SpanKind,
     Status,
@@ -176,18 +178,16 @@ class Telemetry:
         self._batches_lock = threading.Lock()
 
     def start(self, request: RequestInfo) -> Call:
-        """Begin the call: attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
+        """Begin the call: its span, attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
         attribution, missing = self.attributor.collect()
-        call = self._open(request, time.time_ns(), attribution, missing)
+        call = self._open(request, time.time_ns(), attribution, missing, content=self.settings.capture_content)
         try:
             if missing and self.attributor.refuses_missing:
                 raise MissingAttributionError(missing)
-            if self.settings.capture_content:
-                _record_input_content(call.attributes, request.body)
             if self.guards:
-                # The span is live and current while guards run, so that they can add events (budget refusals,
-                # large prompts) to it.
-                with use_span(call.live_span(), record_exception=False, set_status_on_exception=False):
+                # The span is current while guards run, so that they can add events (budget refusals, large
+                # prompts) to it.
+                with use_span(call.span, record_exception=False, set_status_on_exception=False):
                     for guard in self.guards:
                         settle = _admit(guard, request, attribution)
                         if settle is not None:
@@ -204,6 +204,8 @@ class Telemetry:
         attribution: dict[str, str],
         missing: list[str],
         parent: Context | None = None,
+        *,
+        content: bool = False,
     ) -> Call:
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: request.operation,
@@ -226,8 +228,13 @@ class Telemetry:
         attributes.update(attribution)
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
+        if content:
+            _record_input_content(attributes, request.body)
         name = f"{request.operation} {request.model}" if request.model else request.operation
-        return Call(self, request, start_ns, attribution, name, attributes, parent or get_current())
+        # Started now, with what the request says, so that samplers see operation, provider, model and server at
+        # creation (as the GenAI conventions ask) and the HTTP request can be sent with this span current.
+        span = self.tracer.start_span(name, parent, SpanKind.CLIENT, attributes, start_time=start_ns)
+        return Call(self, request, start_ns, attribution, span)
 
     def record_batch_job(
         self, request: RequestInfo, body: Any, summary: ResponseSummary, request_id: str | None
@@ -341,64 +348,31 @@ def _output_content(body: Any) -> str | None:
 class Call:
     """One SDK call and its span, ended exactly once by ``finish``, ``fail`` or ``refuse``.
 
-    The span is created when the call ends, with the call's start time, the context it started in, and every
-    attribute at once: samplers see them all at creation, as the GenAI conventions ask, and the SDK cleans one
-    attribute set instead of two (~1.5 µs). Only a guard needs it live from the start (``live_span``).
+    The span starts before the request is sent, with the request's attributes; the response's are added in one
+    write when the call ends.
     """
 
-    __slots__ = (
-        "attributes",
-        "attribution",
-        "finished",
-        "name",
-        "parent",
-        "request",
-        "settlements",
-        "span",
-        "start_ns",
-        "telemetry",
-    )
+    __slots__ = ("attribution", "finished", "request", "settlements", "span", "start_ns", "telemetry")
 
     def __init__(
-        self,
-        telemetry: Telemetry,
-        request: RequestInfo,
-        start_ns: int,
-        attribution: dict[str, str],
-        name: str,
-        attributes: dict[str, Any],
-        parent: Context,
+        self, telemetry: Telemetry, request: RequestInfo, start_ns: int, attribution: dict[str, str], span: Span
     ) -> None:
         self.telemetry = telemetry
         self.request = request
         self.start_ns = start_ns
         self.attribution = attribution
-        self.name = name
-        self.attributes = attributes  # known so far; the span's when it is created
-        self.parent = parent
-        self.span: Any = None
+        self.span = span
         self.settlements: list[Callable[[Cost | None], None]] = []
         self.finished = False
 
-    def live_span(self) -> Any:
-        """The span, created now with the attributes known so far if it was not yet."""
-        if self.span is None:
-            self.span = self.telemetry.tracer.start_span(
-                self.name, self.parent, SpanKind.CLIENT, self.attributes, start_time=self.start_ns
-            )
-        return self.span
-
-    def _with_attributes(self, attributes: dict[str, Any]) -> Any:
-        """The span, with these attributes added: set at its creation, or on the live span (one write either way)."""
-        if self.span is None:
-            self.attributes.update(attributes)
-            return self.live_span()
-        self.span.set_attributes(attributes)
-        return self.span
+    def attach(self) -> Token[Context]:
+        """Make the span current (e.g. while the SDK sends the request, for HTTP spans and propagators); returns
+        the token for ``opentelemetry.context.detach``."""
+        return attach(set_span_in_context(self.span))
 
     def _end_after_error(self) -> None:
         try:
-            self.live_span().end()
+            self.span.end()
         except Exception:
             logger.exception("costspan: could not end a span")
 
@@ -412,7 +386,8 @@ class Call:
         if not self._claim():
             return
         refused = type(refusal).__name__
-        span = self._with_attributes(
+        span = self.span
+        span.set_attributes(
             {
                 semconv.COSTSPAN_REFUSED: refused,
                 semconv.ERROR_TYPE: refused,
@@ -525,7 +500,8 @@ class Call:
                 )
             )
         cost_usd = _cost_attributes(cost, attributes, telemetry.settings.cost_compat)
-        span = self._with_attributes(attributes)
+        span = self.span
+        span.set_attributes(attributes)
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, error_type))
         if telemetry.metrics is not None:
@@ -646,16 +622,19 @@ def _usage_only(item: Any) -> bool:
 class StreamObserver:
     """Watches a stream's items for the span; shared by the sync and async stream proxies."""
 
-    __slots__ = ("_add", "broken", "call", "hide_usage_chunk", "reading", "request_id", "state", "texts")
+    __slots__ = ("_add", "broken", "call", "choices", "hide_usage_chunk", "reading", "request_id", "state", "texts")
 
     def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
         self.call = call
+        n = call.request.body.get("n")
+        self.choices = n if type(n) is int and n > 0 else 1
         self.hide_usage_chunk = hide_usage_chunk
         self.request_id = request_id
         self.state = StreamSummary()
         self._add = self.state.add
         self.broken = False
-        self.reading = False  # inside the SDK stream's __next__, which closes the response as the stream ends
+        # Inside the SDK stream's __next__, which closes the response as the stream ends: the reader sees that end.
+        self.reading = False
         self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
 
     def hides(self, item: Any) -> bool:
@@ -693,23 +672,28 @@ class StreamObserver:
             return None
         return json.dumps([{"role": "assistant", "content": "".join(self.texts)}])
 
-    def done(self) -> None:
-        self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+    def ended(self, exc: BaseException) -> None:
+        """The SDK stream raised: ``StopIteration`` / ``StopAsyncIteration`` at its end, else an error midway
+        (it was billed, and may still have reported usage)."""
+        if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.call.finish(self.state.summary, self.request_id, output_content=self._content())
+        else:
+            self.call.fail(exc, self.state.summary)
 
-    def closed(self) -> None:
-        """The HTTP response was closed from outside the stream (by a stream helper, or the user). A stream that
-        never reported how it finished stopped early."""
-        if self.reading:
-            return  # the SDK closing it as the stream ends or fails: the proxy sees that end
+    def awaits_usage(self) -> bool:
+        """Stopped now, the stream's next and last event is the usage chunk costspan asked for: every choice
+        has finished and no usage came yet."""
         summary = self.state.summary
-        self.call.finish(
-            summary, self.request_id, incomplete=not summary.finish_reasons, output_content=self._content()
+        return (
+            self.hide_usage_chunk
+            and not self.broken
+            and summary.usage is None
+            and len(summary.finish_reasons) >= self.choices
+            and not self.call.finished
         )
 
     def abandon(self) -> None:
-        """The user closed the stream, or dropped it, before its end."""
+        """The stream stopped before its end (closed, left, dropped): priced if its usage arrived, else
+        ``incomplete``, since the provider billed an amount the stream did not say."""
         if not self.call.finished:
             self.call.finish(self.state.summary, self.request_id, incomplete=True, output_content=self._content())
-
-    def error(self, exc: BaseException) -> None:
-        self.call.fail(exc, self.state.summary)

@@ -9,11 +9,14 @@ in ``_call.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import threading
 import weakref
 from collections.abc import Mapping
+from contextvars import Token
 from typing import Any
 
 import wrapt
@@ -22,6 +25,8 @@ from openai._legacy_response import LegacyAPIResponse
 from openai._models import BaseModel
 from openai._response import APIResponse, AsyncAPIResponse
 from openai._streaming import AsyncStream, Stream
+from opentelemetry import context
+from opentelemetry.context import Context
 
 from costspan._call import (
     BatchRetrieval,
@@ -148,17 +153,37 @@ def _copy_options(options: Any, update: dict[str, Any]) -> Any:
     return options.copy(update=update)  # pydantic v1
 
 
+def _attach(call: Call | BatchRetrieval) -> Token[Context] | None:
+    """The call's span made current while the SDK sends the request and parses a whole response: an HTTP
+    instrumentation's span is then its child, and a propagator names it in ``traceparent``."""
+    if isinstance(call, BatchRetrieval):
+        return None
+    try:
+        return call.attach()
+    except Exception:
+        logger.exception("costspan: could not make the span current; the call goes on")
+        return None
+
+
+def _detach(token: Token[Context] | None) -> None:
+    if token is not None:
+        context.detach(token)  # logs, never raises
+
+
 def wrap_sync_request(telemetry: Telemetry) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
         call = _start(telemetry, request)
         if call is None:
             return wrapped(*args, **kwargs)
+        token = _attach(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
+        finally:
+            _detach(token)
         return observe(call, result, injected)
 
     return request
@@ -173,11 +198,14 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
             call = _start(telemetry, request)
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = _attach(call)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
+        finally:
+            _detach(token)
         return observe(call, result, injected)
 
     return request
@@ -234,8 +262,10 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
             return result
         if isinstance(result, (Stream, AsyncStream)):
             observer = StreamObserver(call, injected, _header_request_id(result.response))
-            _end_with_response(result.response, observer)
-            return (SyncStreamProxy if isinstance(result, Stream) else AsyncStreamProxy)(result, observer)
+            _end_with_response(result, observer)
+            if isinstance(result, Stream):
+                return SyncStreamProxy(result, observer)
+            return AsyncStreamProxy(result, observer)
         if isinstance(result, LegacyAPIResponse) and not call.request.stream:
             # with_raw_response: the body is read already; parse() caches, so the user's own parse() is free.
             parsed = result.parse()
@@ -252,26 +282,87 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
     return result
 
 
-def _end_with_response(response: Any, observer: StreamObserver) -> None:
-    """End the span when the stream's HTTP response is closed: the stream helpers (``chat.completions.stream``,
-    ``responses.stream``) close it themselves when the user stops early, without closing the stream, which
-    would otherwise end the span only when garbage collection frees them. (The SDK also closes it itself as the
-    stream ends or fails, while the proxy is reading: the proxy then ends the span, with the error if any.)"""
-    if hasattr(response, "aclose"):
+# How long closing a stream may wait for the usage chunk costspan asked for, once every choice has finished: the
+# provider sends it right after the last finish_reason chunk, so it has arrived or is about to.
+DRAIN_SECONDS = 0.25
+
+
+def _end_with_response(stream: Any, observer: StreamObserver) -> None:
+    """End the span when the stream's HTTP response is closed, which every way of stopping a stream early goes
+    through: ``close()`` and ``with`` on the stream, the stream helpers (``chat.completions.stream``,
+    ``responses.stream``: they close the response, not the stream) and, for a sync stream, the proxy's
+    finalizer. The SDK also closes it as the stream ends or fails, while the proxy reads: the proxy then ends
+    the span, with the error if any."""
+    response = stream.response
+    if isinstance(stream, AsyncStream):
         aclose = response.aclose
 
         async def closing_async() -> None:
-            observer.closed()
-            await aclose()
+            try:
+                if not observer.reading:
+                    if observer.awaits_usage():
+                        await _drain_async(stream, observer)
+                    observer.abandon()
+            finally:
+                await aclose()
 
         response.aclose = closing_async
+        return
     close = response.close
 
     def closing() -> None:
-        observer.closed()
-        close()
+        try:
+            if not observer.reading:
+                if observer.awaits_usage():
+                    _drain(stream, observer)
+                observer.abandon()
+        finally:
+            close()
 
     response.close = closing
+
+
+def _drain(stream: Stream[Any], observer: StreamObserver) -> None:
+    """Read the usage chunk costspan asked for, at most ``DRAIN_SECONDS``: a read still waiting then is ended by
+    shutting the socket's read side (the response is being closed anyway). Without a socket of this response
+    alone to bound the read with (HTTP/2 shares one among requests; a mock transport has none), nothing is
+    read."""
+    try:
+        response = stream.response
+        if response.http_version != "HTTP/1.1":
+            return
+        sock = response.extensions["network_stream"].get_extra_info("socket")
+    except Exception:
+        return
+    if not isinstance(sock, socket.socket):
+        return
+    timer = threading.Timer(DRAIN_SECONDS, _shut_read, (sock,))
+    timer.daemon = True
+    observer.reading = True  # the SDK closes the response itself if the stream ends here
+    try:
+        timer.start()
+        observer.hides(stream.__next__())
+    except Exception:  # the stream ended, or the bound cut the read short: no usage
+        logger.debug("costspan: no usage chunk after a stream was closed", exc_info=True)
+    finally:
+        timer.cancel()
+        observer.reading = False
+
+
+def _shut_read(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        socket.socket.shutdown(sock, socket.SHUT_RD)  # the plain socket's, also under TLS: wakes a blocked recv
+
+
+async def _drain_async(stream: AsyncStream[Any], observer: StreamObserver) -> None:
+    """``_drain`` for an async stream: the read is cancelled after ``DRAIN_SECONDS``."""
+    observer.reading = True
+    try:
+        observer.hides(await asyncio.wait_for(stream.__anext__(), DRAIN_SECONDS))
+    except Exception:  # ended, timed out, or not under asyncio: no usage
+        logger.debug("costspan: no usage chunk after a stream was closed", exc_info=True)
+    finally:
+        observer.reading = False
 
 
 def _header_request_id(response: Any) -> str | None:
@@ -283,7 +374,8 @@ def _header_request_id(response: Any) -> str | None:
 
 
 class _ObservedStream:
-    """Stands in for the SDK's stream: forwards everything, passes ``isinstance`` checks for the SDK's class.
+    """Stands in for the SDK's stream: forwards everything (``close`` and ``with`` too: closing the response ends
+    the span, see ``_end_with_response``), passes ``isinstance`` checks for the SDK's class.
 
     A plain slotted class rather than a ``wrapt.ObjectProxy``: its ``__next__`` runs for every chunk, and a method
     on an ObjectProxy subclass costs ~350 ns a call against ~100 ns here.
@@ -295,7 +387,6 @@ class _ObservedStream:
         self._stream = stream
         self._observer = observer
         self._hides = observer.hides  # bound once
-        weakref.finalize(self, observer.abandon)  # a stream dropped before its end must still end its span
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # isinstance(proxy, openai.Stream) stays true
@@ -313,6 +404,11 @@ class SyncStreamProxy(_ObservedStream):
 
     __slots__ = ()
 
+    def __init__(self, stream: Stream[Any], observer: StreamObserver) -> None:
+        super().__init__(stream, observer)
+        # Dropped before its end, it is closed like any stream stopped early (the usage chunk still read).
+        weakref.finalize(self, _close_dropped, stream, observer)
+
     def __iter__(self) -> Any:
         return self
 
@@ -322,11 +418,8 @@ class SyncStreamProxy(_ObservedStream):
             observer.reading = True
             try:
                 item = self._stream.__next__()
-            except StopIteration:
-                observer.done()
-                raise
             except BaseException as exc:
-                observer.error(exc)
+                observer.ended(exc)
                 raise
             finally:
                 observer.reading = False
@@ -337,17 +430,23 @@ class SyncStreamProxy(_ObservedStream):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._observer.abandon()
         self._stream.close()
+
+
+def _close_dropped(stream: Stream[Any], observer: StreamObserver) -> None:
+    if not observer.call.finished:
+        stream.close()
 
 
 class AsyncStreamProxy(_ObservedStream):
     """The user's ``AsyncStream``, unchanged but for the usage-only chunk costspan asked for."""
 
     __slots__ = ()
+
+    def __init__(self, stream: AsyncStream[Any], observer: StreamObserver) -> None:
+        super().__init__(stream, observer)
+        # Dropped before its end, nothing can be awaited any more: priced if its usage arrived, else incomplete.
+        weakref.finalize(self, observer.abandon)
 
     def __aiter__(self) -> Any:
         return self
@@ -358,11 +457,8 @@ class AsyncStreamProxy(_ObservedStream):
             observer.reading = True
             try:
                 item = await self._stream.__anext__()
-            except StopAsyncIteration:
-                observer.done()
-                raise
             except BaseException as exc:
-                observer.error(exc)
+                observer.ended(exc)
                 raise
             finally:
                 observer.reading = False
@@ -373,10 +469,6 @@ class AsyncStreamProxy(_ObservedStream):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        self._observer.abandon()
         await self._stream.close()
 
 

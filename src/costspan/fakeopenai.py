@@ -57,7 +57,8 @@ DAY_S = 86_400
 @dataclass
 class Scripted:
     """One scripted answer: the usage object to return, an HTTP status, a service tier; for a stream, the number
-    of events after which the connection drops (the client then fails midway through the stream)."""
+    of events after which the connection drops (the client then fails midway through the stream), or after which
+    the server goes quiet for ``stall_s`` seconds (chat streams)."""
 
     usage: dict[str, Any] | None = None
     status: int = 200
@@ -65,6 +66,8 @@ class Scripted:
     model: str | None = None
     omit_usage: bool = False
     cut_after: int | None = None
+    stall_after: int | None = None
+    stall_s: float = 0.0
 
 
 @dataclass
@@ -319,12 +322,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_common(status, "application/json", len(data))
         self.wfile.write(data)
 
-    def _sse(self, events: Iterator[tuple[str | None, dict[str, Any] | str]], cut_after: int | None = None) -> None:
+    def _sse(
+        self,
+        events: Iterator[tuple[str | None, dict[str, Any] | str]],
+        cut_after: int | None = None,
+        stall: tuple[int | None, float] = (None, 0.0),
+    ) -> None:
         self._headers_common(200, "text/event-stream")
         for sent, (event, data) in enumerate(events):
             if sent == cut_after:
                 self.close_connection = True  # no terminating chunk: the client sees the connection drop
                 return
+            if sent == stall[0]:
+                time.sleep(stall[1])
             text = data if isinstance(data, str) else json.dumps(data)
             frame = (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
             chunk = frame.encode()
@@ -423,7 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             yield None, "[DONE]"
 
-        self._sse(events(), scripted.cut_after)
+        self._sse(events(), scripted.cut_after, (scripted.stall_after, scripted.stall_s))
 
     def _responses_usage(self, body: dict[str, Any], scripted: Scripted, output_tokens: int) -> dict[str, Any]:
         if scripted.usage is not None:
