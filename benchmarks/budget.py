@@ -30,9 +30,9 @@ import openai
 from opentelemetry.sdk.trace import TracerProvider
 
 from costspan import attribute
-from costspan.budgets import Budget, BudgetGuard
-from costspan.instrumentor import CostspanInstrumentor
-from costspan.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger
+from costspan.budgets.guard import Budget, BudgetGuard
+from costspan.budgets.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
 
 MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
 BODY = json.dumps(

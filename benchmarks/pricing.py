@@ -20,8 +20,8 @@ from pathlib import Path
 
 import genai_prices
 
-from costspan.pricing import PackagedPrices, Pricer, usage_counts
-from costspan.pricing_overrides import price_layers
+from costspan.pricing.overrides import price_layers
+from costspan.pricing.pricer import PackagedPrices, Pricer, usage_counts
 from costspan.usage import Usage
 
 AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -28,10 +28,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from costspan.cli import main as cli_main
-from costspan.exporter import CostspanSpanExporter
-from costspan.fakeopenai import FakeOpenAI
-from costspan.instrumentor import CostspanInstrumentor
-from costspan.serve import PROTOBUF, OTLPReceiver
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.store.exporter import CostspanSpanExporter
+from costspan.store.receiver import PROTOBUF, OTLPReceiver
 
 
 def template_span() -> ReadableSpan:

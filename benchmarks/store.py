@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from costspan.cli import main as cli_main
-from costspan.store import NS_PER_S, CostRow, Store, to_ns
+from costspan.store.sqlite import NS_PER_S, CostRow, Store, to_ns
 
 FEATURES = [f"feature-{i}" for i in range(12)]
 ROUTES = [f"/api/v1/route-{i}" for i in range(40)]

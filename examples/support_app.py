@@ -3,7 +3,7 @@
 Run it under auto-instrumentation, sending spans to `costspan serve` (or any OTLP collector)::
 
     costspan serve &                                   # OTLP/HTTP on 127.0.0.1:4318, into the local store
-    python -m costspan.fakeopenai --port 8899 &        # or use the real API: leave OPENAI_BASE_URL unset
+    python -m costspan.providers.openai.fake --port 8899 &        # or use the real API: leave OPENAI_BASE_URL unset
     OPENAI_BASE_URL=http://127.0.0.1:8899/v1 OPENAI_API_KEY=sk-local \\
     OTEL_SERVICE_NAME=support-app OTEL_RESOURCE_ATTRIBUTES=deployment.environment.name=prod \\
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 \\

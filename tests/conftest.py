@@ -20,11 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from costspan.fakeopenai import FakeOpenAI
-from costspan.instrumentor import CostspanInstrumentor
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.providers.openai.fake import FakeOpenAI
 from tests import frozen_prices
 
-# Before any Pricer reads the data (costspan.pricing.packaged_prices() is built on first use).
+# Before any Pricer reads the data (costspan.pricing.pricer.packaged_prices() is built on first use).
 data_snapshot.set_custom_snapshot(data_snapshot.DataSnapshot(frozen_prices.providers, from_auto_update=False))
 
 

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from costspan.serve import _attributes, decode_request, readable_spans
+from costspan.store.receiver import _attributes, decode_request, readable_spans
 
 if TYPE_CHECKING:
     from typing import Self

@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import costspan
 from costspan import semconv
-from costspan.budgets import BudgetExceeded, BudgetFileError, load_budgets
+from costspan.budgets.guard import BudgetExceeded, BudgetFileError, load_budgets
 from costspan.cli import main as cli_main
 from costspan.config import Settings
-from costspan.exporter import CostspanSpanExporter
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.store import SCHEMA_VERSION, Store, dimension_names
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
+from costspan.store.exporter import CostspanSpanExporter
+from costspan.store.sqlite import SCHEMA_VERSION, Store, dimension_names
 from tests.conftest import Pipeline, make_pipeline
 
 DATA = Path(__file__).parent / "data"

@@ -13,9 +13,9 @@ from unittest import mock
 import pytest
 
 from costspan import semconv
-from costspan.distro import CostspanDistro
-from costspan.fakeopenai import FakeOpenAI
-from costspan.store import Store
+from costspan.instrumentation.distro import CostspanDistro
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.store.sqlite import Store
 from tests.otlp_receiver import OtlpReceiver
 from tests.ports import free_port
 

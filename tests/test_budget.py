@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 
 import costspan
 from costspan import semconv
-from costspan.budgets import (
+from costspan.budgets.guard import (
     Budget,
     BudgetAlert,
     BudgetExceeded,
@@ -33,9 +33,9 @@ from costspan.budgets import (
     load_budget_guard,
     window_at,
 )
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
-from costspan.pricing import Pricer
+from costspan.budgets.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
+from costspan.pricing.pricer import Pricer
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from costspan.usage import Usage
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port

@@ -15,9 +15,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 import costspan
-from costspan.budgets import Budget, BudgetExceeded, BudgetGuard
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.ledger import Reservation, SQLiteLedger
+from costspan.budgets.guard import Budget, BudgetExceeded, BudgetGuard
+from costspan.budgets.ledger import Reservation, SQLiteLedger
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from tests.conftest import Pipeline, make_pipeline
 
 DELAY_S = 0.3

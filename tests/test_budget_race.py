@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from costspan.budgets import Budget, BudgetGuard, estimate_input_tokens
-from costspan.fakeopenai import FakeOpenAI
-from costspan.ledger import open_ledger, to_usd
+from costspan.budgets.guard import Budget, BudgetGuard, estimate_input_tokens
+from costspan.budgets.ledger import open_ledger, to_usd
+from costspan.providers.openai.fake import FakeOpenAI
 
 REQUESTS = 200
 ADMITS = 20
@@ -51,8 +51,8 @@ def replica(config: dict[str, Any]) -> None:
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
 
-    from costspan.instrumentor import CostspanInstrumentor
-    from costspan.middleware import CostspanASGIMiddleware
+    from costspan.attribution.middleware import CostspanASGIMiddleware
+    from costspan.instrumentation.instrumentor import CostspanInstrumentor
     from tests.test_middleware import who
 
     budget = Budget({"customer_id": "acme"}, "monthly", Decimal(config["cap"]))

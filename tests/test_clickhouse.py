@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from costspan import semconv
-from costspan.fakeopenai import FakeOpenAI
+from costspan.providers.openai.fake import FakeOpenAI
 from tests.conftest import make_pipeline
 
 chdb_session = pytest.importorskip("chdb.session", reason="chdb (ClickHouse in process) is not installed")
@@ -298,7 +298,7 @@ def make_spans(calls: Sequence[Call]) -> list[ReadableSpan]:
         resource=Resource.create({"service.name": "checkout-api", "deployment.environment.name": "production"})
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("costspan.instrumentor", "0.1.0")
+    tracer = provider.get_tracer("costspan.instrumentation.instrumentor", "0.1.0")
     other = provider.get_tracer("opentelemetry.instrumentation.openai_v2")
     for call in calls:
         start_ns = int(call.start.timestamp()) * 10**9 + 123_456_789
@@ -659,8 +659,8 @@ def test_cluster_ddl_parses_and_matches_the_single_node_schema() -> None:
 def test_every_query_agrees_with_the_embedded_store_to_the_cent(warehouse: Warehouse, tmp_path: Path) -> None:
     """The warehouse and `costspan report` answer the same questions about the same spans with the same numbers."""
     from costspan.cli.alerts import find_alerts
-    from costspan.exporter import CostspanSpanExporter
-    from costspan.store import Store
+    from costspan.store.exporter import CostspanSpanExporter
+    from costspan.store.sqlite import Store
 
     # The store keeps every span with gen_ai.operation.name; the warehouse only costspan's (see the DDL). Feed the
     # store what both count, delivered twice in part, as the warehouse was.

@@ -11,7 +11,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import baggage
 
 from costspan import attribute
-from costspan.fakeopenai import FakeOpenAI
+from costspan.providers.openai.fake import FakeOpenAI
 from tests.conftest import Pipeline
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]

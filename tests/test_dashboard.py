@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main
-from costspan.dashboard import axis_ticks, compact, percent, spend_chart
-from costspan.store import CostRow, Store
+from costspan.reports.dashboard import axis_ticks, compact, percent, spend_chart
+from costspan.store.sqlite import CostRow, Store
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-import costspan
+import costspan.demo
 from costspan.cli import main
-from costspan.demo import BURST_CUSTOMER, simulated_traffic
-from costspan.fakeopenai import FakeOpenAI
-from costspan.paths import demo_store_path
-from costspan.store import Store
+from costspan.demo.scenario import BURST_CUSTOMER, simulated_traffic
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.store.paths import demo_store_path
+from costspan.store.sqlite import Store
 
 FEATURE_ROUTES = {
     "support-chat": "POST /api/chat",
@@ -166,8 +166,8 @@ def test_missing_openai_sdk_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "openai", None)  # as on a machine with only `pip install costspan`
-    monkeypatch.delitem(sys.modules, "costspan.demo")
-    monkeypatch.delattr(costspan, "demo")
+    monkeypatch.delitem(sys.modules, "costspan.demo.scenario")
+    monkeypatch.delattr(costspan.demo, "scenario")
     assert main(["demo"]) == 2
     assert "pip install 'openai>=1.40'" in capsys.readouterr().err
 

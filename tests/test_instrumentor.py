@@ -32,9 +32,9 @@ from opentelemetry.util.types import Attributes
 from pydantic import BaseModel
 
 from costspan import MissingAttributionError, semconv
-from costspan._call import batch_job_context
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.instrumentor import CostspanInstrumentor
+from costspan.instrumentation.call import batch_job_context
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from tests.conftest import Pipeline, make_pipeline
 
 CHAT_USAGE = {
@@ -489,7 +489,7 @@ def test_environment_falls_back_to_the_resource(fake_openai: FakeOpenAI, client:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from costspan.instrumentor import CostspanInstrumentor
+    from costspan.instrumentation.instrumentor import CostspanInstrumentor
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"deployment.environment.name": "staging"}))
@@ -738,7 +738,7 @@ def test_a_stream_stopped_before_its_usage_arrives_is_incomplete_and_closing_it_
 ) -> None:
     """After the finish_reason chunk the connection drops, or the server goes quiet: closing waits at most
     ``DRAIN_SECONDS`` for the usage chunk, and a call whose usage never came is incomplete, never priced at $0."""
-    from costspan._patch import DRAIN_SECONDS
+    from costspan.providers.openai.patch import DRAIN_SECONDS
 
     # Events: the role chunk, 3 words, the finish_reason chunk (4), then the usage chunk (5).
     quiet = Scripted(usage=CHAT_USAGE, stall_after=5, stall_s=3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from costspan.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger, open_ledger, to_nano, to_usd
+from costspan.budgets.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger, open_ledger, to_nano, to_usd
 from tests.ports import free_port
 
 

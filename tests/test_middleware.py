@@ -18,10 +18,7 @@ from opentelemetry import baggage, context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from costspan import semconv
-from costspan.budgets import Budget, BudgetGuard
-from costspan.fakeopenai import FakeOpenAI
-from costspan.ledger import MemoryLedger, RedisLedger
-from costspan.middleware import (
+from costspan.attribution.middleware import (
     CostspanASGIMiddleware,
     CostspanWSGIMiddleware,
     InboundRequest,
@@ -29,6 +26,9 @@ from costspan.middleware import (
     starlette_route,
     strip_baggage,
 )
+from costspan.budgets.guard import Budget, BudgetGuard
+from costspan.budgets.ledger import MemoryLedger, RedisLedger
+from costspan.providers.openai.fake import FakeOpenAI
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port
 
@@ -72,7 +72,7 @@ def test_strip_baggage(header: str, kept: str) -> None:
 
 
 def test_refusal_response_for_other_refusals_is_none() -> None:
-    from costspan.attribution import MissingAttributionError
+    from costspan.attribution.baggage import MissingAttributionError
 
     assert refusal_response(MissingAttributionError(["customer_id"])) is None
 

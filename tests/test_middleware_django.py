@@ -17,9 +17,9 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from costspan import semconv  # noqa: E402
-from costspan.budgets import Budget, BudgetGuard  # noqa: E402
-from costspan.fakeopenai import FakeOpenAI  # noqa: E402
-from costspan.ledger import MemoryLedger  # noqa: E402
+from costspan.budgets.guard import Budget, BudgetGuard  # noqa: E402
+from costspan.budgets.ledger import MemoryLedger  # noqa: E402
+from costspan.providers.openai.fake import FakeOpenAI  # noqa: E402
 from tests.conftest import Pipeline, make_pipeline  # noqa: E402
 from tests.test_middleware import INTERNAL_TOKEN, QUOTA_BODY, serve_werkzeug  # noqa: E402
 
@@ -46,7 +46,7 @@ def base_url(fake_openai: FakeOpenAI) -> Iterator[str]:
             DEBUG=False,
             ALLOWED_HOSTS=["127.0.0.1"],
             ROOT_URLCONF=__name__,
-            MIDDLEWARE=["costspan.middleware.CostspanDjangoMiddleware"],
+            MIDDLEWARE=["costspan.attribution.middleware.CostspanDjangoMiddleware"],
             COSTSPAN_MIDDLEWARE={
                 "resolver": "tests.test_middleware.who",
                 "trusted": "tests.test_middleware.is_internal",

@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from costspan import semconv
 from costspan.cli import main
 from costspan.cli.reprice import reprice_row
-from costspan.exporter import row_from_span
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.pricing import Pricer
-from costspan.store import Store
+from costspan.pricing.pricer import Pricer
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
+from costspan.store.exporter import row_from_span
+from costspan.store.sqlite import Store
 from tests.conftest import Pipeline
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]

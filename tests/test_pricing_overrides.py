@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from costspan import semconv
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.pricing import Pricer
-from costspan.pricing_overrides import PricingFileError, load_pricing_file, price_layers
+from costspan.pricing.overrides import PricingFileError, load_pricing_file, price_layers
+from costspan.pricing.pricer import Pricer
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from costspan.usage import Usage
 from tests.conftest import make_pipeline
 

@@ -17,7 +17,7 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, Provider
 
 from costspan import semconv
-from costspan.pricing import Cost, Pricer, PriceSheet, usage_counts
+from costspan.pricing.pricer import Cost, Pricer, PriceSheet, usage_counts
 from costspan.usage import Usage
 
 AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ tokens. Each case writes its arithmetic out: token count x rate, summed, then di
 price variants in that data start on 2026-10-12 and batch ones on 2026-10-14, so most calls here are dated
 2026-11-02.
 
-The table uses ``costspan.pricing.Pricer`` directly (pure); a few end-to-end checks at the bottom go through
+The table uses ``costspan.pricing.pricer.Pricer`` directly (pure); a few end-to-end checks at the bottom go through
 the real OpenAI SDK against ``FakeOpenAI`` and read ``gen_ai.usage.cost.amount`` off the span.
 """
 
@@ -22,8 +22,8 @@ import openai
 import pytest
 
 from costspan import semconv
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.pricing import Pricer
+from costspan.pricing.pricer import Pricer
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from costspan.usage import Usage, normalize_usage
 from tests.conftest import Pipeline
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 
-from costspan.metrics import CallMetrics
+from costspan.instrumentation.metrics import CallMetrics
 from tests.ports import free_port
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "collector-config" / "prometheus"

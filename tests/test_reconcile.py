@@ -17,9 +17,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from costspan.cli import main
-from costspan.exporter import CostspanSpanExporter
-from costspan.fakeopenai import Billed, FakeOpenAI, Scripted
-from costspan.reconcile import (
+from costspan.providers.openai.fake import Billed, FakeOpenAI, Scripted
+from costspan.reports.reconcile import (
     OK,
     OVER_COUNTED,
     PARTIAL,
@@ -30,7 +29,8 @@ from costspan.reconcile import (
     Side,
     reconcile,
 )
-from costspan.store import Store
+from costspan.store.exporter import CostspanSpanExporter
+from costspan.store.sqlite import Store
 from tests.conftest import make_pipeline
 from tests.ports import free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main
-from costspan.store import Store
+from costspan.store.sqlite import Store
 from tests.test_store import T0, damage, row
 
 AT = (T0 + timedelta(days=1)).isoformat()  # --until for every command: the data is in the day before

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main
-from costspan.store import Store
+from costspan.store.sqlite import Store
 from tests.test_store import T0, row
 
 BUDGETS = """

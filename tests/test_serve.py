@@ -35,12 +35,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from costspan import serve
-from costspan.exporter import CostspanSpanExporter, row_from_span
-from costspan.fakeopenai import FakeOpenAI
-from costspan.instrumentor import CostspanInstrumentor
-from costspan.serve import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver
-from costspan.store import Store
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.store import receiver as serve
+from costspan.store.exporter import CostspanSpanExporter, row_from_span
+from costspan.store.receiver import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver
+from costspan.store.sqlite import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

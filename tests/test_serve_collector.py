@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from costspan.fakeopenai import FakeOpenAI
-from costspan.store import Store
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.store.sqlite import Store
 from tests.test_rotel_collector import App, Rotel, rotel_binary
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import costspan
 from costspan import semconv
 from costspan.cli import main as cli_main
-from costspan.exporter import CostspanSpanExporter, row_from_span
-from costspan.fakeopenai import FakeOpenAI, Scripted
-from costspan.store import Store
+from costspan.providers.openai.fake import FakeOpenAI, Scripted
+from costspan.store.exporter import CostspanSpanExporter, row_from_span
+from costspan.store.sqlite import Store
 from tests.conftest import Pipeline, make_pipeline
 from tests.otlp_receiver import OtlpReceiver
 
@@ -111,7 +111,7 @@ def test_an_unwritable_store_is_counted_and_never_raised(tmp_path: Path, caplog:
     llm_call()
     llm_call()
     assert (exporter.failed_spans, exporter.stored_spans) == (2, 0)
-    (logged,) = [r.getMessage() for r in caplog.records if r.name == "costspan.exporter"]  # once a minute at most
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "costspan.store.exporter"]  # once a minute at most
     assert "is not a costspan store" in logged and "Pass the right --store path" in logged
 
     path.rename(tmp_path / "spans.txt")  # the file was never a store: the right path holds none yet

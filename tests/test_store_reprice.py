@@ -9,7 +9,7 @@ import genai_prices
 import pytest
 
 from costspan.cli import main
-from costspan.store import Store
+from costspan.store.sqlite import Store
 from tests.test_store import row
 
 RECENT = datetime.now(UTC) - timedelta(days=2)

@@ -222,7 +222,7 @@ def test_image_and_transcription_streams_take_usage_from_their_last_event() -> N
     from openai.types import ImageGenCompletedEvent
     from openai.types.audio import TranscriptionTextDoneEvent
 
-    from costspan.pricing import Pricer
+    from costspan.pricing.pricer import Pricer
 
     image = StreamSummary()
     image.add(

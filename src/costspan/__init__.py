@@ -13,15 +13,15 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from typing import Any
 
-from costspan.attribution import CostspanRefusal, MissingAttributionError, attribute
+from costspan.attribution.baggage import CostspanRefusal, MissingAttributionError, attribute
 
 # Loaded on first use: they pull in the price data, which `import costspan` alone should not.
 _LAZY = {
-    "BudgetExceeded": "costspan.budgets",
-    "BudgetUnavailable": "costspan.budgets",
-    "PromptTooLarge": "costspan.budgets",
-    "CostspanASGIMiddleware": "costspan.middleware",
-    "CostspanWSGIMiddleware": "costspan.middleware",
+    "BudgetExceeded": "costspan.budgets.guard",
+    "BudgetUnavailable": "costspan.budgets.guard",
+    "PromptTooLarge": "costspan.budgets.guard",
+    "CostspanASGIMiddleware": "costspan.attribution.middleware",
+    "CostspanWSGIMiddleware": "costspan.attribution.middleware",
 }
 
 

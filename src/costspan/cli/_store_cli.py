@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 from costspan import environment_variables as env
 from costspan.money import NONE_SHOWN, usd_column
-from costspan.paths import COSTSPAN_STORE_PATH, default_store_path
-from costspan.store import Store, StoreError, dimension_names
+from costspan.store.paths import COSTSPAN_STORE_PATH, default_store_path
+from costspan.store.sqlite import Store, StoreError, dimension_names
 
 EXIT_ERROR = 2
 

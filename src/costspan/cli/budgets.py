@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from costspan import environment_variables as env
-from costspan.budgets import Budget, BudgetFileError, Window, load_budgets, window_at
+from costspan.budgets.guard import Budget, BudgetFileError, Window, load_budgets, window_at
 from costspan.cli._store_cli import (
     Column,
     UsageError,
@@ -31,7 +31,7 @@ from costspan.cli._store_cli import (
     write_csv,
     write_json,
 )
-from costspan.store import Store
+from costspan.store.sqlite import Store
 
 EXIT_OVER = 1
 

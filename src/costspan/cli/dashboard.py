@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costspan import dashboard
+    from costspan.reports import dashboard
 
     now = datetime.now(UTC)
     filters = read_filters(args, now)

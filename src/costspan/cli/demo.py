@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from costspan.money import usd_column
-from costspan.paths import checkout_for_hints, demo_store_path
-from costspan.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
+from costspan.reports.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
+from costspan.store.paths import checkout_for_hints, demo_store_path
 
 EPILOG = """\
 What it does:
@@ -84,7 +84,7 @@ def _reconciliation(days: list[DayResult]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from costspan import demo
+        from costspan.demo import scenario
     except ImportError as exc:  # openai is an optional dependency of costspan, and the demo drives the real SDK
         print(
             f"costspan demo: {exc.name or 'a package'} is not installed; the demo drives the real OpenAI SDK. "
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             print("  (OPENAI_API_KEY is set but not used: --real-api calls the real API with it)", file=sys.stderr)
     try:
         # Reconciliation compares the whole store with this run's bill: only for the demo's own fresh store.
-        result = demo.run(store, real_api=real_api, requests=args.requests, reconcile_bill=not args.store)
+        result = scenario.run(store, real_api=real_api, requests=args.requests, reconcile_bill=not args.store)
     except openai.APIConnectionError as exc:  # no network, a proxy, a wrong OPENAI_BASE_URL
         print(
             f"costspan demo: error: cannot reach {target} ({exc}). Check the network and OPENAI_BASE_URL, or run "
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(_reconciliation(result.reconciliation))
     quoted = shlex.quote(str(store))
     checkout = checkout_for_hints()
-    burst = "" if real_api else f"   # flags {demo.BURST_CUSTOMER}'s burst in the last full hour"
+    burst = "" if real_api else f"   # flags {scenario.BURST_CUSTOMER}'s burst in the last full hour"
     print(
         "\nNext, try:\n"
         f"  costspan report --by feature,route --every day --since 7d --store {quoted}\n"

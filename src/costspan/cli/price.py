@@ -17,7 +17,7 @@ from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 from costspan import environment_variables as env
 from costspan.money import usd_column
-from costspan.pricing import STANDARD_TIERS, BillableCall, BillLine, Pricer, PriceSource, packaged_prices
+from costspan.pricing.pricer import STANDARD_TIERS, BillableCall, BillLine, Pricer, PriceSource, packaged_prices
 from costspan.usage import Usage
 
 EPILOG = """\
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(path: str, as_json: bool) -> int:
-    from costspan.pricing_overrides import PricingFileError, load_pricing_file
+    from costspan.pricing.overrides import PricingFileError, load_pricing_file
 
     try:
         pricing = load_pricing_file(path)
@@ -171,7 +171,7 @@ def _check(path: str, as_json: bool) -> int:
 
 
 def _layers(args: argparse.Namespace) -> tuple[PriceSource, ...]:
-    from costspan.pricing_overrides import OverridePrices, PricingFileError, load_pricing_file
+    from costspan.pricing.overrides import OverridePrices, PricingFileError, load_pricing_file
 
     path = args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)
     if not path:
@@ -365,7 +365,7 @@ def _variants(info: ModelInfo, at: datetime) -> tuple[str, ...]:
 
 
 def _list_rows(args: argparse.Namespace, at: datetime) -> list[_Row]:
-    from costspan.pricing_overrides import OverridePrices, discounted
+    from costspan.pricing.overrides import OverridePrices, discounted
 
     layer = _layers(args)[0]
     wanted = (args.list or "").lower()

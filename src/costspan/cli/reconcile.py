@@ -26,7 +26,7 @@ from costspan.cli._store_cli import (
     write_json,
 )
 from costspan.money import usd_column
-from costspan.reconcile import (
+from costspan.reports.reconcile import (
     DEFAULT_BASE_URL,
     DEFAULT_TOLERANCE,
     OK,

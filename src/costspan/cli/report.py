@@ -28,7 +28,7 @@ from costspan.cli._store_cli import (
     write_json,
 )
 from costspan.money import usd
-from costspan.store import MEASURES, dimension_names, round_usd
+from costspan.store.sqlite import MEASURES, dimension_names, round_usd
 
 
 def examples() -> str:

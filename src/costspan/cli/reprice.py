@@ -24,8 +24,8 @@ from costspan.cli._store_cli import (
     parse_time,
 )
 from costspan.money import usd_column
-from costspan.pricing import Cost, Pricer, PriceSource, billable_from_row, packaged_prices
-from costspan.store import to_ns
+from costspan.pricing.pricer import Cost, Pricer, PriceSource, billable_from_row, packaged_prices
+from costspan.store.sqlite import to_ns
 
 CHUNK = 5_000
 
@@ -82,7 +82,7 @@ def price_layers(pricing_file: str | None) -> tuple[PriceSource, ...]:
     """Packaged prices, under the pricing file when one is given. A bad file is an error here, not a fallback."""
     if not pricing_file:
         return (packaged_prices(),)
-    from costspan.pricing_overrides import OverridePrices, PricingFileError, load_pricing_file
+    from costspan.pricing.overrides import OverridePrices, PricingFileError, load_pricing_file
 
     try:
         return (OverridePrices(load_pricing_file(pricing_file)),)

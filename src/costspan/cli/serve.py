@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from costspan.cli._store_cli import add_store_option
-from costspan.paths import default_store_path
+from costspan.store.paths import default_store_path
 
 EPILOG = """\
 Point any OpenTelemetry app at it with the standard OTLP exporter:
@@ -40,9 +40,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costspan.exporter import CostspanSpanExporter
-    from costspan.serve import OTLPReceiver
-    from costspan.store import Store, StoreError
+    from costspan.store.exporter import CostspanSpanExporter
+    from costspan.store.receiver import OTLPReceiver
+    from costspan.store.sqlite import Store, StoreError
 
     store = args.store or default_store_path()
     try:

@@ -2,7 +2,7 @@
 
 Query API (what ``costspan report``, ``alerts``, ``budgets``, ``dashboard`` and ``serve`` call)::
 
-    with Store(path) as store:                      # path defaults to costspan.paths.default_store_path()
+    with Store(path) as store:                      # path defaults to costspan.store.paths.default_store_path()
         store.insert(rows)                          # -> rows newly stored (duplicates by span_id are ignored)
         store.spend_by(["feature"], since=..., until=..., env="prod", every="day", top=5, where={...})
         store.top("customer_id", 10, since=...)     # the 10 biggest spenders, same row shape
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from costspan.config import attribution_keys_in_force
-from costspan.paths import checkout_for_hints, default_store_path, demo_store_path
+from costspan.store.paths import checkout_for_hints, default_store_path, demo_store_path
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}

@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
 from costspan.config import attribution_keys_in_force
-from costspan.paths import default_store_path
-from costspan.store import CostRow, Store, attribution_json
+from costspan.store.paths import default_store_path
+from costspan.store.sqlite import CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> C
 
 
 class CostspanSpanExporter(SpanExporter):
-    """Writes LLM spans to the costspan store at ``path`` (default: ``costspan.paths.default_store_path()``).
+    """Writes LLM spans to the costspan store at ``path`` (default: ``costspan.store.paths.default_store_path()``).
 
     The file is opened on first export, so a bad file never stops the application from starting.
     ``failed_spans`` counts the LLM spans that could not be stored; ``stored_spans`` those newly stored.

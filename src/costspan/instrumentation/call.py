@@ -35,10 +35,10 @@ from opentelemetry.trace import (
 )
 
 from costspan import semconv
-from costspan.attribution import Attributor, CostspanRefusal, MissingAttributionError
+from costspan.attribution.baggage import Attributor, CostspanRefusal, MissingAttributionError
 from costspan.config import Settings
-from costspan.metrics import CallMetrics
-from costspan.pricing import STANDARD_TIERS, BillableCall, Cost, Pricer, provider_price_id
+from costspan.instrumentation.metrics import CallMetrics
+from costspan.pricing.pricer import STANDARD_TIERS, BillableCall, Cost, Pricer, provider_price_id
 from costspan.usage import ResponseSummary, StreamSummary, Usage
 
 logger = logging.getLogger("costspan")

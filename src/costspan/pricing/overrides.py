@@ -42,7 +42,7 @@ from typing import Any
 from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, Tier, TieredPrices
 
-from costspan.pricing import (
+from costspan.pricing.pricer import (
     PackagedPrices,
     PriceSheet,
     PriceSource,

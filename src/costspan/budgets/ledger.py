@@ -171,7 +171,7 @@ class SQLiteLedger:
 
     def __init__(self, path: str | Path | None = None) -> None:
         if path is None:
-            from costspan.paths import default_store_path
+            from costspan.store.paths import default_store_path
 
             path = default_store_path()
         self.path = Path(path)

@@ -39,10 +39,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from costspan.exporter import CostspanSpanExporter, row_from_span
-from costspan.store import LAST_NS
+from costspan.store.exporter import CostspanSpanExporter, row_from_span
+from costspan.store.sqlite import LAST_NS
 
-logger = logging.getLogger("costspan.serve")
+logger = logging.getLogger("costspan.store.receiver")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -19,8 +19,8 @@ from string import Template
 from typing import Any
 
 from costspan.money import usd, usd_column
-from costspan.paths import default_store_path
-from costspan.store import BUCKET_NS, Store
+from costspan.store.paths import default_store_path
+from costspan.store.sqlite import BUCKET_NS, Store
 
 # Categorical colours (Tableau 10), distinguishable for most colour-blind readers; the last one is "other".
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
@@ -318,7 +318,7 @@ def render(data: DashboardData, generated_at: datetime | None = None) -> str:
         [f"environment {data.env}" if data.env else "all environments"]
         + [f"{name} = {value}" for name, value in data.where.items()]
     )
-    template = Template(resources.files("costspan").joinpath("templates/dashboard.html").read_text("utf-8"))
+    template = Template(resources.files("costspan.reports").joinpath("templates/dashboard.html").read_text("utf-8"))
     return template.substitute(
         title=_e(f"LLM spend · {usd(spend)} · {data.since:%b %d} to {data.until:%b %d}"),
         period=_e(period),

@@ -8,7 +8,7 @@ Like the provider, it keeps its own bill of what it served (``FakeOpenAI.billed`
 (``FakeOpenAI.rates``), and reports it through the organization Costs and Usage endpoints (admin keys only), so
 ``costspan reconcile`` can be tested against it. ``FakeOpenAI.bill`` adds usage the instrumentation never saw.
 
-Run it alone with ``python -m costspan.fakeopenai --port 8899``.
+Run it alone with ``python -m costspan.providers.openai.fake --port 8899``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Flask::
 
     CostspanWSGIMiddleware.for_flask(app, resolver=who, trusted=is_internal, environment="prod")
 
-Django: ``"costspan.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE``, options in
+Django: ``"costspan.attribution.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE``, options in
 ``settings.COSTSPAN_MIDDLEWARE``.
 """
 
@@ -37,8 +37,8 @@ from opentelemetry import baggage, context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 
-from costspan.attribution import CostspanRefusal
-from costspan.budgets import BudgetExceeded, BudgetUnavailable, PromptTooLarge
+from costspan.attribution.baggage import CostspanRefusal
+from costspan.budgets.guard import BudgetExceeded, BudgetUnavailable, PromptTooLarge
 from costspan.config import Settings
 
 logger = logging.getLogger("costspan")
@@ -453,7 +453,7 @@ def django_route(environ: Mapping[str, Any]) -> str | None:
 
 
 class CostspanDjangoMiddleware:
-    """Django middleware: put ``"costspan.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE`` (after
+    """Django middleware: put ``"costspan.attribution.middleware.CostspanDjangoMiddleware"`` in ``MIDDLEWARE`` (after
     OpenTelemetry's, if any) and its options in ``settings.COSTSPAN_MIDDLEWARE``, e.g.
     ``{"resolver": "myapp.auth.who", "trusted": "myapp.auth.is_internal", "environment": "prod"}`` (callables or
     dotted paths). It answers refusals raised by views, which Django would otherwise turn into 500s."""

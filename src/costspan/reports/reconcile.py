@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from costspan.store import Store, filter_sql, round_usd, to_ns
+from costspan.store.sqlite import Store, filter_sql, round_usd, to_ns
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TOLERANCE = 0.02  # a fraction of the provider's figure

@@ -18,12 +18,12 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from costspan import __version__
-from costspan._call import CallGuard, Telemetry
-from costspan.attribution import Attributor
+from costspan.attribution.baggage import Attributor
 from costspan.config import Settings
-from costspan.metrics import CallMetrics
-from costspan.pricing import Pricer
-from costspan.pricing_overrides import price_layers
+from costspan.instrumentation.call import CallGuard, Telemetry
+from costspan.instrumentation.metrics import CallMetrics
+from costspan.pricing.overrides import price_layers
+from costspan.pricing.pricer import Pricer
 
 logger = logging.getLogger("costspan")
 
@@ -49,7 +49,7 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         from openai._base_client import AsyncAPIClient, SyncAPIClient
 
-        from costspan._patch import wrap_async_request, wrap_sync_request
+        from costspan.providers.openai.patch import wrap_async_request, wrap_sync_request
 
         settings = Settings.load(**{k: v for k, v in kwargs.items() if k in Settings.__dataclass_fields__})
         tracer_provider = kwargs.get("tracer_provider")
@@ -85,7 +85,7 @@ def _budget_guards(settings: Settings, pricer: Pricer, meter_provider: Any) -> t
     """The budget file's guard. A file that cannot be used is logged, and calls go on without budgets."""
     if not settings.budget_file:
         return ()
-    from costspan.budgets import load_budget_guard
+    from costspan.budgets.guard import load_budget_guard
 
     try:
         guard = load_budget_guard(

@@ -30,7 +30,7 @@ def demo_store_path() -> Path:
 def source_checkout() -> Path | None:
     """The source checkout costspan runs from (an editable install), if any: costspan is not on PyPI yet, so
     install hints name this directory."""
-    root = Path(__file__).resolve().parents[2]  # src/costspan/paths.py -> the checkout
+    root = Path(__file__).resolve().parents[3]  # src/costspan/store/paths.py -> the checkout
     return root if (root / "pyproject.toml").is_file() else None
 
 

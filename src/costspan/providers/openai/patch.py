@@ -28,7 +28,8 @@ from openai._streaming import AsyncStream, Stream
 from opentelemetry import context
 from opentelemetry.context import Context
 
-from costspan._call import (
+from costspan.attribution.baggage import CostspanRefusal
+from costspan.instrumentation.call import (
     BatchRetrieval,
     Call,
     RequestInfo,
@@ -40,7 +41,6 @@ from costspan._call import (
     with_batch_attribution,
     with_usage_requested,
 )
-from costspan.attribution import CostspanRefusal
 from costspan.usage import summarize_response
 
 logger = logging.getLogger("costspan")

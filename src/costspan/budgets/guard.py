@@ -37,12 +37,12 @@ from opentelemetry import metrics, trace
 
 from costspan import environment_variables as env
 from costspan import semconv
-from costspan._call import RequestInfo
-from costspan.attribution import CostspanRefusal
+from costspan.attribution.baggage import CostspanRefusal
+from costspan.budgets.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
 from costspan.config import attribution_keys_in_force
-from costspan.ledger import Ledger, Reservation, open_ledger, to_nano, to_usd
+from costspan.instrumentation.call import RequestInfo
 from costspan.money import usd_column
-from costspan.pricing import Cost, Pricer, billed_tier, provider_price_id
+from costspan.pricing.pricer import Cost, Pricer, billed_tier, provider_price_id
 from costspan.usage import Usage
 
 logger = logging.getLogger("costspan")

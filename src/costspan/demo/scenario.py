@@ -33,17 +33,17 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind
 
 import costspan
-from costspan.exporter import CostspanSpanExporter
-from costspan.fakeopenai import FakeOpenAI
-from costspan.instrumentor import CostspanInstrumentor
-from costspan.reconcile import (
+from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.providers.openai.fake import FakeOpenAI
+from costspan.reports.reconcile import (
     DayResult,
     OrganizationReports,
     compare,
     utc_midnight,
 )
 from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
-from costspan.store import Store
+from costspan.store.exporter import CostspanSpanExporter
+from costspan.store.sqlite import Store
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli", "stark-industries")
 CUSTOMER_WEIGHTS = (34, 22, 16, 12, 9, 7)
