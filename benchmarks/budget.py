@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from costspan import attribute
 from costspan.budgets.guard import Budget, BudgetGuard
 from costspan.budgets.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 
 MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
 BODY = json.dumps(

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
 
 BATCH = 512

@@ -59,7 +59,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 from opentelemetry.trace import SpanKind
 
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
 PROMPT_TOKENS, COMPLETION_TOKENS = 1200, 300

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from costspan.cli import main as cli_main
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
 from costspan.store.exporter import CostspanSpanExporter
 from costspan.store.receiver import PROTOBUF, OTLPReceiver

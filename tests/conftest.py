@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
 from tests import frozen_prices
 

@@ -52,7 +52,7 @@ def replica(config: dict[str, Any]) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     from costspan.attribution.middleware import CostspanASGIMiddleware
-    from costspan.instrumentation.instrumentor import CostspanInstrumentor
+    from costspan.instrumentor import CostspanInstrumentor
     from tests.test_middleware import who
 
     budget = Budget({"customer_id": "acme"}, "monthly", Decimal(config["cap"]))

@@ -298,7 +298,7 @@ def make_spans(calls: Sequence[Call]) -> list[ReadableSpan]:
         resource=Resource.create({"service.name": "checkout-api", "deployment.environment.name": "production"})
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("costspan.instrumentation.instrumentor", "0.1.0")
+    tracer = provider.get_tracer("costspan.instrumentor", "0.1.0")
     other = provider.get_tracer("opentelemetry.instrumentation.openai_v2")
     for call in calls:
         start_ns = int(call.start.timestamp()) * 10**9 + 123_456_789

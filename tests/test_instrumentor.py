@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from costspan import MissingAttributionError, semconv
 from costspan.instrumentation.call import batch_job_context
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from tests.conftest import Pipeline, make_pipeline
 
@@ -489,7 +489,7 @@ def test_environment_falls_back_to_the_resource(fake_openai: FakeOpenAI, client:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from costspan.instrumentation.instrumentor import CostspanInstrumentor
+    from costspan.instrumentor import CostspanInstrumentor
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"deployment.environment.name": "staging"}))

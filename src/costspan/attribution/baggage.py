@@ -22,7 +22,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CostspanRefusal(Exception):
-    """Base of the errors costspan raises on purpose, before any request is sent."""
+    """Base of the errors costspan raises on purpose, before any request is sent.
+
+    A refusal the API's caller can act on says how to answer it over HTTP (the middleware does); one that is the
+    app's own bug (missing attribution) has no ``http_status`` and stays a server error.
+    """
+
+    http_status: int | None = None
+    retry_after_s: int | None = None
+    error_code = "ai_refused"
+    client_message = "The request was refused."
 
 
 class MissingAttributionError(CostspanRefusal):

@@ -38,7 +38,6 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 
 from costspan.attribution.baggage import CostspanRefusal
-from costspan.budgets.guard import BudgetExceeded, BudgetUnavailable, PromptTooLarge
 from costspan.config import Settings
 
 logger = logging.getLogger("costspan")
@@ -74,16 +73,12 @@ def strip_baggage(header: str, keys: frozenset[str]) -> str:
 
 def refusal_response(refusal: CostspanRefusal) -> tuple[int, dict[str, str], bytes] | None:
     """(status, headers, JSON body) for a refusal an HTTP caller can act on; None for the others."""
-    if isinstance(refusal, BudgetExceeded):
-        status, retry_after = 429, refusal.retry_after_s
-    elif isinstance(refusal, BudgetUnavailable):
-        status, retry_after = 503, refusal.retry_after_s
-    elif isinstance(refusal, PromptTooLarge):
-        return 413, {"content-type": "application/json"}, _body("ai_prompt_too_large", "The request is too large.")
-    else:
+    if refusal.http_status is None:
         return None  # e.g. MissingAttributionError: a bug in the app, not the caller's doing
-    headers = {"content-type": "application/json", "retry-after": str(retry_after)}
-    return status, headers, _body(refusal.error_code, refusal.client_message)
+    headers = {"content-type": "application/json"}
+    if refusal.retry_after_s is not None:
+        headers["retry-after"] = str(refusal.retry_after_s)
+    return refusal.http_status, headers, _body(refusal.error_code, refusal.client_message)
 
 
 def _body(error: str, message: str) -> bytes:
@@ -358,11 +353,13 @@ class CostspanWSGIMiddleware:
         from flask import Response
 
         def answer(refusal: CostspanRefusal) -> Any:
-            status, headers, body = refusal_response(refusal) or (500, {}, b"")
+            answered = refusal_response(refusal)
+            if answered is None:
+                raise refusal  # the app's own bug: Flask's usual 500, logged
+            status, headers, body = answered
             return Response(body, status=status, headers=headers)
 
-        for refusal in (BudgetExceeded, BudgetUnavailable, PromptTooLarge):
-            flask_app.register_error_handler(refusal, answer)
+        flask_app.register_error_handler(CostspanRefusal, answer)
         options.setdefault("route_resolver", flask_route(flask_app))
         middleware = cls(flask_app.wsgi_app, **options)
         flask_app.wsgi_app = middleware

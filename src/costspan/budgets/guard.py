@@ -73,6 +73,8 @@ class BudgetExceeded(CostspanRefusal):
     them); ``str(exc)`` is for the developer and carries the figures.
     """
 
+    http_status = 429
+
     def __init__(
         self,
         budget: Budget,
@@ -101,6 +103,8 @@ class BudgetExceeded(CostspanRefusal):
 class BudgetUnavailable(CostspanRefusal):
     """The ledger could not be reached and the budget file says ``on_ledger_error = "closed"``."""
 
+    http_status = 503
+
     error_code = "ai_budget_unavailable"
     client_message = "AI features are briefly unavailable. Please retry shortly."
     retry_after_s = UNAVAILABLE_RETRY_AFTER_S
@@ -115,6 +119,10 @@ class BudgetUnavailable(CostspanRefusal):
 
 class PromptTooLarge(CostspanRefusal):
     """The prompt is estimated above the configured hard limit (``prompt_refuse_tokens``)."""
+
+    http_status = 413
+    error_code = "ai_prompt_too_large"
+    client_message = "The request is too large."
 
     def __init__(self, estimated_tokens: int, limit: int) -> None:
         self.estimated_tokens = estimated_tokens

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind
 
 import costspan
-from costspan.instrumentation.instrumentor import CostspanInstrumentor
+from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
 from costspan.reports.reconcile import (
     DayResult,
