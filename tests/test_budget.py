@@ -29,13 +29,13 @@ from costspan.budgets.guard import (
     BudgetGuard,
     BudgetUnavailable,
     PromptTooLarge,
-    estimate_input_tokens,
     load_budget_guard,
     window_at,
 )
 from costspan.budgets.ledger import MemoryLedger, RedisLedger, SQLiteLedger, to_nano
 from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI, Scripted
+from costspan.providers.openai.limits import estimate_input_tokens
 from costspan.usage import Usage
 from tests.conftest import Pipeline, make_pipeline
 from tests.ports import free_port

@@ -27,9 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from costspan.budgets.guard import Budget, BudgetGuard, estimate_input_tokens
+from costspan.budgets.guard import Budget, BudgetGuard
 from costspan.budgets.ledger import open_ledger, to_usd
 from costspan.providers.openai.fake import FakeOpenAI
+from costspan.providers.openai.limits import estimate_input_tokens
 
 REQUESTS = 200
 ADMITS = 20

@@ -591,7 +591,7 @@ def test_a_bug_inside_costspan_never_reaches_the_caller(
 def test_a_bug_in_stream_reading_never_reaches_the_caller(
     pipeline: Pipeline, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from costspan.usage import StreamSummary
+    from costspan.providers.openai.usage import StreamSummary
 
     def broken(self: Any, item: Any) -> bool:
         raise RuntimeError("bug in stream reading")

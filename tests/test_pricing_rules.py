@@ -24,7 +24,8 @@ import pytest
 from costspan import semconv
 from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI, Scripted
-from costspan.usage import Usage, normalize_usage
+from costspan.providers.openai.usage import normalize_usage
+from costspan.usage import Usage
 from tests.conftest import Pipeline
 
 AT = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -1,4 +1,7 @@
-"""``CostspanInstrumentor``: turns every OpenAI SDK call into a priced, attributed CLIENT span.
+"""``CostspanInstrumentor``: turns every LLM SDK call into a priced, attributed CLIENT span.
+
+It builds one ``Telemetry`` (tracer, metrics, prices, attribution, budget guards) and turns on every provider in
+``PROVIDERS`` whose SDK is installed.
 
 Loaded by ``opentelemetry-instrument`` through the ``opentelemetry_instrumentor`` entry point ``costspan``, or
 used directly::
@@ -8,26 +11,28 @@ used directly::
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Collection
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import wrap_function_wrapper
 
 from costspan import __version__
 from costspan.attribution.baggage import Attributor
 from costspan.config import Settings
 from costspan.instrumentation.call import CallGuard, Telemetry
 from costspan.instrumentation.metrics import CallMetrics
+from costspan.instrumentation.provider import Provider
 from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import Pricer
+from costspan.providers.openai import PROVIDER as OPENAI
 
 logger = logging.getLogger("costspan")
 
-_INSTRUMENTS = ("openai >= 1.40",)
+PROVIDERS: tuple[Provider, ...] = (OPENAI,)
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 
 
@@ -42,15 +47,14 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     telemetry: Telemetry | None = None
+    providers: tuple[Provider, ...] = ()  # those turned on
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return _INSTRUMENTS
+        # Any one installed SDK is enough; opentelemetry-instrument checks these only as a whole, so none is
+        # listed and each provider is turned on below when its SDK is there.
+        return ()
 
     def _instrument(self, **kwargs: Any) -> None:
-        from openai._base_client import AsyncAPIClient, SyncAPIClient
-
-        from costspan.providers.openai.patch import wrap_async_request, wrap_sync_request
-
         settings = Settings.load(**{k: v for k, v in kwargs.items() if k in Settings.__dataclass_fields__})
         tracer_provider = kwargs.get("tracer_provider")
         tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=_SCHEMA_URL)
@@ -68,17 +72,28 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             ),
         )
         self.telemetry = telemetry
-        wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry))
-        wrap_function_wrapper(AsyncAPIClient, "request", wrap_async_request(telemetry))
+        self.providers = tuple(provider for provider in PROVIDERS if _supported(provider))
+        for provider in self.providers:
+            provider.instrument(telemetry)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from openai._base_client import AsyncAPIClient, SyncAPIClient
-
-        unwrap(SyncAPIClient, "request")
-        unwrap(AsyncAPIClient, "request")
+        for provider in self.providers:
+            provider.uninstrument()
+        self.providers = ()
         if self.telemetry is not None and self.telemetry.metrics is not None:
             self.telemetry.metrics.drain()  # into the SDK's instruments: nothing queued is dropped with it
         self.telemetry = None
+
+
+def _supported(provider: Provider) -> bool:
+    """Whether the provider's SDK is installed at a supported version (a missing SDK is not an error)."""
+    if importlib.util.find_spec(provider.sdk) is None:
+        return False
+    conflict = get_dependency_conflicts([provider.instruments])
+    if conflict is not None:
+        logger.warning("costspan: not instrumenting %s: %s", provider.sdk, conflict)
+        return False
+    return True
 
 
 def _budget_guards(settings: Settings, pricer: Pricer, meter_provider: Any) -> tuple[CallGuard, ...]:

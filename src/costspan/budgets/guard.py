@@ -1,6 +1,6 @@
 """Budget caps, enforced before the call: reserve the worst case, refuse past the cap, settle to the real cost.
 
-A ``BudgetGuard`` is a ``CallGuard`` (see ``_call.py``): ``instrument(guards=[guard])``, or set
+A ``BudgetGuard`` is a ``CallGuard`` (see ``costspan.instrumentation.call``): ``instrument(guards=[guard])``, or set
 ``OTEL_COSTSPAN_BUDGET_FILE``. For every OpenAI call it
 
 1. estimates the prompt locally (no network) and applies the prompt-size guardrail;
@@ -43,7 +43,6 @@ from costspan.config import attribution_keys_in_force
 from costspan.instrumentation.call import RequestInfo
 from costspan.money import usd_column
 from costspan.pricing.pricer import Cost, Pricer, billed_tier, provider_price_id
-from costspan.usage import Usage
 
 logger = logging.getLogger("costspan")
 
@@ -58,12 +57,6 @@ EXPIRY_GRACE_S = 3_600  # a window's counters outlive it by this much, so calls 
 UNAVAILABLE_RETRY_AFTER_S = 30
 _UNCAPPED = 2**53 - 1  # nano-dollars; exact in Redis' Lua numbers
 _WARN_INTERVAL_S = 60.0
-
-# Request fields whose text the model reads as input.
-_PROMPT_FIELDS = ("messages", "input", "prompt", "instructions", "tools", "functions")
-_TOKENS_PER_MESSAGE = 3  # role and separators, as OpenAI's own counting recipe
-_TOKENS_PER_IMAGE = 1_600  # an inline image is billed by its size, not its base64 length; this covers high detail
-_GENERATING = frozenset({"chat", "text_completion"})
 
 
 class BudgetExceeded(CostspanRefusal):
@@ -375,133 +368,7 @@ def load_budget_guard(path: str | Path, attribution_keys: Sequence[str] | None =
 # --- estimating a call before it is sent -----------------------------------------------------------------------
 
 
-def _measure(value: Any) -> tuple[int, int]:
-    """(characters of text, inline images) in a JSON value."""
-    if isinstance(value, str):
-        return (0, 1) if value.startswith("data:image/") else (len(value), 0)
-    if isinstance(value, Mapping):
-        chars = images = 0
-        for key, item in value.items():
-            c, i = _measure(item)
-            chars += len(key) + c
-            images += i
-        return chars, images
-    if isinstance(value, list):
-        chars = images = 0
-        for item in value:
-            c, i = _measure(item)
-            chars += c
-            images += i
-        return chars, images
-    return (len(str(value)), 0) if value is not None else (0, 0)
-
-
-def estimate_input_tokens(body: Mapping[str, Any]) -> int:
-    """Input tokens of a request, estimated locally: 4 characters a token plus per-message overhead.
-
-    A heuristic, not a tokenizer: English averages about 4 characters a token, so this is generous for prose
-    (field names count too); code or non-Latin text can take more. Settlement corrects the ledger to the real
-    count once the response says it.
-    """
-    chars = images = messages = 0
-    for name in _PROMPT_FIELDS:
-        value = body.get(name)
-        if value is None:
-            continue
-        c, i = _measure(value)
-        chars += c
-        images += i
-        if name in ("messages", "input") and isinstance(value, list):
-            messages += len(value)
-    return math.ceil(chars / 4) + _TOKENS_PER_MESSAGE * (messages + 1) + _TOKENS_PER_IMAGE * images
-
-
 # --- the worst case: what a request can bill --------------------------------------------------------------------
-
-
-# The most output tokens (reasoning and audio included) one completion can have, per model family: a model is in
-# a family when its name is the family's or starts with it and "-" (a snapshot, or mini/nano); the longest family
-# wins. From OpenAI's model pages, https://platform.openai.com/docs/models ("Max output tokens").
-MODEL_OUTPUT_CEILINGS: Mapping[str, int] = {
-    "gpt-3.5-turbo": 4_096,
-    "gpt-3.5-turbo-16k": 16_384,
-    "gpt-4": 8_192,
-    "gpt-4-32k": 32_768,
-    "gpt-4-turbo": 4_096,
-    "gpt-4o": 16_384,
-    "gpt-4o-2024-05-13": 4_096,
-    "chatgpt-4o-latest": 16_384,
-    "gpt-4.1": 32_768,
-    "gpt-4.5-preview": 16_384,
-    "gpt-audio": 16_384,
-    "gpt-5": 128_000,
-    "gpt-5-chat-latest": 16_384,
-    "gpt-5-pro": 272_000,
-    "gpt-5.1": 128_000,
-    "gpt-5.2": 128_000,
-    "o1": 100_000,
-    "o1-mini": 65_536,
-    "o1-preview": 32_768,
-    "o3": 100_000,
-    "o4-mini": 100_000,
-    "codex-mini-latest": 100_000,
-}
-
-
-@functools.lru_cache(maxsize=1024)
-def model_output_ceiling(model: str) -> int | None:
-    """The most output tokens one completion of ``model`` can have; None for a model the table does not know."""
-    families = [family for family in MODEL_OUTPUT_CEILINGS if model == family or model.startswith(family + "-")]
-    return MODEL_OUTPUT_CEILINGS[max(families, key=len)] if families else None
-
-
-def _completions_billed(body: Mapping[str, Any]) -> int:
-    """How many completions a request makes: ``n`` (chat and legacy completions), or legacy ``best_of``, which
-    generates (and bills) that many to return ``n``. Each may use the whole output limit."""
-    counts = [value for value in (body.get("n"), body.get("best_of")) if type(value) is int and value > 1]
-    return max(counts, default=1)
-
-
-def _wants_audio(body: Mapping[str, Any]) -> bool:
-    """Chat Completions asked to speak (``modalities=["text", "audio"]``): its output may all be audio tokens."""
-    modalities = body.get("modalities")
-    return isinstance(modalities, list) and "audio" in modalities
-
-
-# Output tokens of one image from the GPT Image 1 models (gpt-image-1, gpt-image-1-mini, gpt-image-1.5), by quality
-# and size, as OpenAI's image-generation guide tabulates them (https://platform.openai.com/docs/guides/image-generation,
-# "Cost and latency"). An omitted or "auto" quality or size, one this table lacks, or another image model may
-# produce the most of any row.
-IMAGE_OUTPUT_TOKENS: Mapping[tuple[str, str], int] = {
-    ("low", "1024x1024"): 272,
-    ("low", "1024x1536"): 408,
-    ("low", "1536x1024"): 400,
-    ("medium", "1024x1024"): 1_056,
-    ("medium", "1024x1536"): 1_584,
-    ("medium", "1536x1024"): 1_568,
-    ("high", "1024x1024"): 4_160,
-    ("high", "1024x1536"): 6_240,
-    ("high", "1536x1024"): 6_208,
-}
-PARTIAL_IMAGE_TOKENS = 100  # a streamed partial image bills this many more output tokens (the same guide)
-_IMAGE_QUALITIES = frozenset(quality for quality, _ in IMAGE_OUTPUT_TOKENS)
-_IMAGE_SIZES = frozenset(size for _, size in IMAGE_OUTPUT_TOKENS)
-_IMAGE_ENDPOINTS = frozenset({"/images/generations", "/images/edits"})
-
-
-def image_output_tokens(body: Mapping[str, Any]) -> int:
-    """The most output tokens an image request can bill: ``n`` images of the largest its quality and size allow,
-    plus its streamed partial images."""
-    quality, size = body.get("quality"), body.get("size")
-    per_image = max(
-        tokens
-        for (q, s), tokens in IMAGE_OUTPUT_TOKENS.items()
-        if (quality == q or quality not in _IMAGE_QUALITIES) and (size == s or size not in _IMAGE_SIZES)
-    )
-    partial = body.get("partial_images")
-    if type(partial) is int and partial > 0:
-        per_image += partial * PARTIAL_IMAGE_TOKENS
-    return per_image * _completions_billed(body)
 
 
 def tiers_to_reserve(service_tier: str | None) -> tuple[str | None, ...]:
@@ -510,22 +377,6 @@ def tiers_to_reserve(service_tier: str | None) -> tuple[str | None, ...]:
     if service_tier == "auto":
         return (None, "priority")
     return (billed_tier(service_tier),)
-
-
-def worst_case_usage(request: RequestInfo, input_tokens: int, output_ceiling: int) -> Usage:
-    """The most a request can bill, as a usage for ``Pricer.price``: the span's own pricing, applied to the worst
-    case. Output: its max_tokens, at most the model's ``output_ceiling`` (all of it when it sets none), for each
-    completion it asks for."""
-    if request.endpoint in _IMAGE_ENDPOINTS:
-        images = image_output_tokens(request.body)
-        return Usage(input_tokens, images, output_image_tokens=images)
-    if request.operation not in _GENERATING:
-        return Usage(input_tokens, 0)
-    asked = request.max_output_tokens
-    limit = output_ceiling if asked is None or asked <= 0 else min(asked, output_ceiling)
-    output = limit * _completions_billed(request.body)
-    # Audio output tokens are part of the output count, billed at the (much higher) audio rate.
-    return Usage(input_tokens, output, output_audio_tokens=output if _wants_audio(request.body) else 0)
 
 
 # --- the guard --------------------------------------------------------------------------------------------------
@@ -596,7 +447,7 @@ class BudgetGuard:
 
     def admit(self, request: RequestInfo, attribution: Mapping[str, str]) -> Callable[[Cost | None], None] | None:
         span = trace.get_current_span()  # the call's span: _call runs guards inside it
-        input_tokens = estimate_input_tokens(request.body)
+        input_tokens = request.limits.estimate_input_tokens(request)
         self._check_prompt_size(input_tokens, span)
         matches = self.matching(attribution)
         if not matches:
@@ -679,8 +530,7 @@ class BudgetGuard:
         if not request.model:
             return None
         model = request.model
-        ceiling = model_output_ceiling(model) or self.max_output_tokens
-        usage = worst_case_usage(request, input_tokens, ceiling)
+        usage = request.limits.worst_case_usage(request, input_tokens, self.max_output_tokens)
         provider = provider_price_id(request.provider)
 
         def price(tier: str | None) -> Decimal | None:

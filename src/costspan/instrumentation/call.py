@@ -1,7 +1,9 @@
-"""One instrumented SDK call: its span, from request to priced response.
+"""One instrumented call, whatever the provider: its span, from request to priced response.
 
-Nothing here imports ``openai``: this is the pure part of the instrumentation, shared by the sync and async
-patches in ``_patch.py``.
+The provider-neutral core. A provider's patch layer (``costspan.providers.<name>``) reads what its SDK is about
+to send into a ``RequestInfo``, starts a ``Call`` with ``Telemetry.start``, and ends it with the response's
+normalized ``ResponseSummary``; this module makes the span, applies attribution and guards, prices the call
+through ``Pricer.bill`` and records the metrics. Nothing here knows a provider's wire format.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -18,7 +19,6 @@ from collections.abc import Callable, Mapping
 from contextvars import Token
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from opentelemetry.context import Context, attach
 from opentelemetry.trace import (
@@ -39,104 +39,37 @@ from costspan.attribution.baggage import Attributor, CostspanRefusal, MissingAtt
 from costspan.config import Settings
 from costspan.instrumentation.metrics import CallMetrics
 from costspan.pricing.pricer import STANDARD_TIERS, BillableCall, Cost, Pricer, provider_price_id
-from costspan.usage import ResponseSummary, StreamSummary, Usage
+from costspan.usage import ResponseSummary, Usage
 
 logger = logging.getLogger("costspan")
 
-# POST endpoints that bill, by path: (gen_ai.operation.name, openai.api.type).
-_ENDPOINTS: Mapping[str, tuple[str, str | None]] = {
-    "/chat/completions": ("chat", "chat_completions"),
-    "/responses": ("chat", "responses"),
-    "/embeddings": ("embeddings", None),
-    "/completions": ("text_completion", None),
-    "/batches": ("batch", None),
-    "/moderations": ("moderation", None),
-    "/fine_tuning/jobs": ("fine_tuning", None),
-    "/videos": ("generate_content", None),
-}
-_ENDPOINT_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("/images/", "generate_content"),
-    ("/audio/", "generate_content"),
-)
-# Streams whose usage can be requested with stream_options.include_usage.
-_USAGE_INJECTABLE = frozenset({"/chat/completions", "/completions"})
 
+class RequestLimits(Protocol):
+    """What a provider knows about the most one of its requests can bill: budgets reserve it before the call."""
 
-def classify_endpoint(path: str) -> tuple[str, str | None] | None:
-    """(operation, api type) for a billable POST path; None for paths that do not bill."""
-    found = _ENDPOINTS.get(path)
-    if found is not None:
-        return found
-    for prefix, operation in _ENDPOINT_PREFIXES:
-        if path.startswith(prefix):
-            return operation, None
-    return None
+    def estimate_input_tokens(self, request: RequestInfo) -> int: ...
+
+    def worst_case_usage(self, request: RequestInfo, input_tokens: int, default_output_ceiling: int) -> Usage: ...
 
 
 @dataclass(slots=True)
 class RequestInfo:
-    """What the request says, read from the SDK's request options before anything is sent."""
+    """What the request says, read by its provider from the SDK's request options before anything is sent."""
 
     endpoint: str
-    operation: str
-    api_type: str | None
-    provider: str
+    operation: str  # gen_ai.operation.name
+    provider: str  # gen_ai.provider.name
     model: str | None
     stream: bool
     service_tier: str | None
-    prompt_cache_key: str | None
     max_output_tokens: int | None
     server_address: str | None
     server_port: int | None
     body: Mapping[str, Any]
-
-
-def server_of(base_url: str) -> tuple[str | None, int | None]:
-    """(host, port) of a base URL; never its userinfo, so credentials stay out of telemetry."""
-    parts = urlsplit(base_url)
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def read_request(
-    path: str, body: Mapping[str, Any], *, stream: bool, provider: str, server: tuple[str | None, int | None]
-) -> RequestInfo | None:
-    classified = classify_endpoint(path)
-    if classified is None:
-        return None
-    operation, api_type = classified
-    address, port = server
-    max_tokens = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens")
-    model = body.get("model")
-    tier = body.get("service_tier")
-    cache_key = body.get("prompt_cache_key")
-    return RequestInfo(  # positional, in field order: this runs on every call
-        path,
-        operation,
-        api_type,
-        provider,
-        model if type(model) is str else None,
-        stream or body.get("stream") is True,
-        tier if type(tier) is str else None,
-        cache_key if type(cache_key) is str else None,
-        max_tokens if type(max_tokens) is int else None,
-        address,
-        port,
-        body,
-    )
-
-
-def wants_usage_injection(request: RequestInfo) -> bool:
-    if not request.stream or request.endpoint not in _USAGE_INJECTABLE:
-        return False
-    options = request.body.get("stream_options")
-    return not (isinstance(options, Mapping) and options.get("include_usage") is True)
-
-
-def with_usage_requested(body: Mapping[str, Any]) -> dict[str, Any]:
-    options = body.get("stream_options")
-    merged = dict(options) if isinstance(options, Mapping) else {}
-    merged["include_usage"] = True
-    return {**body, "stream_options": merged}
+    limits: RequestLimits
+    attributes: dict[str, Any]  # the provider's own request attributes (openai.api.type, ...)
+    tier_attribute: str | None  # where the response's service tier is recorded (openai.response.service_tier)
+    input_content: str | None = None  # gen_ai.input.messages, only when content capture is on
 
 
 class CallGuard(Protocol):
@@ -180,7 +113,7 @@ class Telemetry:
     def start(self, request: RequestInfo) -> Call:
         """Begin the call: its span, attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
         attribution, missing = self.attributor.collect()
-        call = self._open(request, time.time_ns(), attribution, missing, content=self.settings.capture_content)
+        call = self._open(request, time.time_ns(), attribution, missing)
         try:
             if missing and self.attributor.refuses_missing:
                 raise MissingAttributionError(missing)
@@ -204,8 +137,6 @@ class Telemetry:
         attribution: dict[str, str],
         missing: list[str],
         parent: Context | None = None,
-        *,
-        content: bool = False,
     ) -> Call:
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: request.operation,
@@ -214,12 +145,8 @@ class Telemetry:
         }
         if request.model:
             attributes[semconv.GEN_AI_REQUEST_MODEL] = request.model
-        if request.api_type:
-            attributes[semconv.OPENAI_API_TYPE] = request.api_type
-        if request.service_tier:
-            attributes[semconv.OPENAI_REQUEST_SERVICE_TIER] = request.service_tier
-        if request.prompt_cache_key:
-            attributes[semconv.COSTSPAN_PROMPT_CACHE_KEY] = request.prompt_cache_key
+        if request.attributes:
+            attributes.update(request.attributes)
         if request.max_output_tokens is not None:
             attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] = request.max_output_tokens
         if request.server_address:
@@ -228,8 +155,8 @@ class Telemetry:
         attributes.update(attribution)
         if missing:
             attributes[semconv.COSTSPAN_ATTRIBUTION_MISSING] = missing
-        if content:
-            _record_input_content(attributes, request.body)
+        if request.input_content is not None:
+            attributes[semconv.GEN_AI_INPUT_MESSAGES] = request.input_content
         name = f"{request.operation} {request.model}" if request.model else request.operation
         # Started now, with what the request says, so that samplers see operation, provider, model and server at
         # creation (as the GenAI conventions ask) and the HTTP request can be sent with this span current.
@@ -237,7 +164,14 @@ class Telemetry:
         return Call(self, request, start_ns, attribution, span)
 
     def record_batch_job(
-        self, request: RequestInfo, body: Any, summary: ResponseSummary, request_id: str | None
+        self,
+        request: RequestInfo,
+        summary: ResponseSummary,
+        request_id: str | None,
+        *,
+        metadata: Mapping[str, Any],
+        created_ns: int | None,
+        completed_ns: int | None,
     ) -> None:
         """A finished Batch job's cost, once per job per process: a span of its own from creation to completion,
         attributed from the metadata costspan set at creation (it may have run in another process) and priced at
@@ -249,13 +183,10 @@ class Telemetry:
             self._batches_seen[batch_id] = None
             if len(self._batches_seen) > 10_000:
                 self._batches_seen.popitem(last=False)
-        metadata = getattr(body, "metadata", None) or {}
         attribution = {key: str(metadata[key]) for key in self.attributor.keys if key in metadata}
         job = replace(request, model=summary.model)
-        created_ns = int(getattr(body, "created_at", 0) or 0) * 1_000_000_000 or time.time_ns()
-        completed_ns = int(getattr(body, "completed_at", 0) or 0) * 1_000_000_000 or None
         parent = set_span_in_context(NonRecordingSpan(batch_job_context(str(batch_id))))
-        call = self._open(job, created_ns, attribution, [], parent)
+        call = self._open(job, created_ns or time.time_ns(), attribution, [], parent)
         for guard in self.guards:
             # The job's cost reaches the budgets of whoever created it, as a call's settlement would.
             charge = getattr(guard, "charge", None)  # a guard written before charge existed has none
@@ -279,39 +210,6 @@ def batch_job_context(batch_id: str) -> SpanContext:
     )
 
 
-def with_batch_attribution(body: Mapping[str, Any], attribution: Mapping[str, str]) -> dict[str, Any]:
-    """The batch-create body with the caller's attribution added to its metadata (never replacing a key the
-    caller set, within the API's 16 keys of 512 characters), so the job's cost attributes back to its workload."""
-    metadata = dict(body.get("metadata") or {})
-    for key, value in attribution.items():
-        if len(metadata) >= 16:
-            break
-        metadata.setdefault(key, value[:512])
-    return {**body, "metadata": metadata}
-
-
-FINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-class BatchRetrieval:
-    """A GET of one Batch. It makes no span of its own; a finished job's usage is recorded by the telemetry."""
-
-    __slots__ = ("finished", "request", "telemetry")
-
-    def __init__(self, telemetry: Telemetry, request: RequestInfo) -> None:
-        self.telemetry = telemetry
-        self.request = request
-        self.finished = False
-
-    def fail(self, exc: BaseException, summary: ResponseSummary | None = None) -> None:
-        self.finished = True
-
-    def finish_body(self, body: Any, summary: ResponseSummary, request_id: str | None) -> None:
-        self.finished = True
-        if summary.batch_id and summary.usage is not None and getattr(body, "status", None) in FINAL_BATCH_STATUSES:
-            self.telemetry.record_batch_job(self.request, body, summary, request_id)
-
-
 def _admit(
     guard: CallGuard, request: RequestInfo, attribution: Mapping[str, str]
 ) -> Callable[[Cost | None], None] | None:
@@ -322,27 +220,6 @@ def _admit(
     except Exception:
         logger.exception("costspan: call guard %r failed; the call goes on", guard)
         return None
-
-
-def _record_input_content(attributes: dict[str, Any], body: Mapping[str, Any]) -> None:
-    content = body.get("messages", body.get("input", body.get("prompt")))
-    if content is not None:
-        attributes[semconv.GEN_AI_INPUT_MESSAGES] = json.dumps(content, default=str)
-
-
-def _output_content(body: Any) -> str | None:
-    output_text = getattr(body, "output_text", None)
-    if isinstance(output_text, str):
-        return json.dumps([{"role": "assistant", "content": output_text}])
-    choices = getattr(body, "choices", None)
-    if not choices:
-        return None
-    messages = []
-    for choice in choices:
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
-        messages.append({"role": "assistant", "content": text})
-    return json.dumps(messages, default=str)
 
 
 class Call:
@@ -428,13 +305,6 @@ class Call:
             logger.exception("costspan: failed to complete a span; the call was not affected")
             self._end_after_error()
 
-    def finish_body(self, body: Any, summary: ResponseSummary, request_id: str | None) -> None:
-        """Finish from a whole (non-streamed) response body."""
-        content = None
-        if self.telemetry.settings.capture_content:
-            content = _output_content(body)
-        self.finish(summary, request_id, output_content=content)
-
     def _settle(self, cost: Cost | None) -> None:
         for settle in self.settlements:
             try:
@@ -472,8 +342,8 @@ class Call:
                 attributes[semconv.GEN_AI_RESPONSE_ID] = summary.response_id
             if summary.finish_reasons:
                 attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = summary.finish_reasons
-            if tier:
-                attributes[semconv.OPENAI_RESPONSE_SERVICE_TIER] = tier
+            if tier and request.tier_attribute:
+                attributes[request.tier_attribute] = tier
             if summary.batch_id:
                 attributes[semconv.COSTSPAN_BATCH_ID] = summary.batch_id
         if request_id:
@@ -596,104 +466,3 @@ def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> fl
     if compat:
         attributes[semconv.GEN_AI_USAGE_COST_COMPAT] = amount
     return amount
-
-
-def _forget_null_usage(item: Any) -> None:
-    """Asked for usage, the server sends ``"usage": null`` on every chunk; unasked, it sends no such field. Mark
-    the field unset again, so that ``to_dict()`` / ``to_json()`` (which leave unset fields out) give the user
-    the chunk they would have had."""
-    try:  # an SDK chunk under pydantic 2: the common case, on every chunk, tried first
-        if item.__dict__["usage"] is None:
-            item.__pydantic_fields_set__.discard("usage")
-    except (AttributeError, KeyError):  # a plain-dict chunk (client.post without a model class), or pydantic 1
-        if type(item) is dict and item.get("usage", True) is None:
-            del item["usage"]
-
-
-def _usage_only(item: Any) -> bool:
-    """A chunk with usage and no choices: the shape of the one costspan asks for. Never raises."""
-    try:
-        fields = item if type(item) is dict else getattr(item, "__dict__", None) or {}
-        return not fields.get("choices") and fields.get("usage") is not None and "type" not in fields
-    except Exception:
-        return False
-
-
-class StreamObserver:
-    """Watches a stream's items for the span; shared by the sync and async stream proxies."""
-
-    __slots__ = ("_add", "broken", "call", "choices", "hide_usage_chunk", "reading", "request_id", "state", "texts")
-
-    def __init__(self, call: Call, hide_usage_chunk: bool, request_id: str | None) -> None:
-        self.call = call
-        n = call.request.body.get("n")
-        self.choices = n if type(n) is int and n > 0 else 1
-        self.hide_usage_chunk = hide_usage_chunk
-        self.request_id = request_id
-        self.state = StreamSummary()
-        self._add = self.state.add
-        self.broken = False
-        # Inside the SDK stream's __next__, which closes the response as the stream ends: the reader sees that end.
-        self.reading = False
-        self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
-
-    def hides(self, item: Any) -> bool:
-        """Record an item; True when it is the usage-only chunk costspan asked for, to be kept from the user."""
-        if self.broken:
-            return self.hide_usage_chunk and _usage_only(item)
-        try:
-            usage_only = self._add(item)
-            if self.texts is not None:
-                self._collect_text(item)
-            if self.hide_usage_chunk:
-                if usage_only:
-                    return True
-                _forget_null_usage(item)
-            return False
-        except Exception:
-            self.broken = True
-            logger.exception("costspan: could not read a stream item; this stream's usage is not recorded")
-            # Even so, the chunk costspan asked for must not reach the user.
-            return self.hide_usage_chunk and _usage_only(item)
-
-    def _collect_text(self, item: Any) -> None:
-        assert self.texts is not None
-        delta = getattr(item, "delta", None)
-        if isinstance(delta, str):  # Responses API text delta events
-            self.texts.append(delta)
-            return
-        for choice in getattr(item, "choices", None) or ():
-            text = getattr(getattr(choice, "delta", None), "content", None) or getattr(choice, "text", None)
-            if isinstance(text, str):
-                self.texts.append(text)
-
-    def _content(self) -> str | None:
-        if self.texts is None:
-            return None
-        return json.dumps([{"role": "assistant", "content": "".join(self.texts)}])
-
-    def ended(self, exc: BaseException) -> None:
-        """The SDK stream raised: ``StopIteration`` / ``StopAsyncIteration`` at its end, else an error midway
-        (it was billed, and may still have reported usage)."""
-        if isinstance(exc, (StopIteration, StopAsyncIteration)):
-            self.call.finish(self.state.summary, self.request_id, output_content=self._content())
-        else:
-            self.call.fail(exc, self.state.summary)
-
-    def awaits_usage(self) -> bool:
-        """Stopped now, the stream's next and last event is the usage chunk costspan asked for: every choice
-        has finished and no usage came yet."""
-        summary = self.state.summary
-        return (
-            self.hide_usage_chunk
-            and not self.broken
-            and summary.usage is None
-            and len(summary.finish_reasons) >= self.choices
-            and not self.call.finished
-        )
-
-    def abandon(self) -> None:
-        """The stream stopped before its end (closed, left, dropped): priced if its usage arrived, else
-        ``incomplete``, since the provider billed an amount the stream did not say."""
-        if not self.call.finished:
-            self.call.finish(self.state.summary, self.request_id, incomplete=True, output_content=self._content())

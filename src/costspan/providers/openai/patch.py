@@ -2,8 +2,9 @@
 
 Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` (as OpenInference does) sees every call of every
 resource, including ``parse``, the ``stream()`` helpers, ``with_raw_response`` and ``with_streaming_response``, and
-keeps the SDK's own retries inside one span. The sync and async wrappers differ only by ``await``; all the work is
-in ``_call.py``.
+keeps the SDK's own retries inside one span. The sync and async wrappers differ only by ``await``; the span's work
+is in the provider-neutral ``costspan.instrumentation.call``, what OpenAI's requests and responses say is in
+``requests.py`` and ``usage.py``, and the SDK's private classes are imported from ``sdk.py``.
 """
 
 from __future__ import annotations
@@ -20,37 +21,34 @@ from contextvars import Token
 from typing import Any
 
 import wrapt
-from openai._constants import RAW_RESPONSE_HEADER
-from openai._legacy_response import LegacyAPIResponse
-from openai._models import BaseModel
-from openai._response import APIResponse, AsyncAPIResponse
-from openai._streaming import AsyncStream, Stream
 from opentelemetry import context
 from opentelemetry.context import Context
 
 from costspan.attribution.baggage import CostspanRefusal
-from costspan.instrumentation.call import (
-    BatchRetrieval,
-    Call,
-    RequestInfo,
-    StreamObserver,
-    Telemetry,
+from costspan.instrumentation.call import Call, RequestInfo, Telemetry
+from costspan.providers.openai.batches import BatchRetrieval
+from costspan.providers.openai.requests import (
+    output_content,
     read_request,
     server_of,
     wants_usage_injection,
     with_batch_attribution,
     with_usage_requested,
 )
-from costspan.usage import summarize_response
+from costspan.providers.openai.sdk import (
+    RAW_RESPONSE_HEADER,
+    APIResponse,
+    AsyncAPIResponse,
+    AsyncStream,
+    BaseAzureClient,
+    BaseModel,
+    LegacyAPIResponse,
+    Stream,
+)
+from costspan.providers.openai.streams import StreamObserver
+from costspan.providers.openai.usage import summarize_response
 
 logger = logging.getLogger("costspan")
-
-try:  # AzureOpenAI shares the request path; only the provider name differs.
-    from openai.lib.azure import BaseAzureClient
-
-    _AZURE: tuple[type, ...] = (BaseAzureClient,)
-except ImportError:  # pragma: no cover - every supported SDK has it
-    _AZURE = ()
 
 
 def _read(
@@ -61,7 +59,7 @@ def _read(
     try:
         options = args[1] if len(args) > 1 else kwargs["options"]
         method = options.method.lower()
-        provider = "azure.ai.openai" if isinstance(client, _AZURE) else "openai"
+        provider = "azure.ai.openai" if isinstance(client, BaseAzureClient) else "openai"
         if method == "get":
             if not options.url.startswith("/batches/") or options.url.count("/") != 2:
                 return None, args, kwargs, False
@@ -74,7 +72,14 @@ def _read(
         # What is sent: the SDK merges extra_body over the body, key by key.
         body = {**json_data, **extra_json} if extra_json else json_data
         stream = bool(kwargs.get("stream"))
-        request = read_request(options.url, body, stream=stream, provider=provider, server=_server(client))
+        request = read_request(
+            options.url,
+            body,
+            stream=stream,
+            provider=provider,
+            server=_server(client),
+            capture_content=telemetry.settings.capture_content,
+        )
         if request is None:
             return None, args, kwargs, False
         update: dict[str, Any] | None = None
@@ -246,6 +251,12 @@ def _fail_cancelled(call: Call | BatchRetrieval | None) -> None:
         call.fail(asyncio.CancelledError())
 
 
+def finish_body(call: Call, body: Any, request_id: str | None) -> None:
+    """Finish from a whole (non-streamed) response body, with its content when the user opted in."""
+    content = output_content(body) if call.telemetry.settings.capture_content else None
+    call.finish(summarize_response(body), request_id, output_content=content)
+
+
 def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
     """Hand back what the SDK returned, finishing the span now or watching the object that will finish it."""
     if call.finished:
@@ -258,7 +269,7 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
         return result
     try:
         if isinstance(result, BaseModel):  # the common case first: a parsed body
-            call.finish_body(result, summarize_response(result), getattr(result, "_request_id", None))
+            finish_body(call, result, getattr(result, "_request_id", None))
             return result
         if isinstance(result, (Stream, AsyncStream)):
             observer = StreamObserver(call, injected, _header_request_id(result.response))
@@ -269,13 +280,13 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
         if isinstance(result, LegacyAPIResponse) and not call.request.stream:
             # with_raw_response: the body is read already; parse() caches, so the user's own parse() is free.
             parsed = result.parse()
-            call.finish_body(parsed, summarize_response(parsed), _header_request_id(result))
+            finish_body(call, parsed, _header_request_id(result))
             return result
         if isinstance(result, (LegacyAPIResponse, APIResponse)):
             return SyncRawResponseProxy(result, call, injected)
         if isinstance(result, AsyncAPIResponse):
             return AsyncRawResponseProxy(result, call, injected)
-        call.finish_body(result, summarize_response(result), None)
+        finish_body(call, result, None)
     except Exception:
         logger.exception("costspan: could not read an OpenAI response; the call was not affected")
         call.finish(None, None)
@@ -486,7 +497,7 @@ def _finish_unparsed(call: Call, raw_response: Any) -> None:
     if body is None:
         call.finish(None, request_id, incomplete=call.request.stream)
     else:
-        call.finish_body(body, summarize_response(body), request_id)
+        finish_body(call, body, request_id)
 
 
 class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]

@@ -12,7 +12,8 @@ from openai.types import CompletionUsage, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent, ResponseTextDeltaEvent
 
-from costspan.usage import StreamSummary, Usage, normalize_usage, summarize_response
+from costspan.providers.openai.usage import StreamSummary, normalize_usage, summarize_response
+from costspan.usage import Usage
 
 CHAT = {
     "prompt_tokens": 1200,
