@@ -619,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, status: int, message: str, content_type: str, headers: Mapping[str, str] = {}) -> None:
-        logger.warning("costspan serve: %s %s -> %d: %s", self.command, _shown(self.path, 80), status, message)
+        logger.warning("costspan serve: %s %s -> %d: %s", self.command, self.path[:80], status, message)
         self._reply(status, RpcStatus(code=status, message=message), content_type, headers)
 
     def _content_length(self) -> int:
