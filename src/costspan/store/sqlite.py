@@ -128,6 +128,14 @@ class CostRow:
     service_tier: str | None = None
     batch_id: str | None = None
     attribution: str | None = None  # the other attribution keys, as attribution_json() writes them
+    # What a client sending the span over OTLP said it cost: kept to compare with cost_usd, which ``costspan serve``
+    # computes itself; never summed as spend. None for spans priced in-process.
+    claimed_cost_usd: float | None = None
+
+    def __getitem__(self, column: str) -> Any:
+        """A column by name, as a ``sqlite3.Row`` gives it: so a row about to be stored can be priced by
+        ``costspan.pricing.pricer.billable_from_row`` exactly as a stored one is."""
+        return getattr(self, column)
 
 
 ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
@@ -170,6 +178,10 @@ MIGRATIONS: Final = (
     # 4: attribution keys configured beyond the four with columns (e.g. team, tenant), as one JSON object.
     """
     ALTER TABLE spans ADD COLUMN attribution TEXT;
+    """,
+    # 5: `costspan serve` prices spans itself; the cost a client claimed is kept beside it, for comparison only.
+    """
+    ALTER TABLE spans ADD COLUMN claimed_cost_usd REAL;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
