@@ -14,6 +14,7 @@ from typing import Any
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 
 from costspan import semconv
@@ -22,6 +23,7 @@ from costspan.cli.reprice import reprice_row
 from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from costspan.store.exporter import row_from_span
+from costspan.store.receiver import priced_row, readable_spans
 from costspan.store.sqlite import Store
 from tests.conftest import Pipeline
 
@@ -303,7 +305,7 @@ TIER_CASES = [
 
 
 @pytest.mark.parametrize("case", TIER_CASES, ids=lambda case: case.name)
-def test_every_tier_costs_the_same_on_the_span_after_reprice_and_in_costspan_price(
+def test_every_tier_costs_the_same_on_the_span_after_reprice_in_the_receiver_and_in_costspan_price(
     case: TierCase,
     pipeline: Pipeline,
     client: openai.OpenAI,
@@ -327,6 +329,10 @@ def test_every_tier_costs_the_same_on_the_span_after_reprice_and_in_costspan_pri
     path = store_spans(tmp_path, pipeline.spans())
     assert reprice_row(Pricer(), stored_rows(path)[span_id(span)]).total == case.dollars
     assert "0 changed" in reprice(capsys, path)
+
+    # The receiver (`costspan serve`) prices the span as it arrives over OTLP, never trusting the client's figure.
+    (received,) = readable_spans(encode_spans([span])).spans
+    assert priced_row(Pricer(), row_from_span(received)).cost_usd == float(case.dollars)
 
     assert main(["price", *case.cli, "--json"]) == 0
     assert Decimal(json.loads(capsys.readouterr().out)["total_usd"]) == case.dollars
