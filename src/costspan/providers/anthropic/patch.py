@@ -33,6 +33,7 @@ from costspan.providers.anthropic.requests import output_content, read_request, 
 from costspan.providers.anthropic.sdk import (
     BEDROCK_CLIENTS,
     FOUNDRY_CLIENTS,
+    UNSET_TYPES,
     VERTEX_CLIENTS,
     APIResponse,
     AsyncAPIResponse,
@@ -100,7 +101,8 @@ def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict
             return None
         json_data = _mapping(options.json_data)
         extra_json = _mapping(options.extra_json)
-        body = {**json_data, **extra_json} if extra_json else json_data  # what is sent: extra_body wins
+        # What is sent: extra_body wins, and the SDK's placeholders for arguments not given are dropped.
+        body = {k: v for k, v in {**json_data, **extra_json}.items() if not isinstance(v, UNSET_TYPES)}
         return read_request(
             options.url,
             body,

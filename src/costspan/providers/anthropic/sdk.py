@@ -13,6 +13,8 @@ from anthropic import (
     AsyncAPIResponse,
     AsyncStream,
     BaseModel,
+    NotGiven,
+    Omit,
     Stream,
 )
 from anthropic._base_client import AsyncAPIClient, BaseClient, SyncAPIClient
@@ -24,12 +26,15 @@ try:  # the Microsoft Foundry clients arrived in later releases
 except ImportError:  # pragma: no cover - older SDKs
     FOUNDRY_CLIENTS = ()
 
+# The SDK's placeholders for arguments not given: they sit in the request body until it is serialized.
+UNSET_TYPES: tuple[type, ...] = (Omit, NotGiven)
 BEDROCK_CLIENTS: tuple[type, ...] = (AnthropicBedrock, AsyncAnthropicBedrock)
 VERTEX_CLIENTS: tuple[type, ...] = (AnthropicVertex, AsyncAnthropicVertex)
 
 __all__ = [
     "BEDROCK_CLIENTS",
     "FOUNDRY_CLIENTS",
+    "UNSET_TYPES",
     "VERTEX_CLIENTS",
     "APIResponse",
     "AsyncAPIClient",
