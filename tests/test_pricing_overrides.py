@@ -216,8 +216,8 @@ BAD = [
     pytest.param(
         '[[models]]\nmodel = "acme"\ninput = 0.5\ncached = 0.25\n',
         "{path}:4: models[0].cached: unknown field; did you mean 'cache_read'? Known: model, provider, "
-        "effective_from, service_tier, batch, input, cache_read, cache_write, output, reasoning, input_audio, "
-        "cache_audio_read, output_audio, input_image, cache_image_read, output_image",
+        "effective_from, service_tier, batch, input, cache_read, cache_write, cache_write_1h, output, reasoning, "
+        "input_audio, cache_audio_read, output_audio, input_image, cache_image_read, output_image",
         id="unknown-field",
     ),
     pytest.param(
@@ -276,15 +276,15 @@ BAD = [
     pytest.param(
         '[[models]]\nmodel = "acme"\n',
         "{path}:1: models[0]: entry for 'acme' has no input rate; give input (and output for a model that "
-        "generates), then any of cache_read, cache_write, output, reasoning, input_audio, cache_audio_read, "
-        "output_audio, input_image, cache_image_read, output_image",
+        "generates), then any of cache_read, cache_write, cache_write_1h, output, reasoning, input_audio, "
+        "cache_audio_read, output_audio, input_image, cache_image_read, output_image",
         id="no-rates",
     ),
     pytest.param(
         '[[models]]\nmodel = "acme"\noutput = 0.80\n',  # input tokens would be billed at $0
         "{path}:1: models[0]: entry for 'acme' has no input rate; give input (and output for a model that "
-        "generates), then any of cache_read, cache_write, output, reasoning, input_audio, cache_audio_read, "
-        "output_audio, input_image, cache_image_read, output_image",
+        "generates), then any of cache_read, cache_write, cache_write_1h, output, reasoning, input_audio, "
+        "cache_audio_read, output_audio, input_image, cache_image_read, output_image",
         id="output-only",
     ),
     pytest.param(

@@ -28,11 +28,12 @@ from costspan.instrumentation.metrics import CallMetrics
 from costspan.instrumentation.provider import Provider
 from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import Pricer
+from costspan.providers.anthropic import PROVIDER as ANTHROPIC
 from costspan.providers.openai import PROVIDER as OPENAI
 
 logger = logging.getLogger("costspan")
 
-PROVIDERS: tuple[Provider, ...] = (OPENAI,)
+PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC)
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 
 

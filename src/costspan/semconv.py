@@ -35,6 +35,8 @@ GEN_AI_USAGE_COST_COMPAT: Final = "gen_ai.usage.cost"
 OPENAI_API_TYPE: Final = "openai.api.type"
 OPENAI_REQUEST_SERVICE_TIER: Final = "openai.request.service_tier"
 OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+ANTHROPIC_REQUEST_SERVICE_TIER: Final = "anthropic.request.service_tier"  # the names the anthropic SDK's spans use
+ANTHROPIC_RESPONSE_SERVICE_TIER: Final = "anthropic.response.service_tier"
 
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
@@ -50,6 +52,8 @@ COSTSPAN_USAGE_INPUT_IMAGE_TOKENS: Final = "costspan.usage.input_image_tokens"
 COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS: Final = "costspan.usage.output_image_tokens"
 COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS: Final = "costspan.usage.prediction_accepted_tokens"
 COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS: Final = "costspan.usage.prediction_rejected_tokens"
+COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS: Final = "costspan.usage.cache_write_1h_tokens"
+COSTSPAN_USAGE_WEB_SEARCH_REQUESTS: Final = "costspan.usage.web_search_requests"
 
 COSTSPAN_COST_INPUT: Final = "costspan.cost.input"
 COSTSPAN_COST_CACHE_READ: Final = "costspan.cost.cache_read"

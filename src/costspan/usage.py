@@ -5,6 +5,8 @@ span, the store and budgets read only these. Invariants, whatever the provider:
 - ``input_tokens`` is the whole prompt: cached reads and cache writes are parts of it, not additions.
 - ``output_tokens`` is the whole completion: reasoning, audio and prediction tokens are parts of it and are
   never added on top.
+- ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written for an hour (Anthropic), billed at its
+  own rate; ``web_search_requests`` counts server-side searches, billed per search, not per token.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Usage:
     # A text-generating call whose response left out completion_tokens: output_tokens is a 0 placeholder, and the
     # call cannot be billed (``pricing.implausible_usage``).
     output_unknown: bool = False
+    # Last, so that positional construction above keeps its meaning.
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
 
 
 @dataclass(slots=True)

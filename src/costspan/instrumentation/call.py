@@ -285,7 +285,7 @@ class Call:
             error_type = str(status_code) if isinstance(status_code, int) else type(exc).__qualname__
             self._complete(summary, None, error_type=error_type, incomplete=summary is not None)
         except Exception:
-            logger.exception("costspan: failed to record an OpenAI error")
+            logger.exception("costspan: failed to record an SDK error")
             self._end_after_error()
 
     def finish(
@@ -437,6 +437,10 @@ def _usage_attributes(usage: Usage, attributes: dict[str, Any]) -> None:
         attributes[semconv.COSTSPAN_USAGE_PREDICTION_ACCEPTED_TOKENS] = usage.prediction_accepted_tokens
     if usage.prediction_rejected_tokens:
         attributes[semconv.COSTSPAN_USAGE_PREDICTION_REJECTED_TOKENS] = usage.prediction_rejected_tokens
+    if usage.cache_write_1h_tokens:
+        attributes[semconv.COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS] = usage.cache_write_1h_tokens
+    if usage.web_search_requests:
+        attributes[semconv.COSTSPAN_USAGE_WEB_SEARCH_REQUESTS] = usage.web_search_requests
 
 
 def _cost_attributes(cost: Cost, attributes: dict[str, Any], compat: bool) -> float | None:

@@ -59,6 +59,7 @@ RATE_FIELDS: Mapping[str, str] = {
     "input": "input_mtok",
     "cache_read": "cache_read_mtok",
     "cache_write": "cache_write_mtok",
+    "cache_write_1h": "cache_write_1h_mtok",
     "output": "output_mtok",
     "reasoning": "output_reasoning_mtok",
     "input_audio": "input_audio_mtok",
@@ -316,7 +317,7 @@ class _Validator:
             if not isinstance(target, str) or not target.strip():
                 raise self.fail(where, f"must be the name of the model to price it as, got {_kind(target)}")
             known = target.lower() in own_models or any(
-                packaged.find_model(target, provider) for provider in ("openai", "azure")
+                packaged.find_model(target, provider) for provider in ("openai", "azure", "anthropic")
             )
             if not known:
                 raise self.fail(

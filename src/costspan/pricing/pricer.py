@@ -123,6 +123,8 @@ _USAGE_KEYS: Mapping[str, str] = {
     "output_audio_tokens": "output_audio_tokens",
     "input_image_tokens": "input_image_tokens",
     "output_image_tokens": "output_image_tokens",
+    "cache_write_1h_tokens": "cache_write_1h_tokens",  # within cache_write_tokens: its own, higher rate
+    "web_search_requests": "web_searches",  # per search (web_searches_kcount), booked with input in Cost.amounts
 }
 
 
@@ -217,7 +219,7 @@ class PriceSheet:
                 continue
             priced.append((unit, value))
         self.joins = _joins([unit for unit, _ in priced])
-        # A unit no Usage reports (web searches, cached audio...) always has a zero count: leave it out of the
+        # A unit no Usage reports (cached audio, characters...) always has a zero count: leave it out of the
         # per-call loop. Joins were found above, on the full set.
         priced = [(unit, value) for unit, value in priced if unit.usage_key in _REPORTED]
         # Most specific first, as genai-prices' decomposition does, so descendants are computed before parents.
@@ -630,9 +632,14 @@ def packaged_prices() -> PackagedPrices:
     return PackagedPrices()
 
 
+_PRICE_IDS: Mapping[str, str] = {"openai": "openai", "azure.ai.openai": "azure", "anthropic": "anthropic"}
+
+
 def provider_price_id(provider_name: str) -> str:
-    """genai-prices provider id for a ``gen_ai.provider.name``."""
-    return "azure" if provider_name == "azure.ai.openai" else "openai"
+    """genai-prices provider id for a ``gen_ai.provider.name``. Others (``aws.bedrock``, ``gcp.vertex_ai``) keep
+    their own name, which the packaged data does not know: their calls are ``unknown_model`` unless a pricing file
+    prices that provider, because a cloud's rates for a model are not the model maker's."""
+    return _PRICE_IDS.get(provider_name, provider_name)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,255 @@
+"""A stand-in for the Anthropic Messages API on loopback, speaking its wire format (JSON and SSE streams).
+
+Tests drive the real ``anthropic`` SDK against it (``base_url=fake.base_url``). Usage is deterministic: it follows
+from the request, so a test can compute the expected dollars by hand; ``FakeAnthropic.script`` sets the exact usage,
+status or stream shape of the next responses.
+
+Run it alone with ``python -m costspan.providers.anthropic.fake --port 8898``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Scripted:
+    """One scripted answer. ``usage`` replaces the usage object (the Message's, and the stream's final
+    ``message_delta``); ``status`` other than 200 answers with an error (``retry_after`` seconds for 429/529); in a
+    stream, ``error_after`` sends an ``error`` event after that many events and ``cut_after`` drops the connection."""
+
+    usage: dict[str, Any] | None = None
+    status: int = 200
+    retry_after: int | None = None
+    model: str | None = None
+    error_after: int | None = None
+    cut_after: int | None = None
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class _State:
+    script: deque[Scripted] = field(default_factory=deque)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text_of(part.get("text") or "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def input_tokens_for(body: dict[str, Any]) -> int:
+    """Deterministic prompt size: 1 token per 4 characters plus 5 per message, plus the system prompt's."""
+    messages = body.get("messages") or []
+    return sum(len(_text_of(m.get("content"))) // 4 + 5 for m in messages) + len(_text_of(body.get("system"))) // 4
+
+
+WORDS = ("Here", "is", "a", "concise", "answer", "from", "the", "stand-in", "model.")
+
+
+def reply_words(body: dict[str, Any]) -> list[str]:
+    """The reply: at most ``max_tokens`` words (one token each) and at most 9."""
+    limit = min(int(body.get("max_tokens") or 9), len(WORDS))
+    return list(WORDS[:limit])
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 2048  # a thousand concurrent clients in the concurrency test
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-stream are expected here
+
+
+class FakeAnthropic:
+    """A threaded HTTP server on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.state = _State()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = _QuietServer(("127.0.0.1", port), handler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.state.received
+
+    def script(self, *answers: Scripted) -> None:
+        with self.state.lock:
+            self.state.script.extend(answers)
+
+    def next_scripted(self) -> Scripted:
+        with self.state.lock:
+            return self.state.script.popleft() if self.state.script else Scripted()
+
+    def start(self) -> FakeAnthropic:
+        threading.Thread(target=self.server.serve_forever, name="fakeanthropic", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeAnthropic
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else {}
+        with self.fake.state.lock:
+            self.fake.state.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        scripted = self.fake.next_scripted()
+        if scripted.status != 200:
+            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(scripted.status, "api_error")
+            extra = {"retry-after": str(scripted.retry_after)} if scripted.retry_after is not None else {}
+            self._json(
+                {"type": "error", "error": {"type": kind, "message": "scripted failure"}}, scripted.status, extra
+            )
+            return
+        path = self.path.split("?")[0]
+        if path.endswith((":rawPredict", ":streamRawPredict")):  # Vertex AI: the model is in the path
+            body.setdefault("model", path.rpartition("/")[2].partition(":")[0])
+            path = "/v1/messages"
+        if path == "/v1/messages":
+            self._messages(body, scripted)
+        elif path == "/v1/messages/count_tokens":
+            self._json({"input_tokens": input_tokens_for(body)})
+        else:
+            self._json({"type": "error", "error": {"type": "not_found_error", "message": path}}, 404)
+
+    def _headers(self, status: int, content_type: str, length: int | None, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("request-id", self.request_id)
+        for name, value in extra.items():
+            self.send_header(name, value)
+        if length is None:
+            self.send_header("transfer-encoding", "chunked")
+        else:
+            self.send_header("content-length", str(length))
+        self.end_headers()
+
+    def _json(self, payload: dict[str, Any], status: int = 200, extra: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self._headers(status, "application/json", len(data), extra or {})
+        self.wfile.write(data)
+
+    def _usage(self, body: dict[str, Any], scripted: Scripted, output_tokens: int) -> dict[str, Any]:
+        if scripted.usage is not None:
+            return scripted.usage
+        return {
+            "input_tokens": input_tokens_for(body),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+    def _messages(self, body: dict[str, Any], scripted: Scripted) -> None:
+        words = reply_words(body)
+        text = " ".join(words)
+        usage = self._usage(body, scripted, len(words))
+        message: dict[str, Any] = {
+            "id": f"msg_fake{next(self.fake.state.ids):06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": scripted.model or str(body.get("model")),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "max_tokens" if len(words) >= int(body.get("max_tokens") or 0) else "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            self._json(message)
+            return
+
+        def events() -> Iterator[tuple[str, dict[str, Any]]]:
+            # message_start has the input counts and a placeholder output count, as the API sends it.
+            start_usage = {**usage, "output_tokens": 1}
+            yield (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {**message, "content": [], "usage": start_usage, "stop_reason": None},
+                },
+            )
+            yield (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+            yield "ping", {"type": "ping"}
+            for i, word in enumerate(words):
+                delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+            stop = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+            yield "message_delta", {"type": "message_delta", "delta": stop, "usage": usage}
+            yield "message_stop", {"type": "message_stop"}
+
+        self._headers(200, "text/event-stream", None, {})
+        for sent, (event, data) in enumerate(events()):
+            if sent == scripted.cut_after:
+                self.close_connection = True  # no terminating chunk: the client sees the connection drop
+                return
+            if sent == scripted.error_after:
+                event, data = "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            frame = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+            self.wfile.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+            self.wfile.flush()
+            if event == "error":
+                break
+        self.wfile.write(b"0\r\n\r\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the loopback Anthropic stand-in.")
+    parser.add_argument("--port", type=int, default=8898)
+    args = parser.parse_args()
+    with FakeAnthropic(port=args.port) as fake:
+        print(f"Anthropic stand-in listening; set ANTHROPIC_BASE_URL={fake.base_url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""The patch layer: wraps the Anthropic client's request method and the objects it returns.
+
+Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` sees every call of every surface (``messages``,
+``beta.messages``, the ``messages.stream()`` helper, ``with_raw_response`` and ``with_streaming_response``, the
+Bedrock and Vertex clients) and keeps the SDK's retries inside one span. The span's work is in the provider-neutral
+``costspan.instrumentation.call``; what requests and responses say is in ``requests.py`` and ``usage.py``; the
+SDK's private classes are imported from ``sdk.py``.
+
+The SDK traces its own calls (anthropic 2.x: an ``anthropic.messages.create`` span with ``gen_ai.usage.*``). While
+costspan instruments, those spans are turned off, so that a backend summing ``gen_ai.usage.*`` counts each call
+once, from the span that also carries its cost and attribution (``silence_sdk_spans``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from contextvars import Token
+from typing import Any
+
+import wrapt
+from opentelemetry import context
+from opentelemetry.context import Context
+
+from costspan.attribution.baggage import CostspanRefusal
+from costspan.instrumentation.call import Call, RequestInfo, Telemetry
+from costspan.providers.anthropic.limits import COUNT_TOKENS
+from costspan.providers.anthropic.requests import output_content, read_request, server_of
+from costspan.providers.anthropic.sdk import (
+    BEDROCK_CLIENTS,
+    FOUNDRY_CLIENTS,
+    UNSET_TYPES,
+    VERTEX_CLIENTS,
+    APIResponse,
+    AsyncAPIResponse,
+    AsyncStream,
+    BaseClient,
+    BaseModel,
+    Stream,
+)
+from costspan.providers.anthropic.streams import StreamObserver
+from costspan.providers.anthropic.usage import summarize_message
+from costspan.usage import ResponseSummary, Usage
+
+logger = logging.getLogger("costspan")
+
+
+def silence_sdk_spans() -> Callable[[], None]:
+    """Turn the SDK's own call spans off (every client, made before or after); returns what turns them back on.
+    A client without a tracer sends its requests untraced, which SDKs before 2.x always did."""
+    original = BaseClient.__dict__.get("_tracer")
+    if original is None:
+        return lambda: None
+    setattr(BaseClient, "_tracer", property(lambda self: None))  # noqa: B010  (a property on a typed class)
+    return lambda: setattr(BaseClient, "_tracer", original)
+
+
+def provider_of(client: Any) -> str:
+    """``gen_ai.provider.name``: a cloud's Claude is billed at that cloud's prices, not Anthropic's."""
+    if isinstance(client, BEDROCK_CLIENTS):
+        return "aws.bedrock"
+    if isinstance(client, VERTEX_CLIENTS):
+        return "gcp.vertex_ai"
+    if isinstance(client, FOUNDRY_CLIENTS):
+        return "azure.ai.inference"
+    return "anthropic"
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+_servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
+
+
+def _server(client: Any) -> tuple[str | None, int | None]:
+    """The client's (host, port), cached per base-URL object."""
+    url = client.base_url
+    cached = _servers.get(id(url))
+    if cached is not None and cached[0] is url:
+        return cached[1]
+    if len(_servers) > 256:
+        _servers.clear()
+    server = server_of(str(url))
+    _servers[id(url)] = (url, server)
+    return server
+
+
+def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo | None:
+    """What the call asks for; None when it makes no span. Never raises."""
+    try:
+        options = args[1] if len(args) > 1 else kwargs["options"]
+        if options.method.lower() != "post":
+            return None
+        json_data = _mapping(options.json_data)
+        extra_json = _mapping(options.extra_json)
+        # What is sent: extra_body wins, and the SDK's placeholders for arguments not given are dropped.
+        body = {k: v for k, v in {**json_data, **extra_json}.items() if not isinstance(v, UNSET_TYPES)}
+        return read_request(
+            options.url,
+            body,
+            stream=bool(kwargs.get("stream")),
+            provider=provider_of(client),
+            server=_server(client),
+            capture_content=telemetry.settings.capture_content,
+        )
+    except Exception:
+        logger.exception("costspan: could not read an Anthropic request; this call is not instrumented")
+        return None
+
+
+def _start(telemetry: Telemetry, request: RequestInfo | None) -> Call | None:
+    """Open the span and run the guards; only a ``CostspanRefusal`` escapes."""
+    if request is None:
+        return None
+    try:
+        return telemetry.start(request)
+    except CostspanRefusal:
+        raise
+    except Exception:
+        logger.exception("costspan: could not start a span; this call is not instrumented")
+        return None
+
+
+async def _start_in_thread(telemetry: Telemetry, request: RequestInfo) -> Call | None:
+    """``_start`` for guards that wait on I/O, in a worker thread (it sees this task's Baggage). A task cancelled
+    meanwhile fails the call the thread starts, which releases its reservation; whichever ends second does it."""
+    lock = threading.Lock()
+    started: list[Call | None] = []
+    cancelled = False
+
+    def start() -> Call | None:
+        call = _start(telemetry, request)
+        with lock:
+            started.append(call)
+            if not cancelled:
+                return call
+        if call is not None:
+            call.fail(asyncio.CancelledError())
+        return None
+
+    try:
+        return await asyncio.to_thread(start)
+    except asyncio.CancelledError:
+        with lock:
+            cancelled = True
+            call = started[0] if started else None
+        if call is not None:
+            call.fail(asyncio.CancelledError())
+        raise
+
+
+def _attach(call: Call) -> Token[Context] | None:
+    """The span made current while the SDK sends the request: HTTP spans are its children."""
+    try:
+        return call.attach()
+    except Exception:
+        logger.exception("costspan: could not make the span current; the call goes on")
+        return None
+
+
+def _detach(token: Token[Context] | None) -> None:
+    if token is not None:
+        context.detach(token)
+
+
+def wrap_sync_request(telemetry: Telemetry) -> Any:
+    def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _start(telemetry, _read(telemetry, instance, args, kwargs))
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = _attach(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            _detach(token)
+        return observe(call, result)
+
+    return request
+
+
+def wrap_async_request(telemetry: Telemetry) -> Any:
+    async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        info = _read(telemetry, instance, args, kwargs)
+        if telemetry.blocking_guards and info is not None:
+            call = await _start_in_thread(telemetry, info)
+        else:
+            call = _start(telemetry, info)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        token = _attach(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            _detach(token)
+        return observe(call, result)
+
+    return request
+
+
+def _request_id(response: Any) -> str | None:
+    try:
+        value = response.headers.get("request-id")
+        return value if isinstance(value, str) else None
+    except Exception:
+        return None
+
+
+def finish_body(call: Call, body: Any, request_id: str | None) -> None:
+    """Finish from a whole (non-streamed) response body."""
+    if call.request.operation == COUNT_TOKENS:
+        # Counting is free: a $0 call (its token count is the prompt's size, not usage).
+        call.finish(ResponseSummary(usage=Usage(0, 0)), request_id)
+        return
+    content = output_content(body) if call.telemetry.settings.capture_content else None
+    call.finish(summarize_message(body), request_id, output_content=content)
+
+
+def observe(call: Call, result: Any) -> Any:
+    """Hand back what the SDK returned, finishing the span now or watching the object that will finish it."""
+    if call.finished:
+        return result
+    try:
+        if isinstance(result, BaseModel):
+            finish_body(call, result, getattr(result, "_request_id", None))
+            return result
+        if isinstance(result, (Stream, AsyncStream)):
+            observer = StreamObserver(call, _request_id(result.response))
+            _end_with_response(result, observer)
+            if isinstance(result, Stream):
+                return SyncStreamProxy(result, observer)
+            return AsyncStreamProxy(result, observer)
+        if isinstance(result, APIResponse):
+            return SyncRawResponseProxy(result, call)
+        if isinstance(result, AsyncAPIResponse):
+            return AsyncRawResponseProxy(result, call)
+        finish_body(call, result, None)
+    except Exception:
+        logger.exception("costspan: could not read an Anthropic response; the call was not affected")
+        call.finish(None, None)
+    return result
+
+
+def _end_with_response(stream: Any, observer: StreamObserver) -> None:
+    """End the span when the stream's HTTP response is closed, which every way of stopping early goes through
+    (``close()``, ``with``, the ``messages.stream()`` helper's exit). The SDK also closes it as the stream ends,
+    while the proxy reads: the proxy then ends the span itself."""
+    response = stream.response
+    if isinstance(stream, AsyncStream):
+        aclose = response.aclose
+
+        async def closing_async() -> None:
+            try:
+                if not observer.reading:
+                    observer.abandon()
+            finally:
+                await aclose()
+
+        response.aclose = closing_async
+        return
+    close = response.close
+
+    def closing() -> None:
+        try:
+            if not observer.reading:
+                observer.abandon()
+        finally:
+            close()
+
+    response.close = closing
+
+
+class _ObservedStream:
+    """Stands in for the SDK's stream: forwards everything and passes ``isinstance`` checks for its class."""
+
+    __slots__ = ("__weakref__", "_observer", "_seen", "_stream")
+
+    def __init__(self, stream: Any, observer: StreamObserver) -> None:
+        self._stream = stream
+        self._observer = observer
+        self._seen = observer.seen
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
+
+
+class SyncStreamProxy(_ObservedStream):
+    __slots__ = ()
+
+    def __init__(self, stream: Stream[Any], observer: StreamObserver) -> None:
+        super().__init__(stream, observer)
+        weakref.finalize(self, _close_dropped, stream, observer)  # dropped early: closed, so the span ends
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        observer = self._observer
+        observer.reading = True
+        try:
+            item = self._stream.__next__()
+        except BaseException as exc:
+            observer.ended(exc)
+            raise
+        finally:
+            observer.reading = False
+        self._seen(item)
+        return item
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stream.close()
+
+
+def _close_dropped(stream: Stream[Any], observer: StreamObserver) -> None:
+    if not observer.call.finished:
+        stream.close()
+
+
+class AsyncStreamProxy(_ObservedStream):
+    __slots__ = ()
+
+    def __init__(self, stream: AsyncStream[Any], observer: StreamObserver) -> None:
+        super().__init__(stream, observer)
+        weakref.finalize(self, observer.abandon)  # nothing can be awaited once dropped
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        observer = self._observer
+        observer.reading = True
+        try:
+            item = await self._stream.__anext__()
+        except BaseException as exc:
+            observer.ended(exc)
+            raise
+        finally:
+            observer.reading = False
+        self._seen(item)
+        return item
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._stream.close()
+
+
+def _finish_unparsed(call: Call, raw_response: Any) -> None:
+    """A raw response closed or dropped without ``parse()``: its body if it was read, else no usage."""
+    if call.finished:
+        return
+    body = None
+    try:
+        if not call.request.stream:
+            body = json.loads(raw_response.content)
+    except Exception:
+        body = None
+    request_id = _request_id(raw_response)
+    if body is None:
+        call.finish(None, request_id, incomplete=call.request.stream)
+    else:
+        finish_body(call, body, request_id)
+
+
+class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    def __init__(self, response: Any, call: Call) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_finalizer = weakref.finalize(self, _finish_unparsed, call, response.http_response)
+        self._self_observed: tuple[Any, Any] | None = None  # (what parse() returned, what the user got)
+
+    def _self_observe(self, parsed: Any) -> Any:
+        # The SDK caches parse(): a second call gives the same object again, not a second proxy.
+        if self._self_observed is not None and self._self_observed[0] is parsed:
+            return self._self_observed[1]
+        self._self_finalizer.detach()
+        observed = observe(self._self_call, parsed)
+        self._self_observed = (parsed, observed)
+        return observed
+
+
+class SyncRawResponseProxy(_ObservedRawResponse):
+    """``with_raw_response`` and ``with_streaming_response``: the span ends when the body is parsed or closed."""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_observe(self.__wrapped__.parse(*args, **kwargs))
+
+    def close(self) -> None:
+        self.__wrapped__.close()
+        _finish_unparsed(self._self_call, self.__wrapped__.http_response)
+
+
+class AsyncRawResponseProxy(_ObservedRawResponse):
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_observe(await self.__wrapped__.parse(*args, **kwargs))
+
+    async def close(self) -> None:
+        await self.__wrapped__.close()
+        _finish_unparsed(self._self_call, self.__wrapped__.http_response)
