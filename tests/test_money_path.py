@@ -332,7 +332,9 @@ def test_every_tier_costs_the_same_on_the_span_after_reprice_in_the_receiver_and
 
     # The receiver (`costspan serve`) prices the span as it arrives over OTLP, never trusting the client's figure.
     (received,) = readable_spans(encode_spans([span])).spans
-    assert priced_row(Pricer(), row_from_span(received)).cost_usd == float(case.dollars)
+    row = row_from_span(received)
+    assert row is not None
+    assert priced_row(Pricer(), row).cost_usd == float(case.dollars)
 
     assert main(["price", *case.cli, "--json"]) == 0
     assert Decimal(json.loads(capsys.readouterr().out)["total_usd"]) == case.dollars
