@@ -26,13 +26,12 @@ from costspan.cli._store_cli import (
     write_json,
 )
 from costspan.money import usd_column
+from costspan.providers.openai.reconcile import DEFAULT_BASE_URL, OrganizationReports
 from costspan.reports.reconcile import (
-    DEFAULT_BASE_URL,
     DEFAULT_TOLERANCE,
     OK,
     PARTIAL,
     DayResult,
-    OrganizationReports,
     ReconcileError,
     compare,
     utc_midnight,

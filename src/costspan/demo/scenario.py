@@ -35,9 +35,9 @@ from opentelemetry.trace import SpanKind
 import costspan
 from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
+from costspan.providers.openai.reconcile import OrganizationReports
 from costspan.reports.reconcile import (
     DayResult,
-    OrganizationReports,
     compare,
     utc_midnight,
 )

@@ -1,7 +1,7 @@
 """Reconciliation: what costspan recorded against what the provider billed, day by day and model by model.
 
-The provider's side is read from OpenAI's organization Costs API (dollars per day, per line item) and Usage API
-(requests and tokens per day and model), which need an admin key. costspan's side is the store. For every UTC
+The provider's side is a ``ProviderBill``: for OpenAI, ``costspan.providers.openai.reconcile.OrganizationReports``
+reads the organization Costs and Usage APIs with an admin key. costspan's side is the store. For every UTC
 day whose dollars differ by more than the tolerance, ``reconcile`` names the likely cause from the token counts:
 
 - the provider billed requests costspan never saw (code that is not instrumented, spans lost on the way);
@@ -14,19 +14,13 @@ The provider reports a day only once it is over, so today is shown as ``partial`
 
 from __future__ import annotations
 
-import http.client
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Protocol
 
 from costspan.store.sqlite import Store, filter_sql, round_usd, to_ns
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TOLERANCE = 0.02  # a fraction of the provider's figure
 MIN_TOLERANCE_USD = 0.01  # below a cent, rounding on either side is not a finding
 
@@ -112,8 +106,15 @@ def reconcile(provider: Side, ours: Side, days: Sequence[date], today: date, tol
     return results
 
 
+class ProviderBill(Protocol):
+    """What a provider billed, read from its own reports."""
+
+    def read(self, since: datetime, until: datetime) -> Side:
+        """Dollars, requests and tokens per UTC day and model, for each day of [since, until)."""
+
+
 def compare(
-    reports: OrganizationReports,
+    reports: ProviderBill,
     store: Store,
     since: datetime,
     until: datetime,
@@ -206,122 +207,3 @@ def recorded(
         figures = side.at(epoch + timedelta(days=day), model)
         figures.add(Figures(usd, requests, input_tokens or 0, cached or 0, output_tokens or 0, unpriced))
     return side
-
-
-# --- the provider's side ---------------------------------------------------------------------------------------
-
-
-class OrganizationReports:
-    """OpenAI's organization Costs and Usage endpoints, read page by page with an admin key (stdlib HTTP, so
-    it works whichever ``openai`` and ``httpx`` versions are installed, and is never instrumented)."""
-
-    def __init__(
-        self,
-        admin_key: str,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        project_ids: Sequence[str] = (),
-        timeout_s: float = 30.0,
-        on_page: Callable[[str, int], None] | None = None,
-    ) -> None:
-        self.admin_key = admin_key
-        self.base_url = base_url.rstrip("/")
-        self.project_ids = list(project_ids)
-        self.timeout_s = timeout_s
-        self.on_page = on_page
-
-    def read(self, since: datetime, until: datetime) -> Side:
-        """Costs per line item, and requests and tokens per model, for each UTC day of [since, until)."""
-        side = Side()
-        for day, result in self._results("organization/costs", since, until, group_by=["line_item"]):
-            model, _, _ = (result.get("line_item") or "(unattributed)").partition(", ")
-            amount = result.get("amount") or {}
-            currency = str(amount.get("currency") or "usd").lower()
-            if currency != "usd":
-                raise ReconcileError(f"the provider reports costs in {currency}; costspan prices in USD only")
-            figures = side.at(day, model)
-            figures.usd = round_usd(figures.usd + float(amount.get("value") or 0.0))
-        for endpoint in ("completions", "embeddings"):
-            for day, result in self._results(f"organization/usage/{endpoint}", since, until, group_by=["model"]):
-                figures = side.at(day, str(result.get("model") or "(unattributed)"))
-                figures.requests += int(result.get("num_model_requests") or 0)
-                figures.input_tokens += int(result.get("input_tokens") or 0)
-                figures.cached_tokens += int(result.get("input_cached_tokens") or 0)
-                figures.output_tokens += int(result.get("output_tokens") or 0)
-        return side
-
-    def _results(
-        self, path: str, since: datetime, until: datetime, group_by: list[str]
-    ) -> Iterator[tuple[date, dict[str, Any]]]:
-        params: dict[str, Any] = {
-            "start_time": int(since.timestamp()),
-            "end_time": int(until.timestamp()),
-            "bucket_width": "1d",
-            "limit": 31,
-            "group_by": group_by,
-        }
-        if self.project_ids:
-            params["project_ids"] = self.project_ids
-        page_number = 0
-        while True:
-            page_number += 1
-            if self.on_page is not None:
-                self.on_page(path, page_number)
-            page = self._get(path, params)
-            try:
-                buckets = [
-                    (datetime.fromtimestamp(int(bucket["start_time"]), tz=UTC).date(), bucket)
-                    for bucket in page.get("data") or []
-                ]
-            except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as error:
-                raise ReconcileError(
-                    f"{self.base_url}/{path} answered JSON that is not a {path} page ({error!r}); "
-                    "is --base-url the API?"
-                ) from None
-            for day, bucket in buckets:
-                for result in bucket.get("results") or []:
-                    yield day, result
-            if not page.get("has_more") or not page.get("next_page"):
-                return
-            if params.get("page") == page["next_page"]:
-                raise ReconcileError(f"{self.base_url}/{path} sent the same next page twice; stopped reading")
-            params["page"] = page["next_page"]
-
-    def _get(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}/{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        try:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_key}"})
-        except ValueError as error:
-            raise ReconcileError(f"--base-url {self.base_url!r} is not a URL ({error})") from None
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                page = json.load(response)
-        except urllib.error.HTTPError as error:
-            raise ReconcileError(_http_advice(error, path)) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ReconcileError(
-                f"cannot reach {self.base_url} ({reason}); check the network, or --base-url for a proxy"
-            ) from None
-        except http.client.HTTPException as error:  # the answer broke off, or was not HTTP
-            raise ReconcileError(f"{self.base_url}/{path} broke off its answer ({error!r}); try again") from None
-        except ValueError:
-            raise ReconcileError(f"{self.base_url}/{path} did not answer JSON; is --base-url the API?") from None
-        if not isinstance(page, dict):
-            raise ReconcileError(f"{self.base_url}/{path} answered JSON that is not a page; is --base-url the API?")
-        return page
-
-
-def _http_advice(error: urllib.error.HTTPError, path: str) -> str:
-    try:
-        message = json.loads(error.read()).get("error", {}).get("message") or ""
-    except (ValueError, AttributeError):
-        message = ""
-    said = f" ({message})" if message else ""
-    if error.code in (401, 403):
-        return (
-            f"the provider refused the admin key: HTTP {error.code}{said}. The Costs and Usage APIs need an "
-            "organization admin key (sk-admin-..., made by an owner under Organization settings > Admin keys), "
-            "in OPENAI_ADMIN_KEY"
-        )
-    return f"{path} answered HTTP {error.code}{said}"
