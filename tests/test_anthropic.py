@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -19,8 +20,12 @@ from anthropic.types import MessageParam
 from opentelemetry import baggage, context
 
 from costspan import semconv
+from costspan.cli.reprice import reprice_row
+from costspan.pricing.pricer import Pricer
 from costspan.providers.anthropic.fake import FakeAnthropic, Scripted
 from costspan.providers.anthropic.patch import provider_of
+from costspan.store.exporter import row_from_span
+from costspan.store.sqlite import Store
 from tests.conftest import Pipeline, make_pipeline
 
 HAIKU = "claude-haiku-4-5-20251001"
@@ -282,3 +287,20 @@ def test_async_stream(pipeline: Pipeline, async_client: anthropic.AsyncAnthropic
 
     assert asyncio.run(main()).startswith("Here")
     assert cost(pipeline) == Decimal("0.000056")
+
+
+def test_a_priority_call_stays_unpriced_after_reprice(
+    pipeline: Pipeline, fake: FakeAnthropic, client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    # The data has no priority rate for Haiku 4.5: the span is unknown_tier, and the stored row must say the tier
+    # too, or `costspan reprice` would price it at the standard rate, a guess.
+    usage = {"input_tokens": 11, "output_tokens": 9, "service_tier": "priority"}
+    fake.script(Scripted(usage=usage))
+    client.messages.create(model=HAIKU, max_tokens=64, messages=HELLO)
+    assert pipeline.span().attributes[semconv.COSTSPAN_PRICING_STATUS] == semconv.STATUS_UNKNOWN_TIER  # type: ignore[index]
+    path = tmp_path / "store.sqlite3"
+    with Store(path) as store:
+        store.insert([row for span in pipeline.spans() if (row := row_from_span(span)) is not None])
+        (row,) = store.query("SELECT * FROM spans")
+    assert row["service_tier"] == "priority"
+    assert reprice_row(Pricer(), row).status == semconv.STATUS_UNKNOWN_TIER

@@ -37,6 +37,14 @@ OPENAI_REQUEST_SERVICE_TIER: Final = "openai.request.service_tier"
 OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 ANTHROPIC_REQUEST_SERVICE_TIER: Final = "anthropic.request.service_tier"  # the names the anthropic SDK's spans use
 ANTHROPIC_RESPONSE_SERVICE_TIER: Final = "anthropic.response.service_tier"
+# Where a span says its service tier, whichever provider made it: the response's first (what ran and bills), then
+# the request's. The store keeps the first one present, so re-pricing sees the tier the span priced.
+SERVICE_TIER_ATTRIBUTES: Final = (
+    OPENAI_RESPONSE_SERVICE_TIER,
+    ANTHROPIC_RESPONSE_SERVICE_TIER,
+    OPENAI_REQUEST_SERVICE_TIER,
+    ANTHROPIC_REQUEST_SERVICE_TIER,
+)
 
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"

@@ -105,8 +105,7 @@ def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> C
         error_type=_text(attributes, semconv.ERROR_TYPE),
         request_id=_text(attributes, semconv.COSTSPAN_REQUEST_ID),
         prompt_cache_key=_text(attributes, semconv.COSTSPAN_PROMPT_CACHE_KEY),
-        service_tier=_text(attributes, semconv.OPENAI_RESPONSE_SERVICE_TIER)
-        or _text(attributes, semconv.OPENAI_REQUEST_SERVICE_TIER),
+        service_tier=next(filter(None, (_text(attributes, name) for name in semconv.SERVICE_TIER_ATTRIBUTES)), None),
         batch_id=_text(attributes, semconv.COSTSPAN_BATCH_ID),
         attribution=attribution_json(carried),
     )
