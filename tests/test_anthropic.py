@@ -301,6 +301,6 @@ def test_a_priority_call_stays_unpriced_after_reprice(
     path = tmp_path / "store.sqlite3"
     with Store(path) as store:
         store.insert([row for span in pipeline.spans() if (row := row_from_span(span)) is not None])
-        (row,) = store.query("SELECT * FROM spans")
-    assert row["service_tier"] == "priority"
-    assert reprice_row(Pricer(), row).status == semconv.STATUS_UNKNOWN_TIER
+        (stored,) = store.query("SELECT * FROM spans")
+    assert stored["service_tier"] == "priority"
+    assert reprice_row(Pricer(), stored).status == semconv.STATUS_UNKNOWN_TIER
