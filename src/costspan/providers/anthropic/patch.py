@@ -13,23 +13,18 @@ once, from the span that also carries its cost and attribution (``silence_sdk_sp
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Mapping
-from contextvars import Token
 from typing import Any
 
 import wrapt
-from opentelemetry import context
-from opentelemetry.context import Context
 
-from costspan.attribution.baggage import CostspanRefusal
+from costspan.instrumentation import boundary
 from costspan.instrumentation.call import Call, RequestInfo, Telemetry
 from costspan.providers.anthropic.limits import COUNT_TOKENS
-from costspan.providers.anthropic.requests import output_content, read_request, server_of
+from costspan.providers.anthropic.requests import output_content, read_request
 from costspan.providers.anthropic.sdk import (
     BEDROCK_CLIENTS,
     FOUNDRY_CLIENTS,
@@ -77,20 +72,8 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else _EMPTY
 
 
-_servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
-
-
 def _server(client: Any) -> tuple[str | None, int | None]:
-    """The client's (host, port), cached per base-URL object."""
-    url = client.base_url
-    cached = _servers.get(id(url))
-    if cached is not None and cached[0] is url:
-        return cached[1]
-    if len(_servers) > 256:
-        _servers.clear()
-    server = server_of(str(url))
-    _servers[id(url)] = (url, server)
-    return server
+    return boundary.server_of(client.base_url)
 
 
 def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo | None:
@@ -116,74 +99,20 @@ def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict
         return None
 
 
-def _start(telemetry: Telemetry, request: RequestInfo | None) -> Call | None:
-    """Open the span and run the guards; only a ``CostspanRefusal`` escapes."""
-    if request is None:
-        return None
-    try:
-        return telemetry.start(request)
-    except CostspanRefusal:
-        raise
-    except Exception:
-        logger.exception("costspan: could not start a span; this call is not instrumented")
-        return None
-
-
-async def _start_in_thread(telemetry: Telemetry, request: RequestInfo) -> Call | None:
-    """``_start`` for guards that wait on I/O, in a worker thread (it sees this task's Baggage). A task cancelled
-    meanwhile fails the call the thread starts, which releases its reservation; whichever ends second does it."""
-    lock = threading.Lock()
-    started: list[Call | None] = []
-    cancelled = False
-
-    def start() -> Call | None:
-        call = _start(telemetry, request)
-        with lock:
-            started.append(call)
-            if not cancelled:
-                return call
-        if call is not None:
-            call.fail(asyncio.CancelledError())
-        return None
-
-    try:
-        return await asyncio.to_thread(start)
-    except asyncio.CancelledError:
-        with lock:
-            cancelled = True
-            call = started[0] if started else None
-        if call is not None:
-            call.fail(asyncio.CancelledError())
-        raise
-
-
-def _attach(call: Call) -> Token[Context] | None:
-    """The span made current while the SDK sends the request: HTTP spans are its children."""
-    try:
-        return call.attach()
-    except Exception:
-        logger.exception("costspan: could not make the span current; the call goes on")
-        return None
-
-
-def _detach(token: Token[Context] | None) -> None:
-    if token is not None:
-        context.detach(token)
-
-
 def wrap_sync_request(telemetry: Telemetry) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = _start(telemetry, _read(telemetry, instance, args, kwargs))
+        request = _read(telemetry, instance, args, kwargs)
+        call = None if request is None else boundary.start(telemetry, request)
         if call is None:
             return wrapped(*args, **kwargs)
-        token = _attach(call)
+        token = boundary.attach(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
         finally:
-            _detach(token)
+            boundary.detach(token)
         return observe(call, result)
 
     return request
@@ -193,19 +122,19 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         info = _read(telemetry, instance, args, kwargs)
         if telemetry.blocking_guards and info is not None:
-            call = await _start_in_thread(telemetry, info)
+            call = await boundary.start_in_thread(telemetry, info)
         else:
-            call = _start(telemetry, info)
+            call = None if info is None else boundary.start(telemetry, info)
         if call is None:
             return await wrapped(*args, **kwargs)
-        token = _attach(call)
+        token = boundary.attach(call)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
         finally:
-            _detach(token)
+            boundary.detach(token)
         return observe(call, result)
 
     return request

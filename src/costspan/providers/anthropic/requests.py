@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from costspan import semconv
 from costspan.instrumentation.call import RequestInfo
@@ -22,12 +21,6 @@ ENDPOINTS: Mapping[str, str] = {
     "/v1/messages/count_tokens": COUNT_TOKENS,
     "/v1/complete": "text_completion",
 }
-
-
-def server_of(base_url: str) -> tuple[str | None, int | None]:
-    """(host, port) of a base URL; never its userinfo, so credentials stay out of telemetry."""
-    parts = urlsplit(base_url)
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def read_request(

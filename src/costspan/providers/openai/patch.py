@@ -21,16 +21,14 @@ from contextvars import Token
 from typing import Any
 
 import wrapt
-from opentelemetry import context
 from opentelemetry.context import Context
 
-from costspan.attribution.baggage import CostspanRefusal
+from costspan.instrumentation import boundary
 from costspan.instrumentation.call import Call, RequestInfo, Telemetry
 from costspan.providers.openai.batches import BatchRetrieval
 from costspan.providers.openai.requests import (
     output_content,
     read_request,
-    server_of,
     wants_usage_injection,
     with_batch_attribution,
     with_usage_requested,
@@ -107,37 +105,6 @@ def _read(
     return request, args, kwargs, injected
 
 
-def _start(telemetry: Telemetry, request: RequestInfo | BatchRetrieval | None) -> Call | BatchRetrieval | None:
-    """Open the call's span and run the guards. Only a ``CostspanRefusal`` escapes; any other failure leaves
-    the call uninstrumented."""
-    if not isinstance(request, RequestInfo):
-        return request
-    try:
-        return telemetry.start(request)
-    except CostspanRefusal:
-        raise
-    except Exception:
-        logger.exception("costspan: could not start a span; this call is not instrumented")
-        return None
-
-
-_servers: dict[int, tuple[Any, tuple[str | None, int | None]]] = {}
-
-
-def _server(client: Any) -> tuple[str | None, int | None]:
-    """The client's (host, port), cached per base-URL object: formatting the URL costs more than the rest."""
-    # The attribute behind the public property, which in openai 3.x runs an import statement on every read.
-    url = getattr(client, "_base_url", None) or client.base_url
-    cached = _servers.get(id(url))
-    if cached is not None and cached[0] is url:
-        return cached[1]
-    if len(_servers) > 256:  # apps that make a client per request must not grow this forever
-        _servers.clear()
-    server = server_of(str(url))
-    _servers[id(url)] = (url, server)
-    return server
-
-
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -158,21 +125,18 @@ def _copy_options(options: Any, update: dict[str, Any]) -> Any:
     return options.copy(update=update)  # pydantic v1
 
 
+def _start(telemetry: Telemetry, request: RequestInfo | BatchRetrieval | None) -> Call | BatchRetrieval | None:
+    """A billable call's span, started at the boundary; a Batch retrieval makes none of its own."""
+    return boundary.start(telemetry, request) if isinstance(request, RequestInfo) else request
+
+
 def _attach(call: Call | BatchRetrieval) -> Token[Context] | None:
-    """The call's span made current while the SDK sends the request and parses a whole response: an HTTP
-    instrumentation's span is then its child, and a propagator names it in ``traceparent``."""
-    if isinstance(call, BatchRetrieval):
-        return None
-    try:
-        return call.attach()
-    except Exception:
-        logger.exception("costspan: could not make the span current; the call goes on")
-        return None
+    return None if isinstance(call, BatchRetrieval) else boundary.attach(call)
 
 
-def _detach(token: Token[Context] | None) -> None:
-    if token is not None:
-        context.detach(token)  # logs, never raises
+def _server(client: Any) -> tuple[str | None, int | None]:
+    # The attribute behind the public property, which in openai 3.x runs an import statement on every read.
+    return boundary.server_of(getattr(client, "_base_url", None) or client.base_url)
 
 
 def wrap_sync_request(telemetry: Telemetry) -> Any:
@@ -188,7 +152,7 @@ def wrap_sync_request(telemetry: Telemetry) -> Any:
             call.fail(exc)
             raise
         finally:
-            _detach(token)
+            boundary.detach(token)
         return observe(call, result, injected)
 
     return request
@@ -197,8 +161,9 @@ def wrap_sync_request(telemetry: Telemetry) -> Any:
 def wrap_async_request(telemetry: Telemetry) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, args, kwargs, injected = _read(telemetry, instance, args, kwargs)
+        call: Call | BatchRetrieval | None
         if telemetry.blocking_guards and isinstance(request, RequestInfo):
-            call = await _start_in_thread(telemetry, request)
+            call = await boundary.start_in_thread(telemetry, request)
         else:
             call = _start(telemetry, request)
         if call is None:
@@ -210,45 +175,10 @@ def wrap_async_request(telemetry: Telemetry) -> Any:
             call.fail(exc)
             raise
         finally:
-            _detach(token)
+            boundary.detach(token)
         return observe(call, result, injected)
 
     return request
-
-
-async def _start_in_thread(telemetry: Telemetry, request: RequestInfo) -> Call | BatchRetrieval | None:
-    """``_start`` for guards that wait on a ledger on disk or across the network: in a worker thread (which sees
-    this task's context, hence its Baggage), so that the event loop runs other tasks meanwhile.
-
-    A task cancelled meanwhile cannot stop the thread: the call it starts is then failed as cancelled, which ends
-    its span and releases what its guards reserved (nothing was sent). Whichever of the two finishes second,
-    the thread or the cancellation, does it, so it happens even if the event loop is gone by then."""
-    lock = threading.Lock()
-    started: list[Call | BatchRetrieval | None] = []
-    cancelled = False
-
-    def start() -> Call | BatchRetrieval | None:
-        call = _start(telemetry, request)
-        with lock:
-            started.append(call)
-            if not cancelled:
-                return call
-        _fail_cancelled(call)
-        return None
-
-    try:
-        return await asyncio.to_thread(start)
-    except asyncio.CancelledError:
-        with lock:
-            cancelled = True
-            call = started[0] if started else None
-        _fail_cancelled(call)
-        raise
-
-
-def _fail_cancelled(call: Call | BatchRetrieval | None) -> None:
-    if isinstance(call, Call):
-        call.fail(asyncio.CancelledError())
 
 
 def finish_body(call: Call, body: Any, request_id: str | None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from costspan import semconv
 from costspan.instrumentation.call import RequestInfo
@@ -43,12 +42,6 @@ def classify_endpoint(path: str) -> tuple[str, str | None] | None:
         if path.startswith(prefix):
             return operation, None
     return None
-
-
-def server_of(base_url: str) -> tuple[str | None, int | None]:
-    """(host, port) of a base URL; never its userinfo, so credentials stay out of telemetry."""
-    parts = urlsplit(base_url)
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def read_request(
