@@ -179,13 +179,14 @@ def test_a_store_written_before_the_attribution_column_migrates_without_loss(
     shutil.copy(DATA / "store-v3.sqlite3", path)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
-        before = db.execute("SELECT * FROM spans ORDER BY span_id").fetchall()
+        db.row_factory = sqlite3.Row
+        before = [dict(r) for r in db.execute("SELECT * FROM spans ORDER BY span_id")]
     with Store(path) as store:
-        assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
-        after = [tuple(r) for r in store.query("SELECT * FROM spans ORDER BY span_id")]
+        assert store.schema_version == SCHEMA_VERSION
+        after = [dict(zip(r.keys(), r, strict=True)) for r in store.query("SELECT * FROM spans ORDER BY span_id")]
     # Every old column as it was; the columns later versions added (attribution, claimed cost, ...) empty.
-    width = len(before[0])
-    assert [r[:width] for r in after] == before and all(v is None for r in after for v in r[width:])
+    assert [{k: r[k] for k in before[0]} for r in after] == before
+    assert all(v is None for r in after for k, v in r.items() if k not in before[0])
     assert cli_main(["report", "--store", str(path), "--since", "2025-01-01", "--format", "json"]) == 0
     by_feature = {r["feature"]: r["spend_usd"] for r in json.loads(capsys.readouterr().out)}
     assert by_feature == {"search": 0.25, "chat": 0.5}

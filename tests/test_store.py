@@ -140,8 +140,8 @@ def test_an_older_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with Store(path) as store:
-        assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
-        assert store.query("PRAGMA journal_mode")[0][0] == "wal"
+        assert store.schema_version == SCHEMA_VERSION
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         (kept,) = store.query("SELECT span_id, cost_usd, original_cost_usd FROM spans")
     assert tuple(kept) == ("00000000000000aa", 0.5, None)
 
@@ -234,7 +234,7 @@ def test_spend_by_measures_by_hand(tmp_path: Path) -> None:
 def test_a_full_disk_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         store.insert([row(1)])
-        pages = store.query("PRAGMA page_count")[0][0]
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
         store._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, without filling a disk
         with pytest.raises(StoreError, match="Free disk space; nothing was written"):
             store.insert([row(i, feature="x" * 500) for i in range(2, 200)])

@@ -26,32 +26,29 @@ again, so it is kept and counted, and marked ``is_retry = 1``.
 from __future__ import annotations
 
 import json
-import math
 import operator
-import os
 import re
 import shlex
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from costspan.config import attribution_keys_in_force
 from costspan.store.paths import checkout_for_hints, default_store_path, demo_store_path
+
+if TYPE_CHECKING:
+    from costspan.store.reader import Row, Snapshot
 
 NS_PER_S: Final = 1_000_000_000
 BUCKET_NS: Final = {"hour": 3600 * NS_PER_S, "day": 86400 * NS_PER_S}
 FIRST_NS: Final = -(2**63)  # the open ends of a period
 LAST_NS: Final = 2**63 - 1
-# Queries over at least this many rows are split across this many reader connections (see Store._aggregate).
-PARALLEL_MIN_ROWS: Final = 200_000
-PARALLEL_READERS: Final = min(4, os.cpu_count() or 1)
 
 # The attribution keys with a typed column of their own (the default keys; reports and the ClickHouse pack read
 # these columns). Any other attribution key in force goes to the ``attribution`` JSON column.
@@ -131,6 +128,8 @@ class CostRow:
     # What a client sending the span over OTLP said it cost: kept to compare with cost_usd, which ``costspan serve``
     # computes itself; never summed as spend. None for spans priced in-process.
     claimed_cost_usd: float | None = None
+    cache_write_1h_tokens: int | None = None  # the part of cache_write_tokens written for an hour (Anthropic)
+    web_search_requests: int | None = None  # server-side searches, billed per search
 
     def __getitem__(self, column: str) -> Any:
         """A column by name, as a ``sqlite3.Row`` gives it: so a row about to be stored can be priced by
@@ -140,6 +139,18 @@ class CostRow:
 
 ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
 _row_values = operator.attrgetter(*ROW_COLUMNS)
+
+# Every column a stored span has: what a span gives, then what the store and `costspan reprice` add. The DuckDB
+# type of each, for segments and the landed rows read beside them.
+STORED_COLUMNS: Final = (*ROW_COLUMNS, "is_retry", "original_cost_usd", "original_pricing_version", "repriced_at_ns")
+_DUCKDB_TYPES: Final = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE"}
+STORED_TYPES: Final = {
+    **{f.name: _DUCKDB_TYPES[str(f.type).split(" ")[0]] for f in fields(CostRow)},
+    "is_retry": "BIGINT",
+    "original_cost_usd": "DOUBLE",
+    "original_pricing_version": "VARCHAR",
+    "repriced_at_ns": "BIGINT",
+}
 
 # Schema migrations: MIGRATIONS[i] takes a file from user_version i to i + 1. Append, never edit.
 MIGRATIONS: Final = (
@@ -183,6 +194,57 @@ MIGRATIONS: Final = (
     """
     ALTER TABLE spans ADD COLUMN claimed_cost_usd REAL;
     """,
+    # 6: the table becomes the landing table in front of Parquet segments (costspan.store.segments). Rows are
+    # keyed by (start_ns, span_id): span ids are random, so a key led by them made every insert land on a random
+    # page (6.8-12k rows/s at 1M rows); led by the start time, inserts append. Anthropic's 1-hour cache writes and
+    # web searches are priced separately, so reprice needs their counts.
+    """
+    ALTER TABLE spans RENAME TO spans_v5;
+    CREATE TABLE spans (
+        span_id TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        start_ns INTEGER NOT NULL,
+        feature TEXT, route TEXT, customer_id TEXT, environment TEXT, service TEXT,
+        provider TEXT, operation TEXT, request_model TEXT, response_model TEXT,
+        input_tokens INTEGER, cached_tokens INTEGER, cache_write_tokens INTEGER,
+        output_tokens INTEGER, reasoning_tokens INTEGER,
+        input_audio_tokens INTEGER, output_audio_tokens INTEGER,
+        input_image_tokens INTEGER, output_image_tokens INTEGER,
+        latency_ms REAL,
+        cost_usd REAL, cost_input REAL, cost_cache_read REAL, cost_cache_write REAL, cost_output REAL,
+        pricing_status TEXT, pricing_source TEXT, pricing_version TEXT, pricing_model TEXT,
+        error_type TEXT, request_id TEXT, prompt_cache_key TEXT, service_tier TEXT, batch_id TEXT,
+        attribution TEXT, claimed_cost_usd REAL, cache_write_1h_tokens INTEGER, web_search_requests INTEGER,
+        is_retry INTEGER NOT NULL DEFAULT 0,
+        original_cost_usd REAL, original_pricing_version TEXT, repriced_at_ns INTEGER,
+        UNIQUE (start_ns, span_id)
+    );
+    INSERT INTO spans (
+        span_id, trace_id, parent_span_id, start_ns, feature, route, customer_id, environment, service, provider,
+        operation, request_model, response_model, input_tokens, cached_tokens, cache_write_tokens, output_tokens,
+        reasoning_tokens, input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
+        latency_ms, cost_usd, cost_input, cost_cache_read, cost_cache_write, cost_output, pricing_status,
+        pricing_source, pricing_version, pricing_model, error_type, request_id, prompt_cache_key, service_tier,
+        batch_id, attribution, claimed_cost_usd, is_retry, original_cost_usd, original_pricing_version, repriced_at_ns
+    )
+    SELECT
+        span_id, trace_id, parent_span_id, start_ns, feature, route, customer_id, environment, service, provider,
+        operation, request_model, response_model, input_tokens, cached_tokens, cache_write_tokens, output_tokens,
+        reasoning_tokens, input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
+        latency_ms, cost_usd, cost_input, cost_cache_read, cost_cache_write, cost_output, pricing_status,
+        pricing_source, pricing_version, pricing_model, error_type, request_id, prompt_cache_key, service_tier,
+        batch_id, attribution, claimed_cost_usd, is_retry, original_cost_usd, original_pricing_version, repriced_at_ns
+    FROM spans_v5 ORDER BY start_ns, span_id;
+    DROP TABLE spans_v5;
+    CREATE INDEX spans_trace ON spans (trace_id);
+    CREATE UNIQUE INDEX spans_batch_job ON spans (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL;
+    CREATE TABLE segments (
+        name TEXT PRIMARY KEY, level INTEGER NOT NULL, rows INTEGER NOT NULL,
+        first_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL
+    );
+    CREATE TABLE retired_segments (name TEXT PRIMARY KEY, retired_ns INTEGER NOT NULL);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -190,7 +252,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 # never a silently lost row.
 _INSERT = (
     f"INSERT INTO spans ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))}) "
-    "ON CONFLICT (span_id) DO NOTHING "
+    "ON CONFLICT (start_ns, span_id) DO NOTHING "
     "ON CONFLICT (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL DO NOTHING"
 )
 
@@ -304,15 +366,9 @@ def round_usd(value: float) -> float:
     return round(value, 9)
 
 
-def _nearest_rank(sorted_values: Sequence[int], fraction: float) -> int | None:
-    if not sorted_values:
-        return None
-    return sorted_values[max(math.ceil(fraction * len(sorted_values)), 1) - 1]
-
-
 @dataclass
 class _Group:
-    """Running sums for one group of ``spend_by``; partial results from row ranges add up."""
+    """Spend and usage of one group of ``spend_by`` (one bucket of it, with ``every``)."""
 
     requests: int = 0
     spend: float = 0.0
@@ -320,29 +376,29 @@ class _Group:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    latency_total: float = 0.0
-    latency_count: int = 0
+    avg_latency_ms: float | None = None
     retries: int = 0
-    prompt_sizes: list[str] = field(default_factory=list)  # comma-separated input_tokens, one string per part
+    p95_input_tokens: int | None = None
 
-    def add(self, sums: Sequence[Any]) -> None:
-        requests, spend, priced, input_tokens, output_tokens, cached, latency, latency_count, retries, sizes = sums
-        self.requests += requests
-        self.spend += spend
-        self.priced += priced
-        # Token sums come back as floats: total(), unlike sum(), cannot overflow on a stored implausible count
-        # (an implausible_usage span may say 2**63 - 1 tokens); real sums stay below 2**53, where floats are exact.
-        self.input_tokens += int(input_tokens)
-        self.output_tokens += int(output_tokens)
-        self.cached_tokens += int(cached)
-        self.latency_total += latency
-        self.latency_count += latency_count
-        self.retries += retries or 0
-        if sizes:
-            self.prompt_sizes.append(sizes)
+    @classmethod
+    def of(cls, sums: Sequence[Any]) -> _Group:
+        """From the aggregate columns of ``_AGGREGATES``, in order."""
+        requests, spend, priced, input_tokens, output_tokens, cached, latency, retries, p95 = sums
+        # Token sums come back as floats (DOUBLE): they cannot overflow on a stored implausible count (an
+        # implausible_usage span may say 2**63 - 1 tokens); real sums stay below 2**53, where floats are exact.
+        return cls(
+            requests,
+            spend,
+            priced,
+            int(input_tokens),
+            int(output_tokens),
+            int(cached),
+            latency,
+            int(retries or 0),
+            None if p95 is None else int(p95),
+        )
 
     def measures(self) -> dict[str, Any]:
-        sizes = sorted(map(int, ",".join(self.prompt_sizes).split(","))) if self.prompt_sizes else []
         return {
             "requests": self.requests,
             "spend_usd": round_usd(self.spend) if self.priced else None,
@@ -350,11 +406,19 @@ class _Group:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cached_tokens": self.cached_tokens,
-            "avg_latency_ms": self.latency_total / self.latency_count if self.latency_count else None,
+            "avg_latency_ms": self.avg_latency_ms,
             "cache_hit_rate": self.cached_tokens / self.input_tokens if self.input_tokens else None,
-            "p95_input_tokens": _nearest_rank(sizes, 0.95),
+            "p95_input_tokens": self.p95_input_tokens,
             "retries": self.retries,
         }
+
+
+# The measures of a group, in _Group.of's order. quantile_disc is the nearest-rank percentile.
+_AGGREGATES = """
+    count(*), coalesce(sum(cost_usd), 0), count(cost_usd),
+    coalesce(sum(input_tokens::DOUBLE), 0), coalesce(sum(output_tokens::DOUBLE), 0),
+    coalesce(sum(cached_tokens::DOUBLE), 0), avg(latency_ms), sum(is_retry), {p95}
+"""
 
 
 def attribution_json(values: Mapping[str, str]) -> str | None:
@@ -384,7 +448,7 @@ def dimension_sql(name: str, allowed: Sequence[str]) -> str:
         return name
     if not _PLAIN_KEY.fullmatch(name):
         raise ValueError(f"attribution key {name!r} is not a plain name (letters, digits, _ . -)")
-    return f"""json_extract(attribution, '$."{name}"')"""
+    return f"""json_extract_string(attribution, '$."{name}"')"""
 
 
 def filter_sql(env: str | None, where: Mapping[str, str] | None) -> tuple[list[str], list[Any]]:
@@ -416,7 +480,8 @@ class Store:
             raise StoreError(_no_store_yet(self.path))
         _refuse_foreign_file(self.path)
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reads take it, then a snapshot's read transaction takes it again
+        self._snapshot: Snapshot | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
@@ -460,6 +525,8 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            if self._snapshot is not None:
+                self._snapshot.close()
             self._db.close()
 
     def __enter__(self) -> Store:
@@ -476,8 +543,8 @@ class Store:
             raise _explain(self.path, error) from error
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; IMMEDIATE takes the write lock up front, so concurrent writers queue."""
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the SQLite file; IMMEDIATE takes the write lock up front, so writers queue."""
         with self._lock, self._errors():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -489,11 +556,21 @@ class Store:
                 raise
             db.execute("COMMIT")
 
+    @contextmanager
+    def read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One read snapshot of the SQLite file (the landing table and the segment catalog)."""
+        with self._lock, self._errors():
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
-        with self._write() as db:
+        with self.write_transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -507,16 +584,22 @@ class Store:
                         db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    @property
+    def schema_version(self) -> int:
+        with self._lock, self._errors():
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
     # --- writing -----------------------------------------------------------------------------------------
 
     def insert(self, rows: Iterable[CostRow]) -> int:
-        """Store rows in one transaction; returns how many were new (a span id already stored is skipped)."""
+        """Land rows in one transaction; returns how many were new (a span already landed is skipped; one whose
+        first copy was already compacted is dropped by the next compaction, and never counted twice)."""
         rows = list(rows)
         if not rows:
             return 0
         batch = list(map(_row_values, rows))
         retry_traces = sorted({row.trace_id for row in rows if row.parent_span_id is not None})
-        with self._write() as db:
+        with self.write_transaction() as db:
             before = db.total_changes
             db.executemany(_INSERT, batch)
             added = db.total_changes - before
@@ -526,20 +609,29 @@ class Store:
         return added
 
     def execute_write(self, sql: str, parameters: Iterable[Sequence[Any]]) -> int:
-        """Run one statement per parameter tuple in a single write transaction; returns rows changed."""
-        with self._write() as db:
+        """Run one statement per parameter tuple on the landing table in a single write transaction; returns rows
+        changed. Rows already compacted are not there: ``Store.land_again`` brings a period's rows back first."""
+        with self.write_transaction() as db:
             before = db.total_changes
             db.executemany(sql, parameters)
             return db.total_changes - before
 
+    def landed(self) -> int:
+        """Rows in the landing table, not yet compacted into segments."""
+        with self._lock, self._errors():
+            return int(self._db.execute("SELECT count(*) FROM spans").fetchone()[0])
+
     # --- reading -----------------------------------------------------------------------------------------
 
-    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """A read-only query, for callers that need something the methods below do not give."""
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        """A read-only DuckDB query over the view ``spans`` (every stored span once), for callers that need
+        something the methods below do not give. Rows index by position and by column name."""
+        from costspan.store.reader import Snapshot
+
         with self._lock, self._errors():
-            cursor = self._db.execute(sql, parameters)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            if self._snapshot is None:
+                self._snapshot = Snapshot(self.path)
+            return self._snapshot.query(self._db, sql, parameters)
 
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM spans")[0][0])
@@ -564,8 +656,7 @@ class Store:
 
         ``since`` is inclusive, ``until`` exclusive. ``top`` keeps the N groups with the highest spend over
         the whole period (all their buckets). Rows come sorted by bucket, then spend, highest first.
-        ``percentiles=False`` skips the p95 prompt size (``p95_input_tokens`` is None): it is most of the cost
-        of a query over many rows.
+        ``percentiles=False`` skips the p95 prompt size (``p95_input_tokens`` is None).
         """
         dims = list(dict.fromkeys(dimensions))
         allowed = dimension_names() if dims else ()
@@ -573,13 +664,24 @@ class Store:
             raise ValueError(f"every must be one of {', '.join(BUCKET_NS)}")
         keys = [
             *(dimension_sql(name, allowed) for name in dims),
-            *([f"start_ns / {BUCKET_NS[every]}"] if every is not None else []),
+            *([f"start_ns // {BUCKET_NS[every]}"] if every is not None else []),
         ]
         since_ns = to_ns(since) if since is not None else FIRST_NS
         until_ns = to_ns(until) if until is not None else LAST_NS
-        groups = self._aggregate(keys, since_ns, until_ns, env, where, percentiles)
+        conditions, parameters = filter_sql(env, where)
+        aggregates = _AGGREGATES.format(p95="quantile_disc(input_tokens, 0.95)" if percentiles else "NULL")
+        sql = f"""
+            SELECT {"".join(k + ", " for k in keys)} {aggregates}
+            FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
+        """
+        width = len(keys)
+        groups = {
+            tuple(row[:width]): _Group.of(row[width:])
+            for row in self.query(sql, [since_ns, until_ns, *parameters])
+            if row[width]  # an aggregate over no rows has count 0
+        }
         width = len(dims)
-        if top is not None:  # before the measures, so that only the kept groups pay for their percentile
+        if top is not None:
             spend: dict[tuple[Any, ...], float] = {}
             for key, group in groups.items():
                 spend[key[:width]] = spend.get(key[:width], 0.0) + group.spend
@@ -627,60 +729,3 @@ class Store:
         """All matching spans as one row of measures (zero requests when nothing matches)."""
         rows = self.spend_by([], since=since, until=until, env=env, where=where, percentiles=percentiles)
         return rows[0] if rows else _Group().measures()
-
-    def _aggregate(
-        self,
-        keys: Sequence[str],
-        since_ns: int,
-        until_ns: int,
-        env: str | None,
-        where: Mapping[str, str] | None,
-        percentiles: bool = True,
-    ) -> dict[tuple[Any, ...], _Group]:
-        """Partial aggregates per group, computed over slices of the period in parallel and merged.
-
-        SQLite sorts to GROUP BY, single-threaded; over many rows, slices sorted on several connections at once
-        finish sooner. The prompt sizes come back as one string per group, for the percentile SQLite has no
-        aggregate for.
-        """
-        conditions, parameters = filter_sql(env, where)
-        prompt_sizes = "group_concat(input_tokens)" if percentiles else "NULL"
-        sql = f"""
-            SELECT {"".join(k + ", " for k in keys)}
-                   count(*), total(cost_usd), count(cost_usd), total(input_tokens), total(output_tokens),
-                   total(cached_tokens), total(latency_ms), count(latency_ms), sum(is_retry), {prompt_sizes}
-            FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
-        """
-        slices = self._slices(since_ns, until_ns)
-        if len(slices) > 1:
-            with ThreadPoolExecutor(len(slices)) as pool:
-                parts = list(pool.map(lambda bounds: self._read_apart(sql, [*bounds, *parameters]), slices))
-        else:
-            parts = [self.query(sql, [since_ns, until_ns, *parameters])]
-        width = len(keys)
-        groups: dict[tuple[Any, ...], _Group] = {}
-        for rows in parts:
-            for row in rows:
-                if row[width]:  # an aggregate over no rows has count 0
-                    groups.setdefault(tuple(row[:width]), _Group()).add(row[width:])
-        return groups
-
-    def _slices(self, since_ns: int, until_ns: int) -> list[tuple[int, int]]:
-        """[since, until) cut into equal time slices, one per reader, when it holds enough rows to be worth it."""
-        first, last, rows = self.query(
-            "SELECT min(start_ns), max(start_ns), count(*) FROM spans WHERE start_ns >= ? AND start_ns < ?",
-            (since_ns, until_ns),
-        )[0]
-        if rows < PARALLEL_MIN_ROWS or PARALLEL_READERS < 2:
-            return [(since_ns, until_ns)]
-        step = (last + 1 - first) // PARALLEL_READERS + 1
-        return [(start, min(start + step, last + 1)) for start in range(first, last + 1, step)]
-
-    def _read_apart(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
-        """A read on a connection of its own (WAL readers do not block each other or the writers)."""
-        with self._errors():
-            db = sqlite3.connect(self.path, timeout=self.timeout_s)
-            try:
-                return db.execute(sql, parameters).fetchall()
-            finally:
-                db.close()

@@ -1,0 +1,256 @@
+"""Columnar segments: the Parquet files behind the landing table, and the compaction that writes them.
+
+Writers (apps, ``costspan serve``) only ever insert into the SQLite ``spans`` table, the *landing table*: several
+processes at once, each row once by ``(start_ns, span_id)``. A compaction moves landed rows into an immutable
+Parquet *segment* that DuckDB reads (``costspan.store.reader``). One transaction of the SQLite file records the new
+segment in the ``segments`` catalog and deletes the rows it holds, so a reader, which takes the catalog and the
+landed rows from one snapshot, sees every row exactly once, whether a compaction ran before it or not.
+
+- Segments are written beside the store, in ``<store file>.segments/``, and never changed: a merge writes one new
+  segment from ``FANOUT`` of the same level, then retires them; a retired file is deleted only after
+  ``RETIRED_GRACE_NS``, so a reader that listed it a moment before can still read it.
+- A span delivered again after its first copy was compacted lands again; the compaction drops it (same
+  ``start_ns`` and ``span_id`` as a stored row), and until then readers skip it the same way.
+- One compaction runs at a time per store (an ``flock`` on ``.lock`` in the segment folder); a writer that finds
+  ``LANDING_COMPACT_AT`` rows landed starts one in a child process (``start_compaction``), so the application's
+  own process never loads DuckDB nor spends its CPU on it.
+
+Run by hand: ``python -m costspan.store.segments STORE_PATH`` compacts now.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from costspan.store.sqlite import Store
+
+logger = logging.getLogger(__name__)
+
+LANDING_COMPACT_AT: Final = 10_000  # landed rows that make a writer start a compaction
+COMPACT_CHUNK: Final = 25_000  # rows moved per landing-table transaction (writers wait for it)
+FANOUT: Final = 8  # segments of one level merged into one of the next
+RETIRED_GRACE_NS: Final = 10 * 60 * 1_000_000_000
+SPAWN_INTERVAL_S: Final = 5.0  # at most one child compaction per writer this often
+
+
+def segment_dir(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".segments")
+
+
+def sql_list(paths: Sequence[Path]) -> str:
+    """A DuckDB list literal of file paths (DuckDB takes no parameter for a table function's file list)."""
+    return "[" + ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths) + "]"
+
+
+def landed_table(
+    con: duckdb.DuckDBPyConnection, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Create temp table ``name`` in DuckDB from rows read out of SQLite, one list parameter per column."""
+    from costspan.store.sqlite import STORED_TYPES
+
+    select = ", ".join(f"unnest(${i + 1}::{STORED_TYPES[c]}[]) AS {c}" for i, c in enumerate(columns))
+    if rows:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {select}", [list(c) for c in zip(*rows, strict=True)]
+        )
+    else:
+        empty = ", ".join(f"NULL::{STORED_TYPES[c]} AS {c}" for c in columns)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {empty} LIMIT 0")
+
+
+@contextmanager
+def compaction_lock(store_path: Path) -> Iterator[bool]:
+    """Yields True while this process holds the store's compaction lock, False when another process holds it."""
+    folder = segment_dir(store_path)
+    folder.mkdir(exist_ok=True)
+    with (folder / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compact(store: Store, progress: Callable[[int], None] | None = None) -> int:
+    """Move every landed row into segments, merge segments level by level, delete expired retired files.
+    Returns the rows moved (0 when another process is compacting). ``progress`` gets the running total."""
+    import duckdb
+
+    with compaction_lock(store.path) as held:
+        if not held:
+            return 0
+        con = duckdb.connect()
+        try:
+            moved = 0
+            while chunk := _compact_chunk(store, con):
+                moved += chunk
+                if progress is not None:
+                    progress(moved)
+            while _merge_one_level(store, con):
+                pass
+            _delete_retired(store)
+            return moved
+        finally:
+            con.close()
+
+
+def _compact_chunk(store: Store, con: duckdb.DuckDBPyConnection) -> int:
+    """Move up to COMPACT_CHUNK landed rows into one new segment, in one landing-table transaction."""
+    from costspan.store.sqlite import STORED_COLUMNS
+
+    with store.write_transaction() as db:
+        rows = db.execute(
+            f"SELECT rowid, {', '.join(STORED_COLUMNS)} FROM spans ORDER BY rowid LIMIT ?", (COMPACT_CHUNK,)
+        ).fetchall()
+        if not rows:
+            return 0
+        segments = db.execute("SELECT name, first_ns, last_ns FROM segments").fetchall()
+        landed_table(con, "batch", STORED_COLUMNS, [row[1:] for row in rows])
+        first_ns, last_ns = con.execute("SELECT min(start_ns), max(start_ns) FROM batch").fetchone() or (0, 0)
+        folder = segment_dir(store.path)
+        overlapping = [folder / name for name, first, last in segments if first <= last_ns and last >= first_ns]
+        if overlapping:  # spans delivered again after their first copy was compacted
+            con.execute(
+                f"DELETE FROM batch USING (SELECT start_ns, span_id FROM read_parquet({sql_list(overlapping)}, "
+                "union_by_name = true) WHERE start_ns BETWEEN ? AND ?) AS stored "
+                "WHERE batch.start_ns = stored.start_ns AND batch.span_id = stored.span_id",
+                (first_ns, last_ns),
+            )
+        if segments and con.execute(f"SELECT count(*) FROM batch WHERE {BATCH_JOB}").fetchone() != (0,):
+            every = [folder / name for name, _, _ in segments]
+            con.execute(
+                f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN (SELECT batch_id FROM "
+                f"read_parquet({sql_list(every)}, union_by_name = true) WHERE {BATCH_JOB})"
+            )
+        written = _write_segment(con, "SELECT * FROM batch", folder, level=0)
+        if written is not None:
+            db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
+        db.execute("DELETE FROM spans WHERE rowid <= ?", (rows[-1][0],))
+        return len(rows)
+
+
+# A finished batch job is recorded once (the landing table's spans_batch_job index says the same).
+BATCH_JOB: Final = "operation = 'batch' AND input_tokens IS NOT NULL"
+
+
+def _write_segment(
+    con: duckdb.DuckDBPyConnection, select: str, folder: Path, level: int
+) -> tuple[str, int, int, int, int] | None:
+    """Write ``select``'s rows, in time order, to a new segment file; its catalog row, or None for no rows."""
+    counted = con.execute(f"SELECT count(*), min(start_ns), max(start_ns) FROM ({select})").fetchone()
+    if counted is None or not counted[0]:
+        return None
+    rows, first_ns, last_ns = counted
+    name = f"L{level}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    partial = folder / f".{name}.tmp"
+    con.execute(f"COPY ({select} ORDER BY start_ns, span_id) TO '{partial}' (FORMAT parquet, COMPRESSION zstd)")
+    with partial.open("rb") as file:  # on disk before the catalog names it
+        os.fsync(file.fileno())
+    partial.rename(folder / name)
+    return name, level, rows, first_ns, last_ns
+
+
+def _merge_one_level(store: Store, con: duckdb.DuckDBPyConnection) -> bool:
+    """Merge the oldest FANOUT segments of the lowest level that has that many; False when none has."""
+    with store.read_transaction() as db:
+        catalog = db.execute("SELECT name, level FROM segments ORDER BY level, first_ns").fetchall()
+    by_level: dict[int, list[str]] = {}
+    for name, level in catalog:
+        by_level.setdefault(level, []).append(name)
+    level = next((level for level, names in sorted(by_level.items()) if len(names) >= FANOUT), None)
+    if level is None:
+        return False
+    names = by_level[level][:FANOUT]
+    folder = segment_dir(store.path)
+    files = [folder / name for name in names]
+    written = _write_segment(
+        con, f"SELECT * FROM read_parquet({sql_list(files)}, union_by_name = true)", folder, level + 1
+    )
+    now = time.time_ns()
+    with store.write_transaction() as db:
+        db.executemany("DELETE FROM segments WHERE name = ?", [(name,) for name in names])
+        db.executemany("INSERT INTO retired_segments (name, retired_ns) VALUES (?, ?)", [(name, now) for name in names])
+        if written is not None:
+            db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
+    return True
+
+
+def _delete_retired(store: Store) -> None:
+    """Delete segment files retired more than RETIRED_GRACE_NS ago, and files a crashed compaction left."""
+    folder = segment_dir(store.path)
+    cutoff = time.time_ns() - RETIRED_GRACE_NS
+    with store.write_transaction() as db:
+        expired = [name for (name,) in db.execute("SELECT name FROM retired_segments WHERE retired_ns < ?", (cutoff,))]
+        for name in expired:
+            (folder / name).unlink(missing_ok=True)
+        db.executemany("DELETE FROM retired_segments WHERE name = ?", [(name,) for name in expired])
+        known = {
+            name for (name,) in db.execute("SELECT name FROM segments UNION ALL SELECT name FROM retired_segments")
+        }
+    for leftover in folder.glob("*.parquet*"):
+        if leftover.name not in known and leftover.name.lstrip(".").removesuffix(".tmp") not in known:
+            try:
+                if leftover.stat().st_mtime_ns < cutoff:
+                    leftover.unlink()
+            except FileNotFoundError:
+                pass
+
+
+_last_spawn = -SPAWN_INTERVAL_S
+
+
+def start_compaction(store_path: Path) -> None:
+    """Compact ``store_path`` in a child process (``python -m costspan.store.segments``), at most once per
+    SPAWN_INTERVAL_S from this process. The child inherits no auto-instrumentation: it would trace itself."""
+    global _last_spawn
+    now = time.monotonic()
+    if now - _last_spawn < SPAWN_INTERVAL_S:
+        return
+    _last_spawn = now
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        p for p in paths if p and not p.rstrip("/").endswith("auto_instrumentation")
+    )
+    subprocess.Popen(
+        [sys.executable, "-m", "costspan.store.segments", str(store_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from costspan.store.sqlite import Store
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 1:
+        print("usage: python -m costspan.store.segments STORE_PATH", file=sys.stderr)
+        return 2
+    with Store(Path(args[0]), create=False) as store:
+        compact(store)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
