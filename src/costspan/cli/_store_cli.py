@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 from costspan import environment_variables as env
 from costspan.money import NONE_SHOWN, usd_column
 from costspan.store.paths import COSTSPAN_STORE_PATH, default_store_path
+from costspan.store.segments import LANDING_COMPACT_AT, compact
 from costspan.store.sqlite import Store, StoreError, dimension_names
 
 EXIT_ERROR = 2
@@ -145,8 +147,43 @@ def describe(filters: Filters) -> str:
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    """The store named by --store (or the default), which must exist: reading never creates one."""
-    return Store(args.store, create=False)
+    """The store named by --store (or the default), which must exist: reading never creates one. Rows waiting in
+    its landing table past the compaction threshold (an app that has not compacted yet, a store from an older
+    costspan) are compacted first, with progress on stderr: read as they are, every query would pay for them."""
+    store = Store(args.store, create=False)
+    try:
+        if store.landed() >= LANDING_COMPACT_AT:
+            total = store.landed()
+            progress = Progress(f"compacting {total:,} new rows of {store.path}", total)
+            compact(store, progress.show)
+            progress.done()
+    except (StoreError, OSError) as error:  # e.g. a read-only copy: the query still reads every row
+        print(f"costspan: note: could not compact {store.path} now ({error}); reading it as it is.", file=sys.stderr)
+    return store
+
+
+class Progress:
+    """A progress line on stderr for long work: rewritten in place on a terminal, one line a second otherwise."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what = what
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.1 if self.tty else 1.0):
+            return
+        self.last = now
+        line = f"{self.what}: {done:,}/{self.total:,}"
+        print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            print(file=sys.stderr)
 
 
 def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -25,6 +25,7 @@ from costspan.cli._store_cli import (
 )
 from costspan.money import usd_column
 from costspan.pricing.pricer import Cost, Pricer, PriceSource, billable_from_row, packaged_prices
+from costspan.store.segments import compact, land_again
 from costspan.store.sqlite import to_ns
 
 CHUNK = 5_000
@@ -40,14 +41,15 @@ audit afterwards:
                  FROM spans WHERE repriced_at_ns IS NOT NULL"
 """
 
+# Keyset pages in (start_ns, span_id) order: the same SQL reads the landing table and the store's DuckDB view.
 _SELECT = """
-SELECT rowid, span_id, start_ns, provider, request_model, response_model, service_tier,
+SELECT span_id, start_ns, provider, request_model, response_model, service_tier,
        input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
        input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
        batch_id, cost_usd, pricing_status, pricing_version
 FROM spans
-WHERE rowid > ? AND start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL
-ORDER BY rowid LIMIT ?
+WHERE (start_ns > ? OR (start_ns = ? AND span_id > ?)) AND start_ns < ? AND input_tokens IS NOT NULL
+ORDER BY start_ns, span_id LIMIT ?
 """
 
 _UPDATE = """
@@ -57,7 +59,7 @@ UPDATE spans SET
                                     ELSE original_pricing_version END,
     cost_usd = ?, cost_input = ?, cost_cache_read = ?, cost_cache_write = ?, cost_output = ?,
     pricing_status = ?, pricing_source = ?, pricing_version = ?, pricing_model = ?, repriced_at_ns = ?
-WHERE span_id = ?
+WHERE start_ns = ? AND span_id = ?
 """
 
 
@@ -122,12 +124,16 @@ def run(args: argparse.Namespace) -> int:
             "SELECT count(*) FROM spans WHERE start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL",
             (to_ns(since), to_ns(until)),
         )[0][0]
-        last_rowid = 0
+        # Rows are updated where they land: a real run first brings the period's compacted rows back there.
+        read = store.query if args.dry_run else store.query_landed
+        if not args.dry_run:
+            land_again(store, to_ns(since), to_ns(until))
+        page_end: tuple[int, str] = (to_ns(since) - 1, "")
         while True:
-            rows = store.query(_SELECT, (last_rowid, to_ns(since), to_ns(until), CHUNK))
+            rows = read(_SELECT, (page_end[0], page_end[0], page_end[1], to_ns(until), CHUNK))
             if not rows:
                 break
-            last_rowid = rows[-1]["rowid"]
+            page_end = (rows[-1]["start_ns"], rows[-1]["span_id"])
             updates = []
             stamp = time.time_ns()
             for row in rows:
@@ -151,13 +157,16 @@ def run(args: argparse.Namespace) -> int:
                         cost.version,
                         cost.model_id,
                         stamp,
+                        row["start_ns"],
                         row["span_id"],
                     )
                 )
             if updates and not args.dry_run:
                 store.execute_write(_UPDATE, updates)
             progress.show(tally, total)
-    progress.done()
+        progress.done()
+        if not args.dry_run:
+            compact(store)
     before, after, difference = usd_column([tally.before_usd, tally.after_usd, tally.after_usd - tally.before_usd])
     spend = f"spend {before} -> {after} ({difference})"
     period = f"since {since:%Y-%m-%d %H:%M} UTC"

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from costspan import semconv
 from costspan.config import attribution_keys_in_force
 from costspan.store.paths import default_store_path
+from costspan.store.segments import LANDING_COMPACT_AT, start_compaction
 from costspan.store.sqlite import CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class CostspanSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._last_log = -self.LOG_INTERVAL_S
         self._shutdown = False
+        self._landed_since_check = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         rows = []
@@ -156,11 +158,24 @@ class CostspanSpanExporter(SpanExporter):
             try:
                 if self._store is None:
                     self._store = Store(self.path, timeout_s=self.timeout_s)
-                self.stored_spans += self._store.insert(rows)
+                added = self._store.insert(rows)
+                self.stored_spans += added
+                self._landed_since_check += added
             except Exception as error:
                 self._close_store()  # reopen next time: the file may have been moved aside or repaired
                 return self._failed(len(rows), error)
+            if self._landed_since_check >= LANDING_COMPACT_AT:
+                self._landed_since_check = 0
+                self._compact_if_due(self._store)
         return SpanExportResult.SUCCESS
+
+    def _compact_if_due(self, store: Store) -> None:
+        """Start a compaction in a child process once enough rows wait in the landing table (any writer's)."""
+        try:
+            if store.landed() >= LANDING_COMPACT_AT:
+                start_compaction(self.path)
+        except Exception:  # the rows are stored; a compaction that cannot start now is tried again later
+            logger.warning("costspan: could not start compacting the store %s", self.path, exc_info=True)
 
     def _failed(self, count: int, error: Exception) -> SpanExportResult:
         self.failed_spans += count  # under self._lock

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costspan.store.segments import landed_table, segment_dir, sql_list
+from costspan.store.segments import landed_table, read_segments, segment_dir
 
 if TYPE_CHECKING:
     import duckdb
@@ -25,8 +25,7 @@ SNAPSHOT_ATTEMPTS = 3
 
 
 def segments(store_path: Path, names: Sequence[str]) -> str:
-    """The table function reading the named segments (older ones may lack columns added since: NULL there)."""
-    return f"read_parquet({sql_list([segment_dir(store_path) / name for name in names])}, union_by_name = true)"
+    return read_segments([segment_dir(store_path) / name for name in names])
 
 
 class Row(tuple[Any, ...]):
@@ -34,7 +33,7 @@ class Row(tuple[Any, ...]):
 
     names: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self.names[key])
         return tuple.__getitem__(self, key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -50,9 +51,11 @@ def segment_dir(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".segments")
 
 
-def sql_list(paths: Sequence[Path]) -> str:
-    """A DuckDB list literal of file paths (DuckDB takes no parameter for a table function's file list)."""
-    return "[" + ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths) + "]"
+def read_segments(files: Sequence[Path]) -> str:
+    """The DuckDB table function reading segment files (a literal list: a table function's file list takes no
+    parameter). Older segments may lack columns added since: those read as NULL."""
+    listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+    return f"read_parquet([{listed}], union_by_name = true)"
 
 
 def landed_table(
@@ -72,13 +75,14 @@ def landed_table(
 
 
 @contextmanager
-def compaction_lock(store_path: Path) -> Iterator[bool]:
-    """Yields True while this process holds the store's compaction lock, False when another process holds it."""
+def compaction_lock(store_path: Path, *, wait: bool = False) -> Iterator[bool]:
+    """Yields True while this process holds the store's compaction lock; without ``wait``, False at once when
+    another process holds it."""
     folder = segment_dir(store_path)
     folder.mkdir(exist_ok=True)
     with (folder / ".lock").open("a") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -128,16 +132,16 @@ def _compact_chunk(store: Store, con: duckdb.DuckDBPyConnection) -> int:
         overlapping = [folder / name for name, first, last in segments if first <= last_ns and last >= first_ns]
         if overlapping:  # spans delivered again after their first copy was compacted
             con.execute(
-                f"DELETE FROM batch USING (SELECT start_ns, span_id FROM read_parquet({sql_list(overlapping)}, "
-                "union_by_name = true) WHERE start_ns BETWEEN ? AND ?) AS stored "
+                f"DELETE FROM batch USING (SELECT start_ns, span_id FROM {read_segments(overlapping)} "
+                "WHERE start_ns BETWEEN ? AND ?) AS stored "
                 "WHERE batch.start_ns = stored.start_ns AND batch.span_id = stored.span_id",
                 (first_ns, last_ns),
             )
         if segments and con.execute(f"SELECT count(*) FROM batch WHERE {BATCH_JOB}").fetchone() != (0,):
             every = [folder / name for name, _, _ in segments]
             con.execute(
-                f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN (SELECT batch_id FROM "
-                f"read_parquet({sql_list(every)}, union_by_name = true) WHERE {BATCH_JOB})"
+                f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN "
+                f"(SELECT batch_id FROM {read_segments(every)} WHERE {BATCH_JOB})"
             )
         written = _write_segment(con, "SELECT * FROM batch", folder, level=0)
         if written is not None:
@@ -180,15 +184,9 @@ def _merge_one_level(store: Store, con: duckdb.DuckDBPyConnection) -> bool:
     names = by_level[level][:FANOUT]
     folder = segment_dir(store.path)
     files = [folder / name for name in names]
-    written = _write_segment(
-        con, f"SELECT * FROM read_parquet({sql_list(files)}, union_by_name = true)", folder, level + 1
-    )
-    now = time.time_ns()
+    written = _write_segment(con, f"SELECT * FROM {read_segments(files)}", folder, level + 1)
     with store.write_transaction() as db:
-        db.executemany("DELETE FROM segments WHERE name = ?", [(name,) for name in names])
-        db.executemany("INSERT INTO retired_segments (name, retired_ns) VALUES (?, ?)", [(name, now) for name in names])
-        if written is not None:
-            db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
+        _swap(db, names, written)
     return True
 
 
@@ -211,6 +209,58 @@ def _delete_retired(store: Store) -> None:
                     leftover.unlink()
             except FileNotFoundError:
                 pass
+
+
+def land_again(store: Store, since_ns: int, until_ns: int) -> int:
+    """Move the compacted rows of [since_ns, until_ns) back into the landing table, where ``costspan reprice``
+    updates them in place (the next compaction writes them out again). Returns the rows moved.
+
+    Rows are landed in chunks of their own transactions first, so writers never wait long; readers count each
+    once meanwhile (a landed row that is also in a segment is counted from the segment). Then one transaction
+    swaps each segment for one without the period's rows."""
+    import duckdb
+
+    from costspan.store.sqlite import STORED_COLUMNS
+
+    insert = (
+        f"INSERT INTO spans ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))}) "
+        "ON CONFLICT DO NOTHING"
+    )
+    folder = segment_dir(store.path)
+    moved = 0
+    with compaction_lock(store.path, wait=True), duckdb.connect() as con:
+        with store.read_transaction() as db:
+            catalog = db.execute(
+                "SELECT name, level FROM segments WHERE first_ns < ? AND last_ns >= ?", (until_ns, since_ns)
+            ).fetchall()
+        for name, level in catalog:
+            segment = read_segments([folder / name])
+            cursor = con.execute(
+                f"SELECT {', '.join(STORED_COLUMNS)} FROM {segment} WHERE start_ns >= ? AND start_ns < ?",
+                (since_ns, until_ns),
+            )
+            while chunk := cursor.fetchmany(COMPACT_CHUNK):
+                with store.write_transaction() as db:
+                    db.executemany(insert, chunk)
+                moved += len(chunk)
+            rest = _write_segment(
+                con,
+                f"SELECT * FROM {segment} WHERE NOT (start_ns >= {since_ns} AND start_ns < {until_ns})",
+                folder,
+                level,
+            )
+            with store.write_transaction() as db:
+                _swap(db, [name], rest)
+    return moved
+
+
+def _swap(db: sqlite3.Connection, retired: Sequence[str], written: tuple[str, int, int, int, int] | None) -> None:
+    """In one catalog transaction: retire segments, and list the one written in their place."""
+    db.executemany("DELETE FROM segments WHERE name = ?", [(name,) for name in retired])
+    now = time.time_ns()
+    db.executemany("INSERT INTO retired_segments (name, retired_ns) VALUES (?, ?)", [(name, now) for name in retired])
+    if written is not None:
+        db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
 
 
 _last_spawn = -SPAWN_INTERVAL_S

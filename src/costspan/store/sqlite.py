@@ -616,6 +616,13 @@ class Store:
             db.executemany(sql, parameters)
             return db.total_changes - before
 
+    def query_landed(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A SQLite query of the landing table alone (named ``spans``): the rows not yet compacted."""
+        with self._lock, self._errors():
+            cursor = self._db.execute(sql, parameters)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
     def landed(self) -> int:
         """Rows in the landing table, not yet compacted into segments."""
         with self._lock, self._errors():
