@@ -9,6 +9,7 @@ import genai_prices
 import pytest
 
 from costspan.cli import main
+from costspan.store.segments import compact
 from costspan.store.sqlite import Store
 from tests.test_store import row
 
@@ -18,8 +19,9 @@ RECENT = datetime.now(UTC) - timedelta(days=2)
 PACKAGED = (600 * 0.15 + 400 * 0.075 + 1000 * 0.60) / 1e6
 
 
-@pytest.fixture
-def store_path(tmp_path: Path) -> str:
+@pytest.fixture(params=["landed", "compacted"])
+def store_path(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The rows still in the landing table, or already in Parquet segments: reprice updates both."""
     path = tmp_path / "reprice.sqlite3"
     usage = {"input_tokens": 1000, "cached_tokens": 400, "output_tokens": 1000, "response_model": "gpt-4o-mini"}
     with Store(path) as store:
@@ -37,6 +39,9 @@ def store_path(tmp_path: Path) -> str:
                 row(4, RECENT - timedelta(days=60), cost_usd=1.0, **usage),  # outside --since 30d
             ]
         )
+        if request.param == "compacted":
+            compact(store)
+            assert store.landed() == 0
     return str(path)
 
 

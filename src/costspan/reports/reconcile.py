@@ -187,7 +187,8 @@ def utc_days(since: datetime, until: datetime) -> list[date]:
 
 _STORE_DAYS = """
 SELECT start_ns // 86400000000000, coalesce(response_model, request_model, '(none)'), count(*),
-       coalesce(sum(cost_usd), 0.0), sum(input_tokens), sum(cached_tokens), sum(output_tokens), count(*) - count(cost_usd)
+       coalesce(sum(cost_usd), 0.0), sum(input_tokens), sum(cached_tokens), sum(output_tokens),
+       count(*) - count(cost_usd)
 FROM spans WHERE {conditions} AND input_tokens IS NOT NULL
 GROUP BY 1, 2
 """
