@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -238,6 +237,8 @@ def _price(args: argparse.Namespace) -> int:
 
 
 def _unknown_model_message(model: str, provider: str, at: datetime) -> str:
+    import difflib
+
     from costspan.pricing.pricer import packaged_prices
 
     names = [info.id for info in packaged_prices().models(provider)]
