@@ -4,19 +4,21 @@ Every OpenAI SDK call becomes an OpenTelemetry CLIENT span carrying its tokens, 
 found in OpenTelemetry Baggage.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("costspan")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from costspan.attribution.baggage import CostspanRefusal, MissingAttributionError, attribute
+    from costspan.attribution.middleware import CostspanASGIMiddleware, CostspanWSGIMiddleware
+    from costspan.budgets.guard import BudgetExceeded, BudgetUnavailable, PromptTooLarge
 
-from typing import Any
+    __version__: str
 
-from costspan.attribution.baggage import CostspanRefusal, MissingAttributionError, attribute
-
-# Loaded on first use: they pull in the price data, which `import costspan` alone should not.
+# Loaded on first use, so that `import costspan` (and so every `costspan` command) stays cheap: the budgets pull
+# in the price data, the attribution OpenTelemetry, the version importlib.metadata.
 _LAZY = {
+    "attribute": "costspan.attribution.baggage",
+    "CostspanRefusal": "costspan.attribution.baggage",
+    "MissingAttributionError": "costspan.attribution.baggage",
     "BudgetExceeded": "costspan.budgets.guard",
     "BudgetUnavailable": "costspan.budgets.guard",
     "PromptTooLarge": "costspan.budgets.guard",
@@ -26,12 +28,25 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'costspan' has no attribute {name!r}")
-    from importlib import import_module
+    if name == "__version__":
+        value: Any = _installed_version()
+    elif name in _LAZY:
+        from importlib import import_module
 
-    return getattr(import_module(module), name)
+        value = getattr(import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'costspan' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("costspan")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 __all__ = [

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costspan import environment_variables as env
-from costspan.budgets.guard import Budget, BudgetFileError, Window, load_budgets, window_at
 from costspan.cli._store_cli import (
     Column,
     UsageError,
@@ -31,7 +30,10 @@ from costspan.cli._store_cli import (
     write_csv,
     write_json,
 )
-from costspan.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from costspan.budgets.guard import Budget, Window
+    from costspan.store.sqlite import Store
 
 EXIT_OVER = 1
 
@@ -80,6 +82,9 @@ def standings(store: Store, budgets: list[Budget], now: datetime) -> list[Standi
 
     A ``*`` entry covers the values that have no exact budget of the same keys and window, as enforced.
     """
+    # Here and in run, not at the top: the enforcement side imports the price data, which parsing must not.
+    from costspan.budgets.guard import window_at
+
     exact = {(b.window, tuple(sorted(b.scope.items()))) for b in budgets if "*" not in b.scope.values()}
     result = []
     for budget in budgets:
@@ -121,6 +126,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from costspan.budgets.guard import BudgetFileError, load_budgets
+
     from_env = os.environ.get(env.OTEL_COSTSPAN_BUDGET_FILE)
     path = args.file or (Path(from_env) if from_env else None)
     if path is None:

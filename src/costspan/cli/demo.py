@@ -7,10 +7,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costspan.money import usd_column
-from costspan.reports.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL, DayResult
 from costspan.store.paths import checkout_for_hints, demo_store_path
 
 EPILOG = """\
@@ -33,6 +32,9 @@ examples:
   costspan demo --requests 2000       more traffic
   costspan demo --real-api            ten small real calls with your OPENAI_API_KEY
 """
+
+if TYPE_CHECKING:
+    from costspan.reports.reconcile import DayResult
 
 
 def register(subparsers: Any) -> None:
@@ -68,6 +70,8 @@ def _fresh(path: Path) -> None:
 
 def _reconciliation(days: list[DayResult]) -> str:
     """What `costspan reconcile` would say, against the stand-in's own bill instead of OpenAI's."""
+    from costspan.reports.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL
+
     finished = [day for day in days if day.verdict != PARTIAL]
     billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
     shown = usd_column([billed, recorded])

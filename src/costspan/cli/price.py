@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -11,14 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
-
-from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+from typing import TYPE_CHECKING, Any
 
 from costspan import environment_variables as env
 from costspan.money import usd_column
-from costspan.pricing.pricer import STANDARD_TIERS, BillableCall, BillLine, Pricer, PriceSource, packaged_prices
 from costspan.usage import Usage
+
+# The price data is imported where it is used, not here: every `costspan` command's parsing loads this module.
+if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+
+    from costspan.pricing.pricer import BillLine, PriceSource
 
 EPILOG = """\
 examples:
@@ -172,6 +174,7 @@ def _check(path: str, as_json: bool) -> int:
 
 def _layers(args: argparse.Namespace) -> tuple[PriceSource, ...]:
     from costspan.pricing.overrides import OverridePrices, PricingFileError, load_pricing_file
+    from costspan.pricing.pricer import packaged_prices
 
     path = args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)
     if not path:
@@ -195,6 +198,8 @@ def _usage(args: argparse.Namespace) -> Usage | None:
 
 
 def _price(args: argparse.Namespace) -> int:
+    from costspan.pricing.pricer import STANDARD_TIERS, BillableCall, Pricer
+
     at: datetime = args.at or datetime.now(UTC)
     usage = _usage(args)
     pricer = Pricer(_layers(args))
@@ -232,6 +237,10 @@ def _price(args: argparse.Namespace) -> int:
 
 
 def _unknown_model_message(model: str, provider: str, at: datetime) -> str:
+    import difflib
+
+    from costspan.pricing.pricer import packaged_prices
+
     names = [info.id for info in packaged_prices().models(provider)]
     close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
     hint = (
@@ -257,6 +266,8 @@ def _line_json(line: BillLine) -> dict[str, Any]:
 
 
 def _rates_json(model_price: ModelPrice) -> dict[str, Any]:
+    from genai_prices.types import TieredPrices
+
     rates: dict[str, Any] = {}
     for key, price in _token_rates(model_price):
         if isinstance(price, TieredPrices):
@@ -268,6 +279,8 @@ def _rates_json(model_price: ModelPrice) -> dict[str, Any]:
 
 
 def _token_rates(model_price: ModelPrice) -> list[tuple[str, Decimal | TieredPrices]]:
+    from genai_prices.types import TieredPrices
+
     return [
         (key, value)
         for key, value in model_price.__dict__.items()
@@ -302,6 +315,8 @@ def _price_text(
     lines: list[BillLine],
     total: Decimal | None,
 ) -> str:
+    from genai_prices.types import TieredPrices
+
     mode = ", batch" if args.batch else ""
     head = [
         f"{args.model}  priced as {model_id}",
@@ -354,6 +369,8 @@ class _Row:
 
 
 def _variants(info: ModelInfo, at: datetime) -> tuple[str, ...]:
+    from costspan.pricing.pricer import STANDARD_TIERS
+
     names = []
     for variant in info.price_variants or ():
         if variant.constraint is not None and not variant.constraint.active(at):
@@ -366,6 +383,7 @@ def _variants(info: ModelInfo, at: datetime) -> tuple[str, ...]:
 
 def _list_rows(args: argparse.Namespace, at: datetime) -> list[_Row]:
     from costspan.pricing.overrides import OverridePrices, discounted
+    from costspan.pricing.pricer import packaged_prices
 
     layer = _layers(args)[0]
     wanted = (args.list or "").lower()
@@ -398,6 +416,8 @@ def _list_rows(args: argparse.Namespace, at: datetime) -> list[_Row]:
 
 
 def _cell(price: Any) -> str:
+    from genai_prices.types import TieredPrices
+
     if isinstance(price, TieredPrices):
         return f"{_plain(price.base)}*"
     return _plain(price) if isinstance(price, Decimal) else "-"

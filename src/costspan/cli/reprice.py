@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costspan import environment_variables as env
 from costspan.cli._store_cli import (
@@ -24,9 +24,11 @@ from costspan.cli._store_cli import (
     parse_time,
 )
 from costspan.money import usd_column
-from costspan.pricing.pricer import Cost, Pricer, PriceSource, billable_from_row, packaged_prices
 from costspan.store.segments import compact, land_again
 from costspan.store.sqlite import to_ns
+
+if TYPE_CHECKING:
+    from costspan.pricing.pricer import Cost, Pricer, PriceSource
 
 CHUNK = 5_000
 
@@ -77,11 +79,16 @@ def _money(value: Any) -> float | None:
 
 def reprice_row(pricer: Pricer, row: Any) -> Cost:
     """The cost of one stored row under ``pricer``, computed from the same inputs as the span's."""
+    # Imported where prices are used, not at the top: every `costspan` command's parsing loads this module.
+    from costspan.pricing.pricer import billable_from_row
+
     return pricer.bill(billable_from_row(row))
 
 
 def price_layers(pricing_file: str | None) -> tuple[PriceSource, ...]:
     """Packaged prices, under the pricing file when one is given. A bad file is an error here, not a fallback."""
+    from costspan.pricing.pricer import packaged_prices
+
     if not pricing_file:
         return (packaged_prices(),)
     from costspan.pricing.overrides import OverridePrices, PricingFileError, load_pricing_file
@@ -113,6 +120,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from costspan.pricing.pricer import Pricer
+
     now = datetime.now(UTC)
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now

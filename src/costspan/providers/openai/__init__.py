@@ -5,7 +5,12 @@ The SDK is imported only when instrumenting (``sdk.py``), so this package import
 
 from __future__ import annotations
 
-from costspan.instrumentation.call import Telemetry
+from typing import TYPE_CHECKING
+
+# For the annotation only: `costspan reconcile` imports this package's reconcile module, and the instrumentation
+# core would bring OpenTelemetry and the price data with it.
+if TYPE_CHECKING:
+    from costspan.instrumentation.call import Telemetry
 
 
 class OpenAIProvider:

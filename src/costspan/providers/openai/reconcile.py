@@ -5,17 +5,17 @@ Stdlib HTTP, so it works whichever ``openai`` and ``httpx`` versions are install
 
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costspan.reports.reconcile import ReconcileError, Side
 from costspan.store.sqlite import round_usd
+
+if TYPE_CHECKING:
+    import urllib.error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -97,6 +97,12 @@ class OrganizationReports:
             params["page"] = page["next_page"]
 
     def _get(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        # The HTTP client (and the ssl and email modules under it) only when reading the bill: every `costspan`
+        # command's parsing imports this module for DEFAULT_BASE_URL.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         url = f"{self.base_url}/{path}?{urllib.parse.urlencode(params, doseq=True)}"
         try:
             request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_key}"})
