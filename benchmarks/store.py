@@ -1,124 +1,316 @@
-"""Store benchmark: ingest rows/s, and `costspan report` latency at 1M rows.
+"""Store benchmark: ingest, bytes on disk, and every report as a fresh process, each against a reference.
 
-    .venv/bin/python benchmarks/store.py [--rows 1000000] [--store PATH]
+    .venv/bin/python benchmarks/store.py [--rows 1000000] [--before SRC] [--markdown docs/store.md]
 
-Synthetic rows are spread evenly over the last 30 days: 12 features, 40 routes, 2,000 customers, 3 environments
-(60% prod), log-normal prompt sizes. Ingest goes through ``Store.insert`` in batches of 512 (the
-BatchSpanProcessor's default export size), the exporter's path; only the insert calls are timed, not building the
-rows. Every command then runs in this process through ``costspan.cli.main``; the best of 3 runs is reported.
-With ``--store`` an existing file is reused (and created on the first run), to time queries again quickly.
+Synthetic rows as the issue describes them: 30 days, 20 features, 50 routes, 5,000 customers, 15 models, 3
+environments (60% prod), log-normal prompt sizes, and random span and trace ids (real ids are random; sequential
+ones flatter any index keyed by them).
+
+- **Ingest** goes through ``CostspanSpanExporter.write_rows`` (what ``export`` and ``costspan serve`` call) in
+  batches of 512, the BatchSpanProcessor's export size, with compactions starting in child processes as in an
+  app. Reference: the same tuples inserted with ``executemany`` into a SQLite table with no index at all (the
+  floor of any SQLite write). After ingest, one compaction in this process catches up (timed on its own).
+- **Bytes a row:** the store file plus its segments, over the rows.
+- **Queries:** each command runs as a fresh process (``python -m costspan.cli ...``), the way a user runs it, and
+  so does its reference, a fresh ``python -c "import duckdb; ..."`` running the same aggregation over the same
+  rows (this store's own segment files). Median of ``--repeat`` runs each, interleaved.
+- ``--before SRC`` builds a second store with the costspan source tree ``SRC`` (e.g. a checkout of an older
+  commit) from the same rows, and times its commands too, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import itertools
+import os
 import random
+import sqlite3
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from costspan.cli import main as cli_main
-from costspan.store.sqlite import NS_PER_S, CostRow, Store, to_ns
-
-FEATURES = [f"feature-{i}" for i in range(12)]
-ROUTES = [f"/api/v1/route-{i}" for i in range(40)]
-CUSTOMERS = [f"cust-{i:04d}" for i in range(2000)]
-ENVIRONMENTS = ["prod", "prod", "prod", "staging", "dev"]
-MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini"]
-BATCH = 512
+NS_PER_S = 1_000_000_000
 DAYS = 30
+FEATURES = [f"feature-{i}" for i in range(20)]
+ROUTES = [f"/api/v1/route-{i}" for i in range(50)]
+CUSTOMERS = [f"cust-{i:04d}" for i in range(5000)]
+ENVIRONMENTS = ["prod", "prod", "prod", "staging", "dev"]
+MODELS = [f"gpt-model-{i}" for i in range(15)]
+BATCH = 512
 
+# (costspan command, the DuckDB reference: the same aggregation over the same rows)
 COMMANDS = [
-    "report --by feature --since 7d --env prod",  # the everyday question, over a quarter of the rows
-    "report --by feature --since 30d",  # every row
-    "report --by customer_id --since 30d --top 10",
-    "report --by feature,customer_id --since 30d --top 20",
-    "report --by feature --since 30d --every day",
-    "alerts --by feature",
-    "report --by route --since 1d --where customer_id=cust-0042",
+    (
+        "report --by feature --since 30d",
+        "SELECT feature, count(*), sum(cost_usd), sum(input_tokens), sum(output_tokens), sum(cached_tokens), "
+        "avg(latency_ms), quantile_disc(input_tokens, 0.95) FROM {rows} WHERE start_ns >= {since30} GROUP BY 1",
+    ),
+    (
+        "report --by feature,customer_id --since 30d",
+        "SELECT feature, customer_id, count(*), sum(cost_usd), sum(input_tokens), sum(output_tokens), "
+        "sum(cached_tokens), avg(latency_ms), quantile_disc(input_tokens, 0.95) FROM {rows} "
+        "WHERE start_ns >= {since30} GROUP BY 1, 2",
+    ),
+    (
+        "report --by customer_id --since 30d --top 20",
+        "SELECT customer_id, count(*), sum(cost_usd), quantile_disc(input_tokens, 0.95) FROM {rows} "
+        "WHERE start_ns >= {since30} GROUP BY 1 ORDER BY 3 DESC LIMIT 20",
+    ),
+    (
+        "report --by feature --since 7d --env prod",
+        "SELECT feature, count(*), sum(cost_usd), quantile_disc(input_tokens, 0.95) FROM {rows} "
+        "WHERE start_ns >= {since7} AND environment = 'prod' GROUP BY 1",
+    ),
+    (
+        "alerts --by feature",
+        "SELECT feature, start_ns // 3600000000000, count(*), sum(cost_usd) FROM {rows} "
+        "WHERE start_ns >= {since8} GROUP BY 1, 2",
+    ),
+    (
+        "dashboard --since 30d --out {out}",
+        "SELECT feature, start_ns // 86400000000000, count(*), sum(cost_usd) FROM {rows} "
+        "WHERE start_ns >= {since30} GROUP BY 1, 2",
+    ),
 ]
 
 
-def synthetic_rows(count: int, end: datetime, seed: int = 7) -> Iterator[CostRow]:
+def synthetic_rows(count: int, end_ns: int, seed: int = 7) -> Iterator[tuple[object, ...]]:
+    """(span_id, trace_id, parent, start_ns, feature, route, customer, env, model, input, cached, output, latency,
+    cost) in time order, ids random."""
     rng = random.Random(seed)
     span_ns = DAYS * 86400 * NS_PER_S
-    start_ns = to_ns(end) - span_ns
+    start_ns = end_ns - span_ns
     for i in range(count):
         input_tokens = int(rng.lognormvariate(6.5, 1.0))
         output_tokens = int(rng.lognormvariate(5, 0.8))
-        yield CostRow(
-            span_id=f"{i:016x}",
-            trace_id=f"{i:032x}",
-            parent_span_id=f"{i:016x}",
-            start_ns=start_ns + i * (span_ns // count),
-            feature=rng.choice(FEATURES),
-            route=rng.choice(ROUTES),
-            customer_id=rng.choice(CUSTOMERS),
-            environment=rng.choice(ENVIRONMENTS),
-            service="bench",
-            provider="openai",
-            operation="chat",
-            request_model=rng.choice(MODELS),
-            response_model="gpt-4o-mini-2024-07-18",
-            input_tokens=input_tokens,
-            cached_tokens=rng.choice((0, 0, input_tokens // 2)),
-            cache_write_tokens=0,
-            output_tokens=output_tokens,
-            reasoning_tokens=0,
-            latency_ms=rng.uniform(200, 3000),
-            cost_usd=(input_tokens * 0.15 + output_tokens * 0.6) / 1e6,
-            pricing_status="priced",
-            pricing_source="genai-prices",
-            pricing_version="0.2.3",
+        yield (
+            f"{rng.getrandbits(64):016x}",
+            f"{rng.getrandbits(128):032x}",
+            None,
+            start_ns + i * (span_ns // count) + rng.randrange(1000),
+            rng.choice(FEATURES),
+            rng.choice(ROUTES),
+            rng.choice(CUSTOMERS),
+            rng.choice(ENVIRONMENTS),
+            rng.choice(MODELS),
+            input_tokens,
+            rng.choice((0, 0, input_tokens // 2)),
+            output_tokens,
+            rng.uniform(200, 3000),
+            (input_tokens * 0.15 + output_tokens * 0.6) / 1e6,
         )
 
 
-def ingest(path: Path, rows: int) -> float:
-    """Rows per second through ``Store.insert``, batch by batch."""
-    spent = 0.0
+@dataclass
+class Built:
+    ingest_rows_s: float
+    floor_rows_s: float
+    catch_up_s: float
+    bytes_per_row: float
+
+
+def build(path: Path, rows: int, end_ns: int) -> Built:
+    """Ingest ``rows`` through the exporter into ``path``; runs with whichever costspan is importable."""
+    from costspan.store.exporter import CostspanSpanExporter
+    from costspan.store.sqlite import CostRow
+
+    def cost_rows(chunk: Sequence[tuple[object, ...]]) -> list[CostRow]:
+        return [
+            CostRow(
+                span_id=s,
+                trace_id=t,
+                parent_span_id=p,
+                start_ns=n,
+                feature=f,
+                route=r,
+                customer_id=c,  # type: ignore[arg-type]
+                environment=e,
+                service="bench",
+                provider="openai",
+                operation="chat",
+                request_model=m,  # type: ignore[arg-type]
+                response_model=m,
+                input_tokens=i,
+                cached_tokens=k,
+                cache_write_tokens=0,
+                output_tokens=o,  # type: ignore[arg-type]
+                reasoning_tokens=0,
+                latency_ms=lat,
+                cost_usd=usd,
+                pricing_status="priced",  # type: ignore[arg-type]
+                pricing_source="genai-prices",
+                pricing_version="0.2.5",
+            )
+            for s, t, p, n, f, r, c, e, m, i, k, o, lat, usd in chunk
+        ]
+
+    exporter = CostspanSpanExporter(path)
+    floor = sqlite3.connect(path.with_name("floor.sqlite3"), isolation_level=None)
+    floor.execute(f"CREATE TABLE t ({', '.join(f'c{i}' for i in range(14))})")
+    generated = synthetic_rows(rows, end_ns)
+    spent = floor_spent = 0.0
     done = 0
-    generated = synthetic_rows(rows, datetime.now(UTC))
-    with Store(path) as store:
-        while batch := list(itertools.islice(generated, BATCH)):
-            started = time.perf_counter()
-            store.insert(batch)
-            spent += time.perf_counter() - started
-            done += len(batch)
-            if done % 100_000 < BATCH:
-                print(f"  {done:,} rows", flush=True)
-    return rows / spent
+    while chunk := [row for _, row in zip(range(BATCH), generated, strict=False)]:
+        batch = cost_rows(chunk)
+        started = time.perf_counter()
+        exporter.write_rows(batch)
+        spent += time.perf_counter() - started
+        started = time.perf_counter()
+        floor.execute("BEGIN")
+        floor.executemany(f"INSERT INTO t VALUES ({', '.join('?' * 14)})", chunk)
+        floor.execute("COMMIT")
+        floor_spent += time.perf_counter() - started
+        done += len(chunk)
+        if done % 500_000 < BATCH:
+            print(f"  {done:,} rows", file=sys.stderr, flush=True)
+    assert exporter.failed_spans == 0, exporter.failed_spans
+    exporter.shutdown()
+    floor.close()
+    path.with_name("floor.sqlite3").unlink()
+    started = time.perf_counter()
+    try:
+        from costspan.store.segments import compact, compaction_lock, segment_dir
+        from costspan.store.sqlite import Store
+
+        with compaction_lock(path, wait=True):  # a child compaction may still be running
+            pass
+        with Store(path) as store:
+            compact(store)
+        files = [path, *segment_dir(path).glob("*.parquet")]
+    except ImportError:  # a costspan before segments
+        files = [path]
+    catch_up = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in files if f.exists())
+    return Built(rows / spent, rows / floor_spent, catch_up, size / rows)
 
 
-def best_of(argv: list[str], repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        with contextlib.redirect_stdout(io.StringIO()):
-            started = time.perf_counter()
-            cli_main(argv)
-            best = min(best, time.perf_counter() - started)
-    return best
+def fresh(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of one process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, argv)
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--store", type=Path, help="reuse (or create) this file instead of a temporary one")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--before", type=Path, metavar="SRC", help="also time the costspan source tree SRC")
+    parser.add_argument("--markdown", type=Path, help="write the table into this file between store-bench markers")
+    parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # internal: build with this PYTHONPATH
+    parser.add_argument("--end-ns", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_only:
+        built = build(args.build_only, args.rows, args.end_ns)
+        print(built.ingest_rows_s, built.floor_rows_s, built.catch_up_s, built.bytes_per_row)
+        return
+    end_ns = time.time_ns()
+    here = Path(__file__).resolve()
+    trees = {"after": here.parents[1] / "src"}
+    if args.before:
+        trees = {"before": args.before.resolve(), **trees}
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.store or Path(tmp) / "bench.sqlite3"
-        if not path.exists():
-            print(f"ingesting {args.rows:,} rows in batches of {BATCH}...")
-            print(f"ingest: {ingest(path, args.rows):,.0f} rows/s")
-        with Store(path) as store:
-            print(f"store: {store.count():,} rows, {path.stat().st_size / 1e6:,.0f} MB")
-        for command in COMMANDS:
-            seconds = best_of([*command.split(), "--store", str(path)])
-            print(f"{seconds * 1000:6.0f} ms  costspan {command}")
+        stores: dict[str, Path] = {}
+        built: dict[str, Built] = {}
+        for name, src in trees.items():
+            stores[name] = Path(tmp) / name / "bench.sqlite3"
+            stores[name].parent.mkdir()
+            print(f"building the {name} store ({args.rows:,} rows, {src})...", file=sys.stderr)
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(here),
+                    "--build-only",
+                    str(stores[name]),
+                    "--rows",
+                    str(args.rows),
+                    "--end-ns",
+                    str(end_ns),
+                ],
+                env=env,
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout.split()
+            built[name] = Built(*map(float, out))
+        segment_files = sorted((stores["after"].parent / "bench.sqlite3.segments").glob("*.parquet"))
+        rows_sql = "read_parquet([" + ", ".join(f"'{f}'" for f in segment_files) + "])"
+        day_ns = 86400 * NS_PER_S
+        bounds = {"since30": end_ns - 30 * day_ns, "since7": end_ns - 7 * day_ns, "since8": end_ns - 8 * day_ns}
+        timings: dict[str, dict[str, tuple[float, float]]] = {}
+        for command, reference in COMMANDS:
+            argv = command.format(out=Path(tmp) / "spend.html").split()
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*trees, "duckdb"]}
+            sql = reference.format(rows=rows_sql, **bounds)
+            for _ in range(args.repeat):
+                for name, src in trees.items():
+                    env = {**os.environ, "PYTHONPATH": str(src)}
+                    runs[name].append(
+                        fresh([sys.executable, "-m", "costspan.cli", *argv, "--store", str(stores[name])], env)
+                    )
+                runs["duckdb"].append(
+                    fresh([sys.executable, "-c", f"import duckdb; duckdb.sql({sql!r}).fetchall()"], dict(os.environ))
+                )
+            label = command.split(" --out")[0]
+            timings[label] = {
+                name: (statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
+                for name, times in runs.items()
+            }
+            print(
+                label, {k: f"{w * 1000:.0f}/{c * 1000:.0f} ms" for k, (w, c) in timings[label].items()}, file=sys.stderr
+            )
+    table = render(args.rows, built, timings)
+    print(table)
+    if args.markdown:
+        text = args.markdown.read_text()
+        begin, end = "<!-- store-bench:begin -->", "<!-- store-bench:end -->"
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        args.markdown.write_text(f"{head}{begin}\n{table}{end}{tail}")
+
+
+def render(rows: int, built: dict[str, Built], timings: dict[str, dict[str, tuple[float, float]]]) -> str:
+    names = list(built)
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {rows:,} rows, {os.cpu_count()} cores "
+        f"(`python benchmarks/store.py --rows {rows}{' --before SRC' if 'before' in built else ''}`).",
+        "",
+        "| | " + " | ".join(names) + " | reference | ratio (" + names[-1] + " / reference) |",
+        "|---|" + "---:|" * (len(names) + 2),
+    ]
+    after = built[names[-1]]
+    lines.append(
+        "| ingest, rows/s (write_rows, random ids) | "
+        + " | ".join(f"{built[n].ingest_rows_s:,.0f}" for n in names)
+        + f" | {after.floor_rows_s:,.0f} (SQLite executemany, no index)"
+        + f" | {after.ingest_rows_s / after.floor_rows_s:.2f} |"
+    )
+    lines.append(
+        "| compaction catch-up after ingest, s | " + " | ".join(f"{built[n].catch_up_s:.1f}" for n in names) + " | | |"
+    )
+    lines.append(
+        "| bytes on disk a row | " + " | ".join(f"{built[n].bytes_per_row:.0f}" for n in names) + " | 120 (target) | "
+        f"{after.bytes_per_row / 120:.2f} |"
+    )
+    for command, times in timings.items():
+        reference = times["duckdb"]
+        lines.append(
+            f"| `costspan {command}`, ms wall / CPU | "
+            + " | ".join(f"{times[n][0] * 1000:,.0f} / {times[n][1] * 1000:,.0f}" for n in names)
+            + f" | {reference[0] * 1000:,.0f} / {reference[1] * 1000:,.0f} (fresh DuckDB process)"
+            + f" | {times[names[-1]][0] / reference[0]:.2f} / {times[names[-1]][1] / reference[1]:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
