@@ -81,6 +81,22 @@ def test_a_span_delivered_again_after_compaction_counts_once(tmp_path: Path, sma
         assert store.landed() == 0 and answers(store) == before
 
 
+def test_a_retry_is_marked_when_its_first_call_was_already_compacted(tmp_path: Path) -> None:
+    call = {"trace_id": "e" * 32, "parent_span_id": "00000000000000f1", "input_tokens": 500}
+    with Store(tmp_path / "s.sqlite3") as store:
+
+        def marks() -> list[tuple[str, int]]:
+            return [(r[0][-1], r[1]) for r in store.query("SELECT span_id, is_retry FROM spans ORDER BY span_id")]
+
+        store.insert([row(1, NOW - timedelta(seconds=30), **call)])
+        compact(store)
+        store.insert([row(2, NOW, **call), row(3, NOW, **{**call, "input_tokens": 501})])  # a retry; a new call
+        # Landed rows are compared with each other only: the retry is known once the compaction sees both calls.
+        assert marks() == [("1", 0), ("2", 0), ("3", 0)]
+        compact(store)
+        assert marks() == [("1", 0), ("2", 1), ("3", 0)] and store.totals()["retries"] == 1
+
+
 def test_a_batch_job_recorded_again_after_compaction_counts_once(tmp_path: Path) -> None:
     job = {"operation": "batch", "batch_id": "batch_1", "cost_usd": 0.5}
     with Store(tmp_path / "s.sqlite3") as store:

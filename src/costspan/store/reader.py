@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costspan.store.segments import landed_table, read_segments, segment_dir
+from costspan.store.segments import landed_table, mark_retries, read_segments, segment_dir
 
 if TYPE_CHECKING:
     import duckdb
@@ -88,6 +88,7 @@ class Snapshot:
         finally:
             db.execute("COMMIT")
         landed_table(self._duck, "landed", STORED_COLUMNS, landed)
+        mark_retries(self._duck, "landed", None)  # against stored rows too only once compacted
         if names and landed:
             # A span delivered again after its first copy was compacted waits in the landing table until the next
             # compaction drops it: count the stored copy only. The bounds (literals, so that DuckDB skips the

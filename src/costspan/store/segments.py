@@ -130,6 +130,9 @@ def _compact_chunk(store: Store, con: duckdb.DuckDBPyConnection) -> int:
         first_ns, last_ns = con.execute("SELECT min(start_ns), max(start_ns) FROM batch").fetchone() or (0, 0)
         folder = segment_dir(store.path)
         overlapping = [folder / name for name, first, last in segments if first <= last_ns and last >= first_ns]
+        recent = [
+            folder / name for name, first, last in segments if first <= last_ns and last >= first_ns - RETRY_LOOKBACK_NS
+        ]
         if overlapping:  # spans delivered again after their first copy was compacted
             con.execute(
                 f"DELETE FROM batch USING (SELECT start_ns, span_id FROM {read_segments(overlapping)} "
@@ -143,11 +146,40 @@ def _compact_chunk(store: Store, con: duckdb.DuckDBPyConnection) -> int:
                 f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN "
                 f"(SELECT batch_id FROM {read_segments(every)} WHERE {BATCH_JOB})"
             )
+        earlier = f"SELECT * FROM {read_segments(recent)} WHERE start_ns >= {first_ns - RETRY_LOOKBACK_NS}"
+        mark_retries(con, "batch", earlier if recent else None)
         written = _write_segment(con, "SELECT * FROM batch", folder, level=0)
         if written is not None:
             db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
         db.execute("DELETE FROM spans WHERE rowid <= ?", (rows[-1][0],))
         return len(rows)
+
+
+# A span repeating an earlier call of the same handler (same trace, parent span, model, operation and prompt
+# size, started later; span id breaks ties) is an app-level retry: billed again, so counted, and marked. NULLs
+# partition together, as SQL's IS does.
+RETRIES: Final = """
+    CASE WHEN parent_span_id IS NOT NULL AND input_tokens IS NOT NULL AND row_number() OVER (
+        PARTITION BY trace_id, parent_span_id, request_model, operation, input_tokens ORDER BY start_ns, span_id
+    ) > 1 THEN 1 ELSE 0 END
+"""
+# How far back a compaction looks in the segments for the first call of a retry it holds.
+RETRY_LOOKBACK_NS: Final = 3600 * 1_000_000_000
+
+
+def mark_retries(con: duckdb.DuckDBPyConnection, table: str, earlier: str | None) -> None:
+    """Set ``is_retry`` in ``table``: among its own rows, and against ``earlier`` (a query of stored rows) when
+    given. A stored row is never changed: a retry whose first call arrives after it was compacted stays unmarked."""
+    stored = (
+        f"SELECT *, 0 AS landed FROM ({earlier}) WHERE trace_id IN (SELECT trace_id FROM {table})" if earlier else None
+    )
+    rows = f"SELECT *, 1 AS landed FROM {table}" + (f" UNION ALL BY NAME {stored}" if stored else "")
+    con.execute(
+        f"""UPDATE {table} SET is_retry = marked.is_retry FROM (
+                SELECT start_ns, span_id, {RETRIES} AS is_retry, landed FROM ({rows})
+            ) AS marked
+            WHERE marked.landed = 1 AND {table}.start_ns = marked.start_ns AND {table}.span_id = marked.span_id"""
+    )
 
 
 # A finished batch job is recorded once (the landing table's spans_batch_job index says the same).

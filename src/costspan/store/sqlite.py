@@ -1,4 +1,4 @@
-"""The embedded store: one SQLite file holding one row per LLM span, and the queries the CLI reports from.
+"""The embedded store: a SQLite landing table, Parquet segments behind it, and the queries the CLI reports from.
 
 Query API (what ``costspan report``, ``alerts``, ``budgets``, ``dashboard`` and ``serve`` call)::
 
@@ -14,13 +14,15 @@ Query API (what ``costspan report``, ``alerts``, ``budgets``, ``dashboard`` and 
 that attribute), ``bucket`` (an aware UTC datetime, only with ``every``) and the measures in ``MEASURES``.
 ``dimension_names()`` lists what one may group and filter by: the columns in ``DIMENSIONS``, then the
 attribution keys in force (``OTEL_COSTSPAN_ATTRIBUTION_KEYS``) that have no column of their own. Those are stored
-in the ``attribution`` column, a compact JSON object, and read with ``json_extract``.
+in the ``attribution`` column, a compact JSON object, and read with ``json_extract_string``.
 
 Writers from several processes share one file safely: WAL journal, a busy timeout, and every batch in one
-``BEGIN IMMEDIATE`` transaction. Rows are keyed by span id and inserted with ``ON CONFLICT (span_id) DO
-NOTHING``, so a span delivered twice is stored once. A span that repeats an earlier call of the same handler
-(same trace, parent span, model, operation and prompt size) is an app-level retry: the provider billed it
-again, so it is kept and counted, and marked ``is_retry = 1``.
+``BEGIN IMMEDIATE`` transaction. Rows land keyed by ``(start_ns, span_id)`` and are inserted with ``ON CONFLICT
+DO NOTHING``, so a span delivered twice is stored once. Compaction (``costspan.store.segments``) moves them into
+Parquet segments; reads go through DuckDB (``costspan.store.reader``) over both, each row once. A span that
+repeats an earlier call of the same handler (same trace, parent span, model, operation and prompt size) is an
+app-level retry: the provider billed it again, so it is kept and counted, and marked ``is_retry = 1``
+(``costspan.store.segments.RETRIES`` says how).
 """
 
 from __future__ import annotations
@@ -196,8 +198,9 @@ MIGRATIONS: Final = (
     """,
     # 6: the table becomes the landing table in front of Parquet segments (costspan.store.segments). Rows are
     # keyed by (start_ns, span_id): span ids are random, so a key led by them made every insert land on a random
-    # page (6.8-12k rows/s at 1M rows); led by the start time, inserts append. Anthropic's 1-hour cache writes and
-    # web searches are priced separately, so reprice needs their counts.
+    # page (6.8-12k rows/s at 1M rows); led by the start time, inserts append. Retries are marked where rows are
+    # read and compacted, in DuckDB, so the index on trace ids (a third of an insert's cost) goes. Anthropic's
+    # 1-hour cache writes and web searches are priced separately, so reprice needs their counts.
     """
     ALTER TABLE spans RENAME TO spans_v5;
     CREATE TABLE spans (
@@ -237,7 +240,6 @@ MIGRATIONS: Final = (
         batch_id, attribution, claimed_cost_usd, is_retry, original_cost_usd, original_pricing_version, repriced_at_ns
     FROM spans_v5 ORDER BY start_ns, span_id;
     DROP TABLE spans_v5;
-    CREATE INDEX spans_trace ON spans (trace_id);
     CREATE UNIQUE INDEX spans_batch_job ON spans (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL;
     CREATE TABLE segments (
         name TEXT PRIMARY KEY, level INTEGER NOT NULL, rows INTEGER NOT NULL,
@@ -255,27 +257,6 @@ _INSERT = (
     "ON CONFLICT (start_ns, span_id) DO NOTHING "
     "ON CONFLICT (batch_id) WHERE operation = 'batch' AND input_tokens IS NOT NULL DO NOTHING"
 )
-
-# Traces of a batch holding more than one stored span: only those can hold a retry.
-_SHARED_TRACES = """
-SELECT trace_id FROM spans WHERE trace_id IN (SELECT value FROM json_each(?)) GROUP BY trace_id HAVING count(*) > 1
-"""
-
-# Marks the later calls of a handler that repeated the same request: same trace, parent span, model,
-# operation and prompt size, started after the first (span id breaks ties).
-_MARK_RETRIES = """
-UPDATE spans SET is_retry = 1
-WHERE trace_id = ? AND is_retry = 0 AND parent_span_id IS NOT NULL AND input_tokens IS NOT NULL
-  AND EXISTS (
-    SELECT 1 FROM spans AS first
-    WHERE first.trace_id = spans.trace_id
-      AND first.parent_span_id = spans.parent_span_id
-      AND first.request_model IS spans.request_model
-      AND first.operation IS spans.operation
-      AND first.input_tokens = spans.input_tokens
-      AND (first.start_ns, first.span_id) < (spans.start_ns, spans.span_id)
-  )
-"""
 
 
 class StoreError(Exception):
@@ -597,16 +578,10 @@ class Store:
         rows = list(rows)
         if not rows:
             return 0
-        batch = list(map(_row_values, rows))
-        retry_traces = sorted({row.trace_id for row in rows if row.parent_span_id is not None})
         with self.write_transaction() as db:
             before = db.total_changes
-            db.executemany(_INSERT, batch)
-            added = db.total_changes - before
-            if added and retry_traces:
-                shared = db.execute(_SHARED_TRACES, (json.dumps(retry_traces),)).fetchall()
-                db.executemany(_MARK_RETRIES, shared)
-        return added
+            db.executemany(_INSERT, map(_row_values, rows))
+            return db.total_changes - before
 
     def execute_write(self, sql: str, parameters: Iterable[Sequence[Any]]) -> int:
         """Run one statement per parameter tuple on the landing table in a single write transaction; returns rows
