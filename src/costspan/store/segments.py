@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 LANDING_COMPACT_AT: Final = 10_000  # landed rows that make a writer start a compaction
 COMPACT_CHUNK: Final = 25_000  # rows moved per landing-table transaction (writers wait for it)
 FANOUT: Final = 8  # segments of one level merged into one of the next
-RETIRED_GRACE_NS: Final = 10 * 60 * 1_000_000_000
+RETIRED_GRACE_NS: Final = 60 * 1_000_000_000  # a query takes well under a second
 SPAWN_INTERVAL_S: Final = 5.0  # at most one child compaction per writer this often
 
 
@@ -110,6 +110,8 @@ def compact(store: Store, progress: Callable[[int], None] | None = None) -> int:
             while _merge_one_level(store, con):
                 pass
             _delete_retired(store)
+            if moved:
+                store.reclaim_space()
             return moved
         finally:
             con.close()

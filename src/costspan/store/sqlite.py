@@ -472,6 +472,8 @@ class Store:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
                 self._refuse_foreign_database()  # before WAL and migrations change the file
+                # A new file returns the pages compaction frees (Store.reclaim_space); set before any table exists.
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._use_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
                 self._migrate()
@@ -597,6 +599,20 @@ class Store:
             cursor = self._db.execute(sql, parameters)
             cursor.row_factory = sqlite3.Row
             return cursor.fetchall()
+
+    def reclaim_space(self) -> None:
+        """Give the pages compaction freed back to the file system. A file made before segments existed is
+        rewritten once (VACUUM) to start reclaiming; after that, freeing is incremental and cheap."""
+        with self._lock, self._errors():
+            free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if not free_pages:
+                return
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                self._db.execute("VACUUM")
+            else:
+                self._db.execute("PRAGMA incremental_vacuum")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held those pages too
 
     def landed(self) -> int:
         """Rows in the landing table, not yet compacted into segments."""
