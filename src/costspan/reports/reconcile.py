@@ -135,7 +135,8 @@ def reconcile(provider: Side, ours: Side, days: Sequence[date], today: date, tol
 
 
 def _gap_statement(model: str, reason: str, theirs: Figures, mine: Figures) -> str:
-    return f"{model}: {reason} (billed ${theirs.usd:,.4f}, recorded ${mine.usd:,.4f}, {mine.requests:,} calls)"
+    calls = f"{mine.requests:,} call{'' if mine.requests == 1 else 's'}"
+    return f"{model}: {reason} (billed ${theirs.usd:,.4f}, recorded ${mine.usd:,.4f} for {calls})"
 
 
 class ProviderBill(Protocol):
