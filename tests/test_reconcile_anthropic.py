@@ -8,6 +8,7 @@ input 1, cache read 0.10, output 5.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -254,3 +255,21 @@ def test_a_missing_or_ordinary_key_says_what_to_do(
     monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", ADMIN_KEY)
     assert main([*argv, "--project", "proj_abc"]) == 2
     assert "--project is for another provider; with --provider anthropic use --workspace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"anthropic-version": "2023-06-01"}, 401),
+        ({"x-api-key": "sk-ant-api03-ordinary", "anthropic-version": "2023-06-01"}, 401),
+        ({"x-api-key": ADMIN_KEY}, 400),  # anthropic-version is required
+    ],
+)
+def test_the_stand_in_serves_its_reports_only_as_the_api_does(
+    provider: FakeAnthropic, headers: dict[str, str], status: int
+) -> None:
+    url = f"{provider.base_url}/v1/organizations/usage_report/messages?starting_at=2020-01-01T00:00:00Z"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers))
+    assert refused.value.code == status
+    assert json.load(refused.value)["type"] == "error"

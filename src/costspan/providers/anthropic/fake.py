@@ -401,6 +401,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Buckets from ``starting_at`` (snapped to the bucket) until ``ending_at``, ``limit`` to a page; ``page``
         is the cursor the last page returned: the next bucket's start, base64-encoded."""
         try:
+            if not query.get("starting_at"):
+                raise ValueError("starting_at (an RFC 3339 timestamp) is required")
             start = int(datetime.fromisoformat(query["starting_at"][0]).timestamp())
             end = int(datetime.fromisoformat(query["ending_at"][0]).timestamp()) if query.get("ending_at") else None
             width = (query.get("bucket_width") or ["1d"])[0]
@@ -411,9 +413,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not 1 <= limit <= max_limit:
                 raise ValueError(f"limit must be from 1 to {max_limit} for bucket_width {width}")
             if query.get("page"):
-                start = int(datetime.fromisoformat(base64.b64decode(query["page"][0][5:]).decode()).timestamp())
-        except (KeyError, ValueError) as error:
-            self._error(400, "invalid_request_error", f"{error}: starting_at (RFC 3339) is required")
+                cursor = base64.b64decode(query["page"][0].removeprefix("page_")).decode()
+                start = int(datetime.fromisoformat(cursor).timestamp())
+        except ValueError as error:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+            self._error(400, "invalid_request_error", str(error))
             return
         end = end if end is not None else int(time.time()) + 1
         first = start - start % seconds
@@ -429,8 +432,8 @@ class _Handler(BaseHTTPRequestHandler):
             for bucket in starts[:limit]
         ]
         more = len(starts) > limit
-        cursor = "page_" + base64.b64encode(_rfc3339(starts[limit]).encode()).decode() if more else None
-        self._json({"data": data, "has_more": more, "next_page": cursor})
+        next_page = "page_" + base64.b64encode(_rfc3339(starts[limit]).encode()).decode() if more else None
+        self._json({"data": data, "has_more": more, "next_page": next_page})
 
     def _usage_report(self, query: dict[str, list[str]]) -> None:
         group_by = set(query.get("group_by", []))
