@@ -1,7 +1,9 @@
 """Reconciliation: what costspan recorded against what the provider billed, day by day and model by model.
 
 The provider's side is a ``ProviderBill``: for OpenAI, ``costspan.providers.openai.reconcile.OrganizationReports``
-reads the organization Costs and Usage APIs with an admin key. costspan's side is the store. For every UTC
+reads the organization Costs and Usage APIs with an admin key; for Anthropic,
+``costspan.providers.anthropic.reconcile.AdminReports`` reads the Admin API's cost and usage reports. costspan's
+side is the store, that provider's calls only. For every UTC
 day whose dollars differ by more than the tolerance, ``reconcile`` names the likely cause from the token counts:
 
 - the provider billed requests costspan never saw (code that is not instrumented, spans lost on the way);
