@@ -50,14 +50,20 @@ def test_demo_runs_the_app_and_prints_the_report(
     # Progress while it runs, the report by feature and by customer after, then what to try next.
     assert "requests" in err and "[####################]" in err
     assert f"--by feature --since 30d --store {store}" in out and "--by customer_id" in out
+    # Both providers, side by side: the OpenAI and the Anthropic stand-in served the app.
+    assert f"--by provider,request_model --since 30d --store {store}" in out
+    assert "anthropic  claude-sonnet-4-5-20250929" in out and "openai     gpt-4.1" in out
     for name in [*FEATURE_ROUTES, "acme", BURST_CUSTOMER, "system"]:
         assert name in out
     assert "costspan dashboard --out spend.html" in out and "costspan alerts" in out
     # costspan is not on PyPI yet: the install hint names a checkout, never `pip install costspan`.
     assert "pip install -e " in out and "pip install costspan" not in out
     assert "app requests and jobs made" in err and "LLM calls, priced and written to" in err
-    # The store, checked against the stand-in's own bill (kept at its own rates), as `costspan reconcile` does.
-    assert "Reconciled with the stand-in's own bill" in out and "all 14 finished days agree within 2%" in out
+    # The store, checked against each stand-in's own bill (kept at its own rates), as `costspan reconcile` does.
+    assert "Reconciled with each stand-in's own bill" in out
+    for provider in ("OpenAI", "Anthropic"):
+        (line,) = [line for line in out.splitlines() if line.startswith(f"  {provider}: billed ")]
+        assert line.endswith("over 15 days; all 14 finished days agree within 2%")
 
     stored = rows(store)
     assert len(stored) > 80
@@ -69,7 +75,8 @@ def test_demo_runs_the_app_and_prints_the_report(
         assert (row["customer_id"] == "system") == (row["feature"] == "nightly-batch")
         assert row["pricing_status"] == "priced" and row["cost_usd"] > 0
     models = Counter(str(row["request_model"]) for row in stored)
-    assert set(models) == {"gpt-4o-mini", "gpt-4.1", "gpt-5", "text-embedding-3-small"}
+    assert set(models) == {"gpt-4o-mini", "gpt-4.1", "gpt-5", "text-embedding-3-small", "claude-sonnet-4-5-20250929"}
+    assert {row["provider"] for row in stored} == {"openai", "anthropic"}
     chat = [row for row in stored if row["feature"] == "support-chat"]
     assert all(row["cached_tokens"] > 0 for row in chat)
     assert any((row["reasoning_tokens"] or 0) > 0 for row in stored)
@@ -141,7 +148,9 @@ def test_a_key_in_the_environment_never_reaches_the_real_api(
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: any call would fail
     assert main(["demo", *flags, "--requests", "10"]) == 0
     err = capsys.readouterr().err
-    assert "local OpenAI stand-in" in err and "OPENAI_API_KEY is set but not used: --real-api calls" in err
+    assert (
+        "local OpenAI and Anthropic stand-ins" in err and "OPENAI_API_KEY is set but not used: --real-api calls" in err
+    )
 
 
 def test_real_api_without_a_key_says_so(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,14 +171,17 @@ def test_unreachable_real_api_is_one_line_with_what_to_do(
     assert "Traceback" not in err
 
 
-def test_missing_openai_sdk_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_missing_sdk_says_what_to_install(
+    sdk: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "openai", None)  # as on a machine with only `pip install costspan`
+    monkeypatch.setitem(sys.modules, sdk, None)  # as on a machine with only `pip install costspan`
     monkeypatch.delitem(sys.modules, "costspan.demo.scenario")
     monkeypatch.delattr(costspan.demo, "scenario")
     assert main(["demo"]) == 2
-    assert "pip install 'openai>=1.40'" in capsys.readouterr().err
+    assert {"openai": "pip install 'openai>=1.40'", "anthropic": "pip install 'anthropic>=0.52'"}[sdk] in (
+        capsys.readouterr().err
+    )
 
 
 def test_traffic_shape() -> None:

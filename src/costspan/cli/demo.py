@@ -1,4 +1,5 @@
-"""``costspan demo``: run an instrumented app against a local OpenAI stand-in, then show where the money went."""
+"""``costspan demo``: run an instrumented app against local OpenAI and Anthropic stand-ins, then show where the money
+went."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from typing import TYPE_CHECKING, Any
 from costspan.money import usd_column
 from costspan.store.paths import checkout_for_hints, demo_store_path
 
+SDKS = {"openai": "openai>=1.40", "anthropic": "anthropic>=0.52"}  # what `pip install` needs for the demo
+
 EPILOG = """\
 What it does:
-  1. starts a stand-in for the OpenAI API on 127.0.0.1 (bundled; no key, no network, no cost),
-  2. runs a small support app through the real openai SDK, instrumented by costspan: support chat
-     (streaming, prompt caching), document summaries, semantic search and a nightly batch job, for six
-     customers, with gpt-4o-mini, gpt-4.1, gpt-5 and text-embedding-3-small. Two weeks of traffic are
-     replayed in a few seconds, ending with one customer's burst in the last hour,
-  3. prints the spend report by feature and by customer, checks the store against the stand-in's own bill
-     day by day (what `costspan reconcile` does with OpenAI's), and prints the commands to dig further.
+  1. starts stand-ins for the OpenAI and Anthropic APIs on 127.0.0.1 (bundled; no key, no network, no cost),
+  2. runs a small support app through the real openai and anthropic SDKs, instrumented by costspan: support
+     chat (streaming, prompt caching), document summaries, semantic search and a nightly batch job, for six
+     customers, with gpt-4o-mini, gpt-4.1, gpt-5, text-embedding-3-small and claude-sonnet-4-5. Two weeks of
+     traffic are replayed in a few seconds, ending with one customer's burst in the last hour,
+  3. prints the spend report by feature, by customer and by provider and model, checks the store against
+     each stand-in's own bill day by day (what `costspan reconcile` does with the providers' reports), and
+     prints the commands to dig further.
 
 Its spans go to a separate demo store, recreated on every run, so your real store is never touched.
 
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="see costspan work in seconds: a demo app against a local OpenAI stand-in",
+        help="see costspan work in seconds: a demo app against local OpenAI and Anthropic stand-ins",
         description="Run an instrumented demo app and print the spend report it produced.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,31 +72,35 @@ def _fresh(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _reconciliation(days: list[DayResult]) -> str:
-    """What `costspan reconcile` would say, against the stand-in's own bill instead of OpenAI's."""
+def _reconciliation(bills: dict[str, list[DayResult]]) -> str:
+    """What `costspan reconcile` would say, against each stand-in's own bill instead of the provider's."""
     from costspan.reports.reconcile import DEFAULT_TOLERANCE, OK, PARTIAL
 
-    finished = [day for day in days if day.verdict != PARTIAL]
-    billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
-    shown = usd_column([billed, recorded])
     lines = [
-        "\nReconciled with the stand-in's own bill, as `costspan reconcile` does with OpenAI's Costs and Usage APIs:",
-        f"  billed {shown[0]}, recorded {shown[1]} over {len(days)} days (today's bill is partial)",
+        "\nReconciled with each stand-in's own bill, as `costspan reconcile --provider ...` does with the real one:"
     ]
-    gaps = [day for day in finished if day.verdict != OK]
-    if not gaps:
-        lines.append(f"  all {len(finished)} finished days agree within {DEFAULT_TOLERANCE:.0%}")
-    lines.extend(f"  {day.day}: {day.verdict}: {day.cause}" for day in gaps)
+    for provider, days in bills.items():
+        finished = [day for day in days if day.verdict != PARTIAL]
+        billed, recorded = sum(d.provider.usd for d in days), sum(d.costspan.usd for d in days)
+        shown = usd_column([billed, recorded])
+        gaps = [day for day in finished if day.verdict != OK]
+        agreed = f"all {len(finished)} finished days agree within {DEFAULT_TOLERANCE:.0%}" if not gaps else ""
+        lines.append(
+            f"  {provider}: billed {shown[0]}, recorded {shown[1]} over {len(days)} days; {agreed}".rstrip("; ")
+        )
+        lines.extend(f"    {day.day}: {day.verdict}: {day.cause}" for day in gaps)
+    lines.append("  (today's bills are partial)")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         from costspan.demo import scenario
-    except ImportError as exc:  # openai is an optional dependency of costspan, and the demo drives the real SDK
+    except ImportError as exc:  # the SDKs are optional dependencies of costspan, and the demo drives both
+        package = exc.name if exc.name in SDKS else "openai"
         print(
-            f"costspan demo: {exc.name or 'a package'} is not installed; the demo drives the real OpenAI SDK. "
-            "Install it with: pip install 'openai>=1.40'",
+            f"costspan demo: {exc.name or 'a package'} is not installed; the demo drives the real OpenAI and "
+            f"Anthropic SDKs. Install it with: pip install '{SDKS[package]}'",
             file=sys.stderr,
         )
         return 2
@@ -120,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"costspan demo: replaying two weeks of a support app's traffic ({args.requests} customer requests, "
-            "a burst\n  and a nightly job) against a local OpenAI stand-in on 127.0.0.1: no API key, no network, "
-            "no cost",
+            "a burst\n  and a nightly job) against local OpenAI and Anthropic stand-ins on 127.0.0.1: no API key, "
+            "no network, no cost",
             file=sys.stderr,
         )
         if os.environ.get("OPENAI_API_KEY"):
@@ -149,14 +157,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"costspan demo: {result.failed_spans} spans could not be stored; see the errors above", file=sys.stderr)
         return 1
     flag = ["--store", str(store)]
-    for dimension in ("feature", "customer_id"):
+    dimensions = ("feature", "customer_id") if real_api else ("feature", "customer_id", "provider,request_model")
+    for dimension in dimensions:
         command = ["report", "--by", dimension, "--since", "30d", *flag]
         print(f"\n$ costspan {shlex.join(command)}", flush=True)
         status = costspan_main(command)
         if status:
             return status
-    if result.reconciliation is not None:
-        print(_reconciliation(result.reconciliation))
+    if result.reconciliations is not None:
+        print(_reconciliation(result.reconciliations))
     quoted = shlex.quote(str(store))
     checkout = checkout_for_hints()
     burst = "" if real_api else f"   # flags {scenario.BURST_CUSTOMER}'s burst in the last full hour"
@@ -171,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         "and run the app under\n"
         "  opentelemetry-instrument --traces_exporter costspan python app.py\n"
         "Its spans go to your own store, which `costspan report` reads without --store. Compare it with your\n"
-        "OpenAI bill with an organization admin key: OPENAI_ADMIN_KEY=<your sk-admin-... key> costspan reconcile"
+        "OpenAI bill with an organization admin key: OPENAI_ADMIN_KEY=<your sk-admin-... key> costspan reconcile\n"
+        "or your Anthropic bill with an Admin API key:\n"
+        "  ANTHROPIC_ADMIN_KEY=<your sk-ant-admin... key> costspan reconcile --provider anthropic"
     )
     return 0

@@ -1,14 +1,15 @@
-"""``costspan demo``: a small instrumented app, run against the bundled OpenAI stand-in, writing to a demo store.
+"""``costspan demo``: a small instrumented app, run against the bundled OpenAI and Anthropic stand-ins, writing to
+a demo store.
 
 The app is built the way a real one is: a middleware opens a SERVER span per request and puts the authenticated
 customer and the route into OpenTelemetry Baggage, each handler names its feature with ``costspan.attribute``,
-and a nightly job attributes its own calls. It calls the real ``openai`` SDK, instrumented by
+and a nightly job attributes its own calls. It calls the real ``openai`` and ``anthropic`` SDKs, instrumented by
 ``CostspanInstrumentor``; a ``BatchSpanProcessor`` hands the spans to ``CostspanSpanExporter``.
 
 Against the stand-in the demo replays two weeks of traffic in a few seconds: each request really runs now, and its
 spans are then moved to the moment it stands for, so the report and dashboard have history to show. The last
 full hour holds a burst from one customer, which ``costspan alerts`` flags. With ``real_api`` (``costspan demo
---real-api``) it makes a dozen small calls to the real API instead, and keeps their real timestamps.
+--real-api``) it makes a dozen small calls to the real OpenAI API instead, and keeps their real timestamps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import anthropic
 import openai
 from opentelemetry import baggage, context
 from opentelemetry.sdk.resources import Resource
@@ -34,13 +36,11 @@ from opentelemetry.trace import SpanKind
 
 import costspan
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.providers.anthropic.fake import FakeAnthropic
+from costspan.providers.anthropic.reconcile import AdminReports
 from costspan.providers.openai.fake import FakeOpenAI
 from costspan.providers.openai.reconcile import OrganizationReports
-from costspan.reports.reconcile import (
-    DayResult,
-    compare,
-    utc_midnight,
-)
+from costspan.reports.reconcile import DayResult, ProviderBill, compare, utc_midnight
 from costspan.semconv import DEFAULT_ATTRIBUTION_KEYS
 from costspan.store.exporter import CostspanSpanExporter
 from costspan.store.sqlite import Store
@@ -79,8 +79,9 @@ class Visit:
 class SupportApp:
     """A small LLM-backed SaaS backend: support chat, document summaries, semantic search and a nightly job."""
 
-    def __init__(self, client: Any, *, cheap: bool = False) -> None:
+    def __init__(self, client: Any, claude: Any | None = None, *, cheap: bool = False) -> None:
         self.client = client
+        self.claude = claude  # an Anthropic client: medium documents are summarized by Claude; None: by OpenAI
         self.cheap = cheap  # real API: small models and few tokens
         self.routes: dict[str, Callable[[Visit], None]] = {
             "POST /api/chat": self.chat,
@@ -128,6 +129,14 @@ class SupportApp:
     @costspan.attribute(feature="summarize")
     def summarize(self, visit: Visit) -> None:
         long_document = visit.size >= 6
+        if self.claude is not None and 3 <= visit.size < 6:
+            self.claude.messages.create(
+                model="claude-sonnet-4-5-20250929",
+                system="Summarize the document in five bullet points for an executive.",
+                messages=[{"role": "user", "content": DOCUMENT * visit.size}],
+                max_tokens=48,
+            )
+            return
         model = "gpt-4o-mini" if self.cheap else ("gpt-5" if long_document else "gpt-4.1")
         self.client.responses.create(
             model=model,
@@ -284,19 +293,32 @@ class DemoRun:
     failed_spans: int
     real_api: bool
     seconds: float
-    reconciliation: list[DayResult] | None = None  # the store against the stand-in's own bill
+    reconciliations: dict[str, list[DayResult]] | None = None  # the store against each stand-in's own bill
 
 
-def reconcile_with_stand_in(store_path: Path, fake: FakeOpenAI, now: datetime, days: int) -> list[DayResult]:
-    """What ``costspan reconcile`` does against OpenAI's Costs and Usage APIs, against the stand-in's bill. Its
-    ledger entries move to their spans' (backdated) start, matched by request id, first."""
+def reconcile_with_stand_ins(
+    store_path: Path, fakes: tuple[FakeOpenAI, FakeAnthropic], now: datetime, days: int
+) -> dict[str, list[DayResult]]:
+    """What ``costspan reconcile`` does against each provider's reports, against each stand-in's bill. Its ledger
+    entries move to their spans' (backdated) start, matched by request id, first."""
+    fake_openai, fake_anthropic = fakes
+    bills: list[tuple[ProviderBill, FakeOpenAI | FakeAnthropic]] = [
+        (OrganizationReports("sk-admin-demo", base_url=fake_openai.base_url), fake_openai),
+        (AdminReports("sk-ant-admin01-demo", base_url=fake_anthropic.base_url), fake_anthropic),
+    ]
+    since = utc_midnight(now.date() - timedelta(days=days))
+    until = utc_midnight(now.date() + timedelta(days=1))
+    results = {}
     with Store(store_path) as store:
-        rows = store.query("SELECT request_id, start_ns FROM spans WHERE request_id IS NOT NULL")
-        fake.retime({request_id: start_ns // 1_000_000_000 for request_id, start_ns in rows})
-        since = utc_midnight(now.date() - timedelta(days=days))
-        until = utc_midnight(now.date() + timedelta(days=1))
-        reports = OrganizationReports("sk-admin-demo", base_url=fake.base_url)
-        return compare(reports, store, since, until, today=now.date())
+        for reports, fake in bills:
+            # Each stand-in numbers its request ids from 1: match them within its own provider's calls.
+            rows = store.query(
+                "SELECT request_id, start_ns FROM spans WHERE request_id IS NOT NULL AND provider = ?",
+                [reports.span_providers[0]],
+            )
+            fake.retime({request_id: start_ns // 1_000_000_000 for request_id, start_ns in rows})
+            results[reports.name] = compare(reports, store, since, until, today=now.date())
+    return results
 
 
 def run(
@@ -329,15 +351,20 @@ def run(
         on_missing="warn",
         stream_usage=True,
     )
-    fake = None if real_api else FakeOpenAI().start()
-    reconciliation = None
+    fakes = None if real_api else (FakeOpenAI().start(), FakeAnthropic().start())
+    reconciliations = None
     try:
         try:
-            if fake is not None:
-                client = openai.OpenAI(base_url=fake.base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
+            if fakes is not None:
+                fake_openai, fake_anthropic = fakes
+                client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-demo-not-a-real-key", max_retries=0)
+                claude = anthropic.Anthropic(
+                    base_url=fake_anthropic.base_url, api_key="sk-ant-demo-not-a-real-key", max_retries=0
+                )
+                app = SupportApp(client, claude)
             else:
                 client = openai.OpenAI()  # OPENAI_API_KEY and OPENAI_BASE_URL from the environment
-            app = SupportApp(client, cheap=real_api)
+                app = SupportApp(client, cheap=True)
             tracer = provider.get_tracer("support-app")
             progress = Progress(len(visits), progress_stream)
 
@@ -357,10 +384,10 @@ def run(
         finally:
             provider.shutdown()  # flushes the batch processor into the store
             instrumentor.uninstrument()
-        if fake is not None and reconcile_bill:
-            reconciliation = reconcile_with_stand_in(store, fake, now, days)
+        if fakes is not None and reconcile_bill:
+            reconciliations = reconcile_with_stand_ins(store, fakes, now, days)
     finally:
-        if fake is not None:
+        for fake in fakes or ():
             fake.stop()
     return DemoRun(
         store=store,
@@ -369,5 +396,5 @@ def run(
         failed_spans=store_exporter.failed_spans,
         real_api=real_api,
         seconds=time.monotonic() - started,
-        reconciliation=reconciliation,
+        reconciliations=reconciliations,
     )

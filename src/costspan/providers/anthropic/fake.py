@@ -4,21 +4,30 @@ Tests drive the real ``anthropic`` SDK against it (``base_url=fake.base_url``). 
 from the request, so a test can compute the expected dollars by hand; ``FakeAnthropic.script`` sets the exact usage,
 status or stream shape of the next responses.
 
+Like the provider, it keeps its own bill of what it served (``FakeAnthropic.billed``), priced at its own rates
+(``FakeAnthropic.rates``), and serves it through the Admin API's usage and cost reports (Admin API keys only),
+with the provider's documented gaps: no priority-tier dollars in the cost report, no code execution in the usage
+report. ``FakeAnthropic.bill`` adds usage the instrumentation never saw.
+
 Run it alone with ``python -m costspan.providers.anthropic.fake --port 8898``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import json
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass
@@ -40,6 +49,68 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+
+
+# The stand-in bills at its own rates, USD per million tokens (input, cache read, 5-minute cache write, 1-hour
+# cache write, output), kept apart from costspan's price data on purpose: reconciliation compares two independent
+# sources. Flat: no long-context tier. Batch bills half; priority bills, but not in the cost report; unlisted
+# models bill 0.
+PROVIDER_RATES: dict[str, tuple[str, str, str, str, str]] = {
+    "claude-haiku-4-5-20251001": ("1", "0.10", "1.25", "2", "5"),
+    "claude-sonnet-4-5-20250929": ("3", "0.30", "3.75", "6", "15"),
+}
+WEB_SEARCH_USD = Decimal("0.01")
+ADMIN_KEY_PREFIX = "sk-ant-admin"
+TOKEN_TYPES = (  # the cost report's token_type, with the rate's index in PROVIDER_RATES
+    ("uncached_input_tokens", 0),
+    ("cache_read_input_tokens", 1),
+    ("cache_creation.ephemeral_5m_input_tokens", 2),
+    ("cache_creation.ephemeral_1h_input_tokens", 3),
+    ("output_tokens", 4),
+)
+BUCKETS = {"1d": (86_400, 7, 31), "1h": (3_600, 24, 168), "1m": (60, 60, 1_440)}  # seconds, default, max limit
+
+
+@dataclass(frozen=True)
+class Billed:
+    """One billed message, as the provider's ledger holds it (token counts as the usage report splits them)."""
+
+    at: int  # Unix seconds
+    model: str
+    uncached_input_tokens: int
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    service_tier: str = "standard"
+    workspace_id: str | None = None  # None: the default workspace
+    request_id: str | None = None
+
+    @property
+    def tokens_by_type(self) -> tuple[int, ...]:
+        return (
+            self.uncached_input_tokens,
+            self.cache_read_input_tokens,
+            self.cache_write_5m_tokens,
+            self.cache_write_1h_tokens,
+            self.output_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class CodeExecution:
+    """Code-execution container time on the bill: in the cost report only."""
+
+    at: int
+    usd: Decimal
+    workspace_id: str | None = None
+
+
+@dataclass
+class _Ledger:
+    entries: list[Billed | CodeExecution] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -86,6 +157,8 @@ class FakeAnthropic:
 
     def __init__(self, port: int = 0) -> None:
         self.state = _State()
+        self.ledger = _Ledger()
+        self.rates = {model: tuple(map(Decimal, rates)) for model, rates in PROVIDER_RATES.items()}
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = _QuietServer(("127.0.0.1", port), handler)
 
@@ -100,6 +173,35 @@ class FakeAnthropic:
     def script(self, *answers: Scripted) -> None:
         with self.state.lock:
             self.state.script.extend(answers)
+
+    @property
+    def billed(self) -> list[Billed | CodeExecution]:
+        return self.ledger.entries
+
+    def bill(self, *entries: Billed | CodeExecution) -> None:
+        """Add to the provider's ledger directly: usage costspan never saw, code execution, past days."""
+        with self.ledger.lock:
+            self.ledger.entries.extend(entries)
+
+    def retime(self, moments: dict[str, int]) -> None:
+        """Move ledger entries to the Unix second given for their request id (as the demo backdates its spans)."""
+        with self.ledger.lock:
+            self.ledger.entries[:] = [
+                replace(e, at=moments[e.request_id])
+                if isinstance(e, Billed) and e.request_id is not None and e.request_id in moments
+                else e
+                for e in self.ledger.entries
+            ]
+
+    def cost_of(self, entry: Billed) -> dict[str, Decimal]:
+        """The provider's charge for one message, by the cost report's token_type (and web_search)."""
+        zero = Decimal(0)
+        rates = self.rates.get(entry.model, (zero,) * 5)
+        share = Decimal("0.5") if entry.service_tier == "batch" else Decimal(1)
+        tokens = entry.tokens_by_type
+        costs = {name: tokens[i] * rates[i] * share / 1_000_000 for name, i in TOKEN_TYPES}
+        costs["web_search"] = entry.web_search_requests * WEB_SEARCH_USD
+        return costs
 
     def next_scripted(self) -> Scripted:
         with self.state.lock:
@@ -186,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
         words = reply_words(body)
         text = " ".join(words)
         usage = self._usage(body, scripted, len(words))
+        self._record_bill(scripted.model or str(body.get("model")), usage)
         message: dict[str, Any] = {
             "id": f"msg_fake{next(self.fake.state.ids):06d}",
             "type": "message",
@@ -236,6 +339,191 @@ class _Handler(BaseHTTPRequestHandler):
             if event == "error":
                 break
         self.wfile.write(b"0\r\n\r\n")
+
+    # --- the Admin API's usage and cost reports (Admin API keys) -----------------------------------------------
+    def do_GET(self) -> None:
+        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
+        parts = urlsplit(self.path)
+        reports: dict[str, Callable[[dict[str, list[str]]], None]] = {
+            "/v1/organizations/usage_report/messages": self._usage_report,
+            "/v1/organizations/cost_report": self._cost_report,
+        }
+        report = reports.get(parts.path)
+        if report is None:
+            self._json({"type": "error", "error": {"type": "not_found_error", "message": parts.path}}, 404)
+        elif self._admin_authorized():
+            # Array parameters arrive as `group_by[]=a&group_by[]=b` (the documented form) or `group_by=a`.
+            query: dict[str, list[str]] = defaultdict(list)
+            for name, values in parse_qs(parts.query).items():
+                query[name.removesuffix("[]")].extend(values)
+            report(query)
+
+    def _error(self, status: int, kind: str, message: str) -> None:
+        self._json({"type": "error", "error": {"type": kind, "message": message}}, status)
+
+    def _admin_authorized(self) -> bool:
+        key = self.headers.get("x-api-key") or ""
+        if not key:
+            self._error(401, "authentication_error", "x-api-key header is required")
+        elif not key.startswith(ADMIN_KEY_PREFIX):
+            self._error(401, "authentication_error", "invalid x-api-key")
+        elif not self.headers.get("anthropic-version"):
+            self._error(400, "invalid_request_error", "anthropic-version: header is required")
+        else:
+            return True
+        return False
+
+    def _record_bill(self, model: str, usage: dict[str, Any]) -> None:
+        """The provider bills what it generated, whether or not the client read the usage."""
+        creation = usage.get("cache_creation") or {}
+        one_hour = int(creation.get("ephemeral_1h_input_tokens") or 0)
+        self.fake.bill(
+            Billed(
+                at=int(time.time()),
+                model=model,
+                uncached_input_tokens=int(usage.get("input_tokens") or 0),
+                output_tokens=int(usage.get("output_tokens") or 0),
+                cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+                cache_write_5m_tokens=int(usage.get("cache_creation_input_tokens") or 0) - one_hour,
+                cache_write_1h_tokens=one_hour,
+                web_search_requests=int((usage.get("server_tool_use") or {}).get("web_search_requests") or 0),
+                service_tier=str(usage.get("service_tier") or "standard"),
+                request_id=self.request_id,
+            )
+        )
+
+    def _report_page(
+        self,
+        query: dict[str, list[str]],
+        widths: tuple[str, ...],
+        results: Callable[[list[Billed | CodeExecution]], list[dict[str, Any]]],
+    ) -> None:
+        """Buckets from ``starting_at`` (snapped to the bucket) until ``ending_at``, ``limit`` to a page; ``page``
+        is the cursor the last page returned: the next bucket's start, base64-encoded."""
+        try:
+            if not query.get("starting_at"):
+                raise ValueError("starting_at (an RFC 3339 timestamp) is required")
+            start = int(datetime.fromisoformat(query["starting_at"][0]).timestamp())
+            end = int(datetime.fromisoformat(query["ending_at"][0]).timestamp()) if query.get("ending_at") else None
+            width = (query.get("bucket_width") or ["1d"])[0]
+            if width not in widths:
+                raise ValueError(f"bucket_width must be one of {', '.join(widths)}")
+            seconds, default_limit, max_limit = BUCKETS[width]
+            limit = int(query["limit"][0]) if query.get("limit") else default_limit
+            if not 1 <= limit <= max_limit:
+                raise ValueError(f"limit must be from 1 to {max_limit} for bucket_width {width}")
+            if query.get("page"):
+                cursor = base64.b64decode(query["page"][0].removeprefix("page_")).decode()
+                start = int(datetime.fromisoformat(cursor).timestamp())
+        except ValueError as error:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+            self._error(400, "invalid_request_error", str(error))
+            return
+        end = end if end is not None else int(time.time()) + 1
+        first = start - start % seconds
+        starts = list(range(first, end, seconds))
+        with self.fake.ledger.lock:
+            ledger = list(self.fake.ledger.entries)
+        data = [
+            {
+                "starting_at": _rfc3339(bucket),
+                "ending_at": _rfc3339(bucket + seconds),
+                "results": results([e for e in ledger if bucket <= e.at < bucket + seconds]),
+            }
+            for bucket in starts[:limit]
+        ]
+        more = len(starts) > limit
+        next_page = "page_" + base64.b64encode(_rfc3339(starts[limit]).encode()).decode() if more else None
+        self._json({"data": data, "has_more": more, "next_page": next_page})
+
+    def _usage_report(self, query: dict[str, list[str]]) -> None:
+        group_by = set(query.get("group_by", []))
+        workspaces = set(query.get("workspace_ids", []))
+        tiers = set(query.get("service_tiers", []))
+
+        def results(entries: list[Billed | CodeExecution]) -> list[dict[str, Any]]:
+            sums: dict[tuple[str | None, ...], list[int]] = defaultdict(lambda: [0] * 6)
+            for entry in entries:
+                if not isinstance(entry, Billed):  # code execution is not in the usage report
+                    continue
+                if (workspaces and entry.workspace_id not in workspaces) or (tiers and entry.service_tier not in tiers):
+                    continue
+                key = (
+                    entry.model if "model" in group_by else None,
+                    entry.service_tier if "service_tier" in group_by else None,
+                    entry.workspace_id if "workspace_id" in group_by else None,
+                    "0-200k" if "context_window" in group_by else None,
+                )
+                for i, tokens in enumerate((*entry.tokens_by_type, entry.web_search_requests)):
+                    sums[key][i] += tokens
+            return [
+                {
+                    "api_key_id": None,
+                    "workspace_id": workspace,
+                    "model": model,
+                    "service_tier": tier,
+                    "context_window": window,
+                    "uncached_input_tokens": uncached,
+                    "cache_read_input_tokens": cache_read,
+                    "cache_creation": {"ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h},
+                    "output_tokens": output,
+                    "server_tool_use": {"web_search_requests": searches},
+                }
+                for (model, tier, workspace, window), (uncached, cache_read, write_5m, write_1h, output, searches) in (
+                    sums.items()
+                )
+            ]
+
+        self._report_page(query, ("1d", "1h", "1m"), results)
+
+    def _cost_report(self, query: dict[str, list[str]]) -> None:
+        group_by = set(query.get("group_by", []))
+        described = "description" in group_by
+
+        def results(entries: list[Billed | CodeExecution]) -> list[dict[str, Any]]:
+            sums: dict[tuple[str | None, ...], Decimal] = defaultdict(Decimal)
+            for entry in entries:
+                workspace = entry.workspace_id if "workspace_id" in group_by else None
+                if isinstance(entry, CodeExecution):
+                    sums[("code_execution", None, None, None, workspace)] += entry.usd
+                    continue
+                if entry.service_tier in ("priority", "priority_on_demand"):
+                    continue  # priority tier is billed apart: never in the cost report
+                for token_type, amount in self.fake.cost_of(entry).items():
+                    key: tuple[str | None, ...]
+                    if token_type == "web_search":
+                        key = ("web_search", None, None, None, workspace)
+                    else:
+                        key = ("tokens", entry.model, entry.service_tier, token_type, workspace)
+                    sums[key if described else (None, None, None, None, workspace)] += amount
+            return [
+                {
+                    "currency": "USD",
+                    "amount": str(usd * 100),  # cents, as a decimal string
+                    "workspace_id": workspace,
+                    "description": _description(cost_type, model, token_type) if described else None,
+                    "cost_type": cost_type,
+                    "context_window": "0-200k" if cost_type == "tokens" else None,
+                    "model": model,
+                    "service_tier": tier,
+                    "token_type": token_type,
+                }
+                for (cost_type, model, tier, token_type, workspace), usd in sums.items()
+                if usd
+            ]
+
+        self._report_page(query, ("1d",), results)
+
+
+def _rfc3339(unix_s: int) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _description(cost_type: str | None, model: str | None, token_type: str | None) -> str:
+    if cost_type == "code_execution":
+        return "Code Execution Usage"
+    if cost_type == "web_search":
+        return "Web Search Usage"
+    return f"{model} Usage - {token_type}"
 
 
 def main() -> None:

@@ -5,17 +5,13 @@ Stdlib HTTP, so it works whichever ``openai`` and ``httpx`` versions are install
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from costspan.providers.admin_http import get_page
 from costspan.reports.reconcile import ReconcileError, Side
 from costspan.store.sqlite import round_usd
-
-if TYPE_CHECKING:
-    import urllib.error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -23,6 +19,10 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 class OrganizationReports:
     """OpenAI's organization Costs and Usage endpoints, read page by page with an admin key (stdlib HTTP, so
     it works whichever ``openai`` and ``httpx`` versions are installed, and is never instrumented)."""
+
+    name = "OpenAI"
+    span_providers: tuple[str, ...] = ("openai",)  # Azure OpenAI calls are on the Azure bill, not in these reports
+    unbilled_tiers: Mapping[str, str] = {}
 
     def __init__(
         self,
@@ -97,46 +97,13 @@ class OrganizationReports:
             params["page"] = page["next_page"]
 
     def _get(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        # The HTTP client (and the ssl and email modules under it) only when reading the bill: every `costspan`
-        # command's parsing imports this module for DEFAULT_BASE_URL.
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        url = f"{self.base_url}/{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        try:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_key}"})
-        except ValueError as error:
-            raise ReconcileError(f"--base-url {self.base_url!r} is not a URL ({error})") from None
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                page = json.load(response)
-        except urllib.error.HTTPError as error:
-            raise ReconcileError(_http_advice(error, path)) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ReconcileError(
-                f"cannot reach {self.base_url} ({reason}); check the network, or --base-url for a proxy"
-            ) from None
-        except http.client.HTTPException as error:  # the answer broke off, or was not HTTP
-            raise ReconcileError(f"{self.base_url}/{path} broke off its answer ({error!r}); try again") from None
-        except ValueError:
-            raise ReconcileError(f"{self.base_url}/{path} did not answer JSON; is --base-url the API?") from None
-        if not isinstance(page, dict):
-            raise ReconcileError(f"{self.base_url}/{path} answered JSON that is not a page; is --base-url the API?")
-        return page
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        return get_page(self.base_url, path, params, headers, timeout_s=self.timeout_s, refused=_refused)
 
 
-def _http_advice(error: urllib.error.HTTPError, path: str) -> str:
-    try:
-        message = json.loads(error.read()).get("error", {}).get("message") or ""
-    except (ValueError, AttributeError):
-        message = ""
-    said = f" ({message})" if message else ""
-    if error.code in (401, 403):
-        return (
-            f"the provider refused the admin key: HTTP {error.code}{said}. The Costs and Usage APIs need an "
-            "organization admin key (sk-admin-..., made by an owner under Organization settings > Admin keys), "
-            "in OPENAI_ADMIN_KEY"
-        )
-    return f"{path} answered HTTP {error.code}{said}"
+def _refused(status: int, said: str) -> str:
+    return (
+        f"the provider refused the admin key: HTTP {status}{said}. The Costs and Usage APIs need an "
+        "organization admin key (sk-admin-..., made by an owner under Organization settings > Admin keys), "
+        "in OPENAI_ADMIN_KEY"
+    )
