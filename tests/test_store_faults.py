@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from costspan import semconv
 from costspan.cli import main as cli_main
 from costspan.store.exporter import CostspanSpanExporter
-from costspan.store.sqlite import Store
+from costspan.store.sqlite import SCHEMA_VERSION, Store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 EXPORTER_LOG = "costspan.store.exporter"
@@ -153,7 +153,7 @@ def test_a_store_damaged_while_open_is_found_when_sqlite_reads_the_page_again(
     write_garbage(exporter.path, index_root_page(exporter.path))
     # The exporter's page cache still holds the page; another process's commit makes SQLite read it again.
     other = sqlite3.connect(exporter.path, isolation_level=None)
-    other.execute("PRAGMA user_version = 5")
+    other.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # rewrites page 1, changes nothing
     other.close()
 
     batch = llm_spans(5)
@@ -245,6 +245,9 @@ def test_a_store_on_a_read_only_filesystem_is_read_in_place_and_never_written(
     assert sorted(p.name for p in tmpfs.iterdir()) == ["spans.sqlite3"]
     status, out, _ = report(path, capsys)
     assert status == 0 and json.loads(out)[0]["requests"] == 3
+    assert cli_main(["reprice", "--store", str(path)]) == 2  # a command that writes says what to do
+    err = capsys.readouterr().err
+    assert "the store is intact" in err and "Copy it" in err and "--store" in err
 
 
 WRITER = """

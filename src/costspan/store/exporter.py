@@ -3,7 +3,9 @@
 Registered as the ``costspan`` traces exporter, so ``opentelemetry-instrument --traces_exporter
 costspan,otlp_proto_http python app.py`` writes locally and to a collector at once. It keeps only LLM spans
 (those carrying ``gen_ai.operation.name``) and never raises into the application: a batch that cannot be
-written (damaged or locked file, full disk) is counted in ``failed_spans`` and logged at most once a minute.
+written (locked file, full disk, read-only filesystem) is counted in ``failed_spans`` and logged at WARNING at most
+once a minute. A store deleted, replaced or damaged under it is detected and left for a new one (see
+``CostspanSpanExporter``); nothing is written over.
 
 The OpenTelemetry configurator creates it with no arguments, so it takes the attribution keys in force from
 ``OTEL_COSTSPAN_ATTRIBUTION_KEYS`` (``costspan.config.attribution_keys_in_force``): keys given only to
@@ -264,7 +266,7 @@ class CostspanSpanExporter(SpanExporter):
                 name.unlink(missing_ok=True)
         logger.warning(
             "costspan: the store %s was deleted or replaced while in use; the %d LLM span(s) this process stored "
-            "in the old file went with it. Writing to the store now at %s.",
+            "there are only in the old file (gone, if it was deleted). Writing to the store now at %s.",
             self.path,
             opened.stored_spans,
             self.path,
