@@ -200,6 +200,26 @@ def test_a_damaged_store_another_process_has_open_is_not_moved_and_the_batch_is_
         restarted.shutdown()
 
 
+def test_a_damaged_sqlite_file_that_is_no_store_is_never_moved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spans.sqlite3"  # another application's database at the store's path, and damaged
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (body TEXT)")
+    db.commit()
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = os.urandom(3996)  # its schema page, past the header
+    path.write_bytes(data)
+
+    exporter = CostspanSpanExporter(path)
+    assert exporter.export(llm_spans(2)) == SpanExportResult.FAILURE
+    assert (exporter.stored_spans, exporter.failed_spans) == (0, 2)
+    assert "not a costspan store" in warnings(caplog)[0]
+    assert damaged_files(path) == [] and path.read_bytes() == data
+    exporter.shutdown()
+
+
 # --- a read-only filesystem and a full disk (small tmpfs mounts) -------------------------------------------------
 
 
