@@ -217,7 +217,8 @@ class CostspanSpanExporter(SpanExporter):
             if not rows:
                 return SpanExportResult.SUCCESS
             try:
-                self.stored_spans += self._insert(rows)
+                added = self._insert(rows)
+                self.stored_spans += added
             except Exception as error:
                 self._close_store()  # reopen next time: the file may have been moved aside or repaired
                 return self._failed(len(rows), error)
