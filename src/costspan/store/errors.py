@@ -30,7 +30,12 @@ class StoreError(Exception):
 
 
 class StoreDamaged(StoreError):
-    """SQLite found the file damaged (SQLITE_CORRUPT or SQLITE_NOTADB) while reading or writing it."""
+    """SQLite found the file damaged (SQLITE_CORRUPT or SQLITE_NOTADB) while reading or writing it.
+    ``is_store``: its header still says a costspan store (another application's file is never moved aside)."""
+
+    def __init__(self, message: str, *, is_store: bool) -> None:
+        super().__init__(message)
+        self.is_store = is_store
 
 
 class FileIdentity(NamedTuple):
@@ -136,10 +141,12 @@ def explain(path: Path, error: sqlite3.Error, schema_version: int) -> StoreError
     if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
         if not is_store_header(path, schema_version):
             return StoreDamaged(
-                f"{path} is a SQLite file that cannot be read ({text}) and not a costspan store. {WRONG_PATH}"
+                f"{path} is a SQLite file that cannot be read ({text}) and not a costspan store. {WRONG_PATH}",
+                is_store=False,
             )
         return StoreDamaged(
             f"costspan store {path} is damaged ({text}). Move it aside (`mv {path} {path}.damaged`): costspan "
-            f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows."
+            f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows.",
+            is_store=True,
         )
     return StoreError(f"costspan store {path}: {text}")

@@ -29,9 +29,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
 from costspan.config import attribution_keys_in_force
-from costspan.store.errors import FileIdentity, StoreDamaged, StoreError, file_identity, is_store_header
+from costspan.store.errors import FileIdentity, StoreDamaged, StoreError, file_identity
 from costspan.store.paths import default_store_path
-from costspan.store.sqlite import SCHEMA_VERSION, CostRow, Store, attribution_json
+from costspan.store.sqlite import CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,27 @@ class CostspanSpanExporter(SpanExporter):
                 return self._failed(len(rows), error)
         return SpanExportResult.SUCCESS
 
+    def _failed(self, count: int, error: Exception) -> SpanExportResult:
+        self.failed_spans += count  # under self._lock
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_INTERVAL_S:
+            self._last_log = now
+            logger.warning(
+                "costspan: %d LLM span(s) not stored (%d so far); the application is not affected: %s",
+                count,
+                self.failed_spans,
+                error,
+            )
+        return SpanExportResult.FAILURE
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:
+                logger.debug("costspan: closing the store failed", exc_info=True)
+            self._store, self._opened = None, None
+
     def _insert(self, rows: Sequence[CostRow]) -> int:
         """Insert into the store at ``self.path``, following it when it is deleted, replaced or damaged."""
         for _ in range(2):  # the second time into the store now at the path
@@ -277,9 +298,9 @@ class CostspanSpanExporter(SpanExporter):
     def _set_aside(self, error: StoreDamaged) -> None:
         """Move a damaged store aside so that a new one starts at the path; re-raise ``error`` when the file is
         not known to be a costspan store (costspan never moves another application's file)."""
-        ours = self._opened is not None and file_identity(self.path) == self._opened.store
+        ours = self._opened is not None and file_identity(self.path) == self._opened.store  # opened as a store
         self._close_store()  # the last connection to close checkpoints and removes the -wal and -shm
-        if not (ours or is_store_header(self.path, SCHEMA_VERSION)):
+        if not (ours or error.is_store):
             raise error
         damaged = set_aside(self.path)
         logger.warning(
@@ -291,27 +312,6 @@ class CostspanSpanExporter(SpanExporter):
             damaged,
             self.path,
         )
-
-    def _failed(self, count: int, error: Exception) -> SpanExportResult:
-        self.failed_spans += count  # under self._lock
-        now = time.monotonic()
-        if now - self._last_log >= self.LOG_INTERVAL_S:
-            self._last_log = now
-            logger.warning(
-                "costspan: %d LLM span(s) not stored (%d so far); the application is not affected: %s",
-                count,
-                self.failed_spans,
-                error,
-            )
-        return SpanExportResult.FAILURE
-
-    def _close_store(self) -> None:
-        if self._store is not None:
-            try:
-                self._store.close()
-            except Exception:
-                logger.debug("costspan: closing the store failed", exc_info=True)
-            self._store, self._opened = None, None
 
     def shutdown(self) -> None:
         with self._lock:
