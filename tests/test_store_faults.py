@@ -269,6 +269,11 @@ def test_a_store_on_a_read_only_filesystem_is_read_in_place_and_never_written(
     err = capsys.readouterr().err
     assert "the store is intact" in err and "Copy it" in err and "--store" in err
 
+    elsewhere = CostspanSpanExporter(tmpfs / "new" / "spans.sqlite3")  # no store yet, and none can be made
+    assert elsewhere.export(llm_spans(1)) == SpanExportResult.FAILURE
+    assert elsewhere.failed_spans == 1
+    assert "its filesystem is read-only" in caplog.records[-1].getMessage()
+
 
 WRITER = """
 import sys

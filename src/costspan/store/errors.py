@@ -84,7 +84,8 @@ def refuse_foreign_file(path: Path) -> None:
 
 
 def _filesystem(path: Path) -> os.statvfs_result | None:
-    for place in (path, path.parent):
+    """The filesystem that holds, or would hold, ``path``."""
+    for place in (path, *path.absolute().parents):
         try:
             return os.statvfs(place)
         except OSError:
@@ -115,6 +116,18 @@ def read_only_uri(path: Path) -> str | None:
         return None
     has_wal = Path(f"{path}-wal").exists()
     return f"{path.absolute().as_uri()}?mode=ro{'' if has_wal else '&immutable=1'}"
+
+
+def explain_open(path: Path, error: OSError | sqlite3.Error) -> StoreError:
+    """The ``StoreError`` for a store file (or its folder) that cannot be opened or created."""
+    if on_read_only_filesystem(path):
+        return StoreError(
+            f"cannot create costspan store {path}: its filesystem is read-only ({error}). Point "
+            "COSTSPAN_STORE_PATH (or --store) at a writable place."
+        )
+    if _disk_full(path):
+        return StoreError(f"cannot create costspan store {path}: the disk is full ({error}). Free disk space.")
+    return StoreError(f"cannot open costspan store {path}: {error}")
 
 
 def explain(path: Path, error: sqlite3.Error, schema_version: int) -> StoreError:

@@ -45,7 +45,7 @@ from typing import Any, Final
 from costspan.config import attribution_keys_in_force
 from costspan.store.errors import WRONG_PATH as _WRONG_PATH
 from costspan.store.errors import StoreError as StoreError  # importable from here too, as before
-from costspan.store.errors import explain, read_only_uri
+from costspan.store.errors import explain, explain_open, read_only_uri
 from costspan.store.errors import refuse_foreign_file as _refuse_foreign_file
 from costspan.store.paths import checkout_for_hints, default_store_path, demo_store_path
 
@@ -379,7 +379,7 @@ class Store:
                 uri or self.path, uri=uri is not None, timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open costspan store {self.path}: {error}") from error
+            raise explain_open(self.path, error) from error
         try:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
