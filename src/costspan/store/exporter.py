@@ -3,7 +3,9 @@
 Registered as the ``costspan`` traces exporter, so ``opentelemetry-instrument --traces_exporter
 costspan,otlp_proto_http python app.py`` writes locally and to a collector at once. It keeps only LLM spans
 (those carrying ``gen_ai.operation.name``) and never raises into the application: a batch that cannot be
-written (damaged or locked file, full disk) is counted in ``failed_spans`` and logged at most once a minute.
+written (locked file, full disk, read-only filesystem) is counted in ``failed_spans`` and logged at WARNING at most
+once a minute. A store deleted, replaced or damaged under it is detected and left for a new one (see
+``CostspanSpanExporter``); nothing is written over.
 
 The OpenTelemetry configurator creates it with no arguments, so it takes the attribution keys in force from
 ``OTEL_COSTSPAN_ATTRIBUTION_KEYS`` (``costspan.config.attribution_keys_in_force``): keys given only to
@@ -13,24 +15,81 @@ The OpenTelemetry configurator creates it with no arguments, so it takes the att
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
 from costspan.config import attribution_keys_in_force
+from costspan.store.errors import FileIdentity, StoreDamaged, StoreError, file_identity
 from costspan.store.paths import default_store_path
-from costspan.store.segments import LANDING_COMPACT_AT, start_compaction
+from costspan.store.segments import LANDING_COMPACT_AT, segment_dir, start_compaction
 from costspan.store.sqlite import CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "service.name"  # resource attribute
+
+# SQLite's lock bytes (os_unix.c, https://www.sqlite.org/lockingv3.html): every connection to a WAL-mode file holds
+# a read lock on the shared range for as long as it is open, which is how its last connection knows it is last.
+PENDING_BYTE: Final = 0x40000000
+SHARED_FIRST: Final = PENDING_BYTE + 2
+SHARED_SIZE: Final = 510
+
+
+@dataclass
+class OpenedFiles:
+    """The files an open store reads and writes, as they were when it opened, and the spans stored there since."""
+
+    store: FileIdentity | None
+    wal: FileIdentity | None
+    stored_spans: int = 0
+
+
+def _wal(path: Path) -> Path:
+    return Path(f"{path}-wal")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the damaged store at ``path`` to ``<name>.damaged-<UTC time>``, never over an existing file, with the
+    ``-wal`` a killed writer may have left (it holds committed rows); returns the new name.
+
+    Only while no process has the file open, checked by taking SQLite's exclusive lock: renamed under a process
+    still using it, the file would keep being written by name-less connections whose ``-wal`` and ``-shm``,
+    named for the path, the new store there would share. Another connection in this same process is not seen
+    (POSIX locks are per process). Raises ``StoreError`` when the file is in use.
+    """
+    import fcntl  # POSIX only: elsewhere the import fails, and the batch is counted failed and logged
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, SHARED_SIZE, SHARED_FIRST, os.SEEK_SET)
+        except OSError:
+            raise StoreError(
+                f"costspan store {path} is damaged and another process still has it open. Stop the processes "
+                f"writing to it (`fuser {path}` lists them); costspan then moves it aside and starts a new store."
+            ) from None
+        damaged = path.with_name(f"{path.name}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+        os.link(path, damaged)  # unlike a rename, never replaces an existing file
+        # The -wal and -shm go before the file: a new store at the path must never find them.
+        if _wal(path).exists():
+            os.rename(_wal(path), _wal(damaged))
+        Path(f"{path}-shm").unlink(missing_ok=True)  # only an index of the -wal, rebuilt from it
+        if segment_dir(path).exists():  # its compacted rows: found by the file's name, so they move with it
+            os.rename(segment_dir(path), segment_dir(damaged))
+        os.unlink(path)
+        return damaged
+    finally:
+        os.close(fd)
 
 
 def _text(attributes: Mapping[str, Any], name: str) -> str | None:
@@ -117,6 +176,11 @@ class CostspanSpanExporter(SpanExporter):
 
     The file is opened on first export, so a bad file never stops the application from starting.
     ``failed_spans`` counts the LLM spans that could not be stored; ``stored_spans`` those newly stored.
+
+    A batch counts as stored only if the file it went into is still the one at ``path`` afterwards (one ``stat``
+    per batch). A store deleted or replaced while open is left, and one SQLite finds damaged is renamed to
+    ``<name>.damaged-<UTC time>``; either way the batch is written again to the store now at ``path``, and a
+    WARNING says where both files are.
     """
 
     LOG_INTERVAL_S = 60.0
@@ -130,6 +194,7 @@ class CostspanSpanExporter(SpanExporter):
         self.failed_spans = 0
         self.stored_spans = 0
         self._store: Store | None = None
+        self._opened: OpenedFiles | None = None  # which files self._store has open, and what it stored there
         self._lock = threading.Lock()
         self._last_log = -self.LOG_INTERVAL_S
         self._shutdown = False
@@ -156,15 +221,13 @@ class CostspanSpanExporter(SpanExporter):
             if not rows:
                 return SpanExportResult.SUCCESS
             try:
-                if self._store is None:
-                    self._store = Store(self.path, timeout_s=self.timeout_s)
-                added = self._store.insert(rows)
+                added = self._insert(rows)
                 self.stored_spans += added
                 self._landed_since_check += added
             except Exception as error:
                 self._close_store()  # reopen next time: the file may have been moved aside or repaired
                 return self._failed(len(rows), error)
-            if self._landed_since_check >= LANDING_COMPACT_AT:
+            if self._landed_since_check >= LANDING_COMPACT_AT and self._store is not None:
                 self._landed_since_check = 0
                 self._compact_if_due(self._store)
         return SpanExportResult.SUCCESS
@@ -182,7 +245,7 @@ class CostspanSpanExporter(SpanExporter):
         now = time.monotonic()
         if now - self._last_log >= self.LOG_INTERVAL_S:
             self._last_log = now
-            logger.error(
+            logger.warning(
                 "costspan: %d LLM span(s) not stored (%d so far); the application is not affected: %s",
                 count,
                 self.failed_spans,
@@ -196,7 +259,75 @@ class CostspanSpanExporter(SpanExporter):
                 self._store.close()
             except Exception:
                 logger.debug("costspan: closing the store failed", exc_info=True)
-            self._store = None
+            self._store, self._opened = None, None
+
+    def _insert(self, rows: Sequence[CostRow]) -> int:
+        """Insert into the store at ``self.path``, following it when it is deleted, replaced or damaged."""
+        for _ in range(2):  # the second time into the store now at the path
+            try:
+                store, opened = self._open()
+                added = store.insert(rows)
+            except StoreDamaged as error:
+                self._set_aside(error)
+                continue
+            if file_identity(self.path) == opened.store:
+                opened.stored_spans += added
+                return added
+            self._leave_lost_store(store, opened)
+        raise StoreError(
+            f"costspan store {self.path} was deleted, replaced or damaged again while one batch was written to it"
+        )
+
+    def _open(self) -> tuple[Store, OpenedFiles]:
+        if self._store is None or self._opened is None:
+            before = file_identity(self.path)
+            store = Store(self.path, timeout_s=self.timeout_s)
+            opened = OpenedFiles(file_identity(self.path), file_identity(_wal(self.path)))
+            if before is not None and before != opened.store:  # moved aside by another process as it was opened
+                store.close()
+                raise StoreError(f"costspan store {self.path} changed while it was opened; the next batch retries")
+            self._store, self._opened = store, opened
+        return self._store, self._opened
+
+    def _leave_lost_store(self, store: Store, opened: OpenedFiles) -> None:
+        """The file at the path is no longer the one open (deleted, or replaced by a rename): leave it for the one
+        there now. Its ``-wal`` and ``-shm`` are named for the path, so the file there would read them as its
+        own (its rows replaced by the old file's): first checkpoint the old rows into the old file, then remove
+        those two files, if still the old file's."""
+        try:
+            store.checkpoint()
+        except StoreError:
+            logger.debug("costspan: checkpointing the store left behind failed", exc_info=True)
+        self._close_store()
+        wal, shm = _wal(self.path), Path(f"{self.path}-shm")
+        if opened.wal is not None and file_identity(wal) == opened.wal:
+            for name in (wal, shm):
+                name.unlink(missing_ok=True)
+        logger.warning(
+            "costspan: the store %s was deleted or replaced while in use; the %d LLM span(s) this process stored "
+            "there are only in the old file (gone, if it was deleted). Writing to the store now at %s.",
+            self.path,
+            opened.stored_spans,
+            self.path,
+        )
+
+    def _set_aside(self, error: StoreDamaged) -> None:
+        """Move a damaged store aside so that a new one starts at the path; re-raise ``error`` when the file is
+        not known to be a costspan store (costspan never moves another application's file)."""
+        ours = self._opened is not None and file_identity(self.path) == self._opened.store  # opened as a store
+        self._close_store()  # the last connection to close checkpoints and removes the -wal and -shm
+        if not (ours or error.is_store):
+            raise error
+        damaged = set_aside(self.path)
+        logger.warning(
+            "costspan: the store %s is damaged (%s). Moved it to %s (`sqlite3 %s .recover` may save its rows) and "
+            "started a new store at %s.",
+            self.path,
+            error.__cause__ or error,
+            damaged,
+            damaged,
+            self.path,
+        )
 
     def shutdown(self) -> None:
         with self._lock:

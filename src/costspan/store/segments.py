@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from costspan.store.errors import StoreError, on_read_only_filesystem, read_only_store
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -79,8 +81,14 @@ def compaction_lock(store_path: Path, *, wait: bool = False) -> Iterator[bool]:
     """Yields True while this process holds the store's compaction lock; without ``wait``, False at once when
     another process holds it."""
     folder = segment_dir(store_path)
-    folder.mkdir(exist_ok=True)
-    with (folder / ".lock").open("a") as lock:
+    try:
+        folder.mkdir(exist_ok=True)
+        lock = (folder / ".lock").open("a")
+    except OSError as error:
+        if on_read_only_filesystem(store_path):
+            raise read_only_store(store_path, str(error)) from error
+        raise StoreError(f"costspan store {store_path}: cannot write beside it ({error})") from error
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -233,16 +241,14 @@ def _delete_retired(store: Store) -> None:
         for name in expired:
             (folder / name).unlink(missing_ok=True)
         db.executemany("DELETE FROM retired_segments WHERE name = ?", [(name,) for name in expired])
-        known = {
-            name for (name,) in db.execute("SELECT name FROM segments UNION ALL SELECT name FROM retired_segments")
-        }
-    for leftover in folder.glob("*.parquet*"):
-        if leftover.name not in known and leftover.name.lstrip(".").removesuffix(".tmp") not in known:
-            try:
-                if leftover.stat().st_mtime_ns < cutoff:
-                    leftover.unlink()
-            except FileNotFoundError:
-                pass
+    # A compaction killed while writing leaves its partial file: never listed, safe to delete once it is old.
+    # Any other file here is left alone (a segment of a store restored from a backup is somebody's data).
+    for partial in folder.glob(".*.parquet.tmp"):
+        try:
+            if partial.stat().st_mtime_ns < cutoff:
+                partial.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def land_again(store: Store, since_ns: int, until_ns: int) -> int:

@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from costspan.config import attribution_keys_in_force
+from costspan.store.errors import WRONG_PATH as _WRONG_PATH
+from costspan.store.errors import StoreError as StoreError  # importable from here too, as before
+from costspan.store.errors import explain, explain_open, read_only_uri
+from costspan.store.errors import refuse_foreign_file as _refuse_foreign_file
 from costspan.store.paths import checkout_for_hints, default_store_path, demo_store_path
 
 if TYPE_CHECKING:
@@ -259,38 +263,6 @@ _INSERT = (
 )
 
 
-class StoreError(Exception):
-    """The store cannot be used; the message says why and what to do."""
-
-
-SQLITE_MAGIC: Final = b"SQLite format 3\0"  # the first 16 bytes of every SQLite file
-_WRONG_PATH = "Pass the right --store path (or set COSTSPAN_STORE_PATH)."
-
-
-def _header_user_version(path: Path) -> int | None:
-    """The ``user_version`` a SQLite file's 100-byte header holds (bytes 60-63); None when the file is not SQLite.
-    Read from the bytes, so that it works on a file SQLite itself can no longer open."""
-    try:
-        with path.open("rb") as file:
-            header = file.read(100)
-    except OSError:
-        return None
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        return None
-    return int.from_bytes(header[60:64], "big")
-
-
-def _refuse_foreign_file(path: Path) -> None:
-    """Raise unless ``path`` is missing, empty or SQLite: costspan never writes into, nor calls damaged, a file
-    that is not a store (``--store /etc/passwd``)."""
-    try:
-        empty = path.stat().st_size == 0
-    except OSError:
-        return  # missing (or unreadable): connecting says so
-    if not empty and _header_user_version(path) is None:
-        raise StoreError(f"{path} is not a costspan store (it is not a SQLite file). {_WRONG_PATH}")
-
-
 def _no_store_yet(path: Path) -> str:
     """Where to look instead. `costspan demo` writes its own store, so after it the hint points there rather than
     back at the demo."""
@@ -310,24 +282,7 @@ def _no_store_yet(path: Path) -> str:
 
 
 def _explain(path: Path, error: sqlite3.Error) -> StoreError:
-    text = str(error)
-    if isinstance(error, sqlite3.OperationalError) and "locked" in text:
-        return StoreError(
-            f"costspan store {path} stayed locked by another process ({text}). Retry; if it persists, look "
-            "for a stuck process holding it (e.g. `fuser` on the file)."
-        )
-    if "full" in text:
-        return StoreError(f"costspan store {path}: {text}. Free disk space; nothing was written.")
-    if isinstance(error, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
-        if not 1 <= (_header_user_version(path) or 0) <= SCHEMA_VERSION:  # costspan stamps its schema version
-            return StoreError(
-                f"{path} is a SQLite file that cannot be read ({text}) and not a costspan store. {_WRONG_PATH}"
-            )
-        return StoreError(
-            f"costspan store {path} is damaged ({text}). Move it aside (`mv {path} {path}.damaged`): costspan "
-            f"starts a new store there, and `sqlite3 {path}.damaged .recover` may save the old rows."
-        )
-    return StoreError(f"costspan store {path}: {text}")
+    return explain(path, error, SCHEMA_VERSION)
 
 
 def to_ns(moment: datetime) -> int:
@@ -465,15 +420,19 @@ class Store:
         self._snapshot: Snapshot | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+            uri = None if create else read_only_uri(self.path)  # reading an intact store on a read-only filesystem
+            self._db = sqlite3.connect(
+                uri or self.path, uri=uri is not None, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
         except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open costspan store {self.path}: {error}") from error
+            raise explain_open(self.path, error) from error
         try:
             with self._errors():
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
                 self._refuse_foreign_database()  # before WAL and migrations change the file
-                # A new file returns the pages compaction frees (Store.reclaim_space); set before any table exists.
-                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                if self._db.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new file: before any table exists
+                    self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # returns what compaction frees
+
                 self._use_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; WAL keeps it consistent
                 self._migrate()
@@ -612,7 +571,12 @@ class Store:
                 self._db.execute("VACUUM")
             else:
                 self._db.execute("PRAGMA incremental_vacuum")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held those pages too
+        self.checkpoint()  # the WAL held those pages too
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the file and empty the WAL."""
+        with self._lock, self._errors():
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def landed(self) -> int:
         """Rows in the landing table, not yet compacted into segments."""
