@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "price",
     "dashboard",
     "serve",
+    "sql",
 )
 
 DESCRIPTION = """\

@@ -39,8 +39,8 @@ examples:
   costspan reprice --since 7d --dry-run                 show what would change, write nothing
 
 audit afterwards:
-  sqlite3 STORE "SELECT span_id, original_cost_usd, original_pricing_version, cost_usd, pricing_version
-                 FROM spans WHERE repriced_at_ns IS NOT NULL"
+  costspan sql "SELECT span_id, original_cost_usd, original_pricing_version, cost_usd, pricing_version
+                FROM spans WHERE repriced_at_ns IS NOT NULL"
 """
 
 # Keyset pages in (start_ns, span_id) order: the same SQL reads the landing table and the store's DuckDB view.
