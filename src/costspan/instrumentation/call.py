@@ -204,15 +204,13 @@ class Telemetry:
         metadata: Mapping[str, Any],
         created_ns: int | None,
         completed_ns: int | None,
-        job: str | None = None,
     ) -> None:
         """A finished Batch job's cost, once per job per process: a span of its own from creation to completion,
         attributed from the metadata costspan set at creation (it may have run in another process) and priced at
         batch rates as of its creation.
 
         Where a provider bills a batch result by result, each result is recorded on its own: ``summary.batch_id``
-        names the result (``<batch id>/<custom id>``, the unit counted once) and ``job`` the batch, whose trace
-        holds every result's span."""
+        then names the result (``<batch id>/<custom id>``), the unit counted once, with a trace of its own."""
         batch_id = summary.batch_id
         with self._batches_lock:
             if batch_id in self._batches_seen:
@@ -222,7 +220,7 @@ class Telemetry:
                 self._batches_seen.popitem(last=False)
         attribution = {key: str(metadata[key]) for key in self.attributor.keys if key in metadata}
         job = replace(request, model=summary.model)
-        parent = set_span_in_context(NonRecordingSpan(batch_job_context(job or str(batch_id))))
+        parent = set_span_in_context(NonRecordingSpan(batch_job_context(str(batch_id))))
         call = self._open(job, created_ns or time.time_ns(), attribution, [], parent)
         for guard in self.guards:
             # The job's cost reaches the budgets of whoever created it, as a call's settlement would.
@@ -236,7 +234,9 @@ class Telemetry:
         try:
             self.batch_origins.remember(batch_id, attribution)
         except Exception:
-            logger.exception("costspan: could not keep who created batch %s; its results will be unattributed", batch_id)
+            logger.exception(
+                "costspan: could not keep who created batch %s; its results will be unattributed", batch_id
+            )
 
     def batch_attribution(self, batch_id: str) -> Mapping[str, str]:
         """The attribution ``remember_batch`` kept for a batch; empty when it was created elsewhere unseen."""

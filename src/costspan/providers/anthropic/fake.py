@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -203,12 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _batches_post(self, path: str, body: dict[str, Any]) -> None:
         state = self.fake.state
         if path == "/v1/messages/batches":
-            batch = FakeBatch(
+            created = FakeBatch(
                 f"msgbatch_fake{next(state.ids):06d}", list(body.get("requests") or []), _now(), self.fake.batch_polls
             )
             with state.lock:
-                state.batches[batch.id] = batch
-            self._json(self._batch_object(batch))
+                state.batches[created.id] = created
+            self._json(self._batch_object(created))
             return
         batch_id, _, action = path.removeprefix("/v1/messages/batches/").partition("/")
         batch = state.batches.get(batch_id)
@@ -223,9 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _batches_get(self, path: str) -> None:
         state = self.fake.state
         if path == "/v1/messages/batches":
-            data = [self._batch_object(b) for b in reversed(list(state.batches.values()))]
-            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-            self._json({"data": data, "has_more": False, "first_id": first, "last_id": last})
+            listed = [self._batch_object(b) for b in reversed(list(state.batches.values()))]
+            first, last = (listed[0]["id"], listed[-1]["id"]) if listed else (None, None)
+            self._json({"data": listed, "has_more": False, "first_id": first, "last_id": last})
             return
         batch_id, _, action = path.removeprefix("/v1/messages/batches/").partition("/")
         batch = state.batches.get(batch_id)
@@ -394,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _now() -> str:
     """The current time as the API writes it (RFC 3339)."""
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def main() -> None:
