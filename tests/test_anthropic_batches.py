@@ -28,6 +28,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from costspan import semconv
 from costspan.attribution.baggage import attribute
+from costspan.budgets.guard import Budget, BudgetExceeded, BudgetGuard
+from costspan.budgets.ledger import MemoryLedger
 from costspan.cli.reprice import reprice_row
 from costspan.pricing.pricer import Pricer
 from costspan.providers.anthropic.batches import summarize_result, unix_ns
@@ -36,7 +38,7 @@ from costspan.store.batch_origins import SQLiteBatchOrigins
 from costspan.store.exporter import CostspanSpanExporter, row_from_span
 from costspan.store.paths import COSTSPAN_STORE_PATH
 from costspan.store.sqlite import Store, StoreError
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, make_pipeline
 
 SONNET = "claude-sonnet-4-5-20250929"
 HAIKU = "claude-haiku-4-5-20251001"
@@ -103,25 +105,36 @@ def test_each_succeeded_result_is_priced_at_batch_rates_on_its_own(
                 "service_tier": "batch",
             }
         ),
-        # 150,000 input, 1,000 output: 150,000 x 1.50 + 1,000 x 7.50 = 232,500 micro-dollars, $0.2325. The batch
-        # holds 324,000 input tokens in all, but each request is billed on its own, below the 200,000 tier.
+        # 150,000 input, 1,000 output, twice: 150,000 x 1.50 + 1,000 x 7.50 = 232,500 micro-dollars, $0.2325 each.
+        # The batch sends Sonnet 324,000 input tokens in all, but each request is billed on its own, below the
+        # 200,000-token tier (which would bill the whole at 3 / 11.25).
         long=BatchOutcome(usage={"input_tokens": 150_000, "output_tokens": 1_000, "service_tier": "batch"}),
+        long_too=BatchOutcome(usage={"input_tokens": 150_000, "output_tokens": 1_000, "service_tier": "batch"}),
         # Haiku in the same batch, at its own batch rates: 10,000 x 0.50 + 2,000 x 2.50 = $0.01.
         haiku=BatchOutcome(usage={"input_tokens": 10_000, "output_tokens": 2_000, "service_tier": "batch"}),
         failed=BatchOutcome("errored"),
         late=BatchOutcome("expired"),
     )
     batch = client.messages.batches.create(
-        requests=[request("cached"), request("long"), request("haiku", HAIKU), request("failed"), request("late")]
+        requests=[
+            request("cached"),
+            request("long"),
+            request("long_too"),
+            request("haiku", HAIKU),
+            request("failed"),
+            request("late"),
+        ]
     )
     lines = list(client.messages.batches.results(batch.id))
-    assert [line.result.type for line in lines] == ["succeeded", "succeeded", "succeeded", "errored", "expired"]
+    assert [line.result.type for line in lines] == [*["succeeded"] * 4, "errored", "expired"]
 
     spent = by_result(pipeline)
-    assert set(spent) == {"cached", "long", "haiku"}  # errored and expired results are not billed
+    assert set(spent) == {"cached", "long", "long_too", "haiku"}  # errored and expired results are not billed
     assert dollars(spent["cached"]) == Decimal("0.015")
-    assert dollars(spent["long"]) == Decimal("0.2325")
+    assert dollars(spent["long"]) == dollars(spent["long_too"]) == Decimal("0.2325")
     assert dollars(spent["haiku"]) == Decimal("0.01")
+    # The batch's cost: 0.015 + 2 x 0.2325 + 0.01.
+    assert sum(map(dollars, spent.values())) == Decimal("0.49")
     haiku = spent["haiku"]
     assert haiku[semconv.GEN_AI_OPERATION_NAME] == "batch"
     assert haiku[semconv.GEN_AI_RESPONSE_MODEL] == HAIKU
@@ -303,3 +316,26 @@ def test_batch_origins_are_shared_through_the_file_and_refuse_a_foreign_one(tmp_
     with pytest.raises(StoreError, match="not a costspan store"):
         SQLiteBatchOrigins(foreign).remember("msgbatch_1", {"feature": "f"})
     assert foreign.read_text() == "not a store"
+
+
+def test_results_are_charged_to_the_creators_budget_once(
+    fake: FakeAnthropic, client: anthropic.Anthropic, instrumented: list[Pipeline]
+) -> None:
+    """acme's $0.01 cap admits the batch (its cost is unknown until its results come), then the results' $0.465
+    is charged to acme, once however often they are read, and acme's next call is refused."""
+    ledger = MemoryLedger()
+    guard = BudgetGuard([Budget({"customer_id": "acme"}, "monthly", Decimal("0.01"))], ledger)
+    instrumented.append(make_pipeline(guards=[guard]))
+    fake.script_results(
+        one=BatchOutcome(usage={"input_tokens": 150_000, "output_tokens": 1_000, "service_tier": "batch"}),
+        two=BatchOutcome(usage={"input_tokens": 150_000, "output_tokens": 1_000, "service_tier": "batch"}),
+    )
+    with attribute(customer_id="acme"):
+        batch = client.messages.batches.create(requests=[request("one"), request("two")])
+    list(client.messages.batches.results(batch.id))  # read without baggage: charged to the creator
+    list(client.messages.batches.results(batch.id))
+    (key,) = ledger._counters
+    # 2 x (150,000 x 1.50 + 1,000 x 7.50) = 465,000 micro-dollars = 465,000,000 nano-dollars.
+    assert ledger.totals(key).settled == ledger.totals(key).used == 465_000_000
+    with attribute(customer_id="acme"), pytest.raises(BudgetExceeded):
+        client.messages.create(model=SONNET, max_tokens=9, messages=[{"role": "user", "content": "Hi"}])

@@ -4,6 +4,10 @@ Tests drive the real ``anthropic`` SDK against it (``base_url=fake.base_url``). 
 from the request, so a test can compute the expected dollars by hand; ``FakeAnthropic.script`` sets the exact usage,
 status or stream shape of the next responses.
 
+Message Batches too: create, retrieve (``in_progress`` for ``batch_polls`` retrievals, then ``ended``), list, cancel
+and the JSONL results, each request answered as ``/v1/messages`` would be, with ``service_tier: batch``;
+``FakeAnthropic.script_results`` makes a custom_id's result errored, canceled or expired, or sets its usage.
+
 Run it alone with ``python -m costspan.providers.anthropic.fake --port 8898``.
 """
 

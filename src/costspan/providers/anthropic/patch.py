@@ -3,8 +3,9 @@
 Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` sees every call of every surface (``messages``,
 ``beta.messages``, the ``messages.stream()`` helper, ``with_raw_response`` and ``with_streaming_response``, the
 Bedrock and Vertex clients) and keeps the SDK's retries inside one span. The span's work is in the provider-neutral
-``costspan.instrumentation.call``; what requests and responses say is in ``requests.py`` and ``usage.py``; the
-SDK's private classes are imported from ``sdk.py``.
+``costspan.instrumentation.call``; what requests and responses say is in ``requests.py`` and ``usage.py``; Message
+Batches (a create is a call; a batch's retrieval and results are GETs watched without a span) are in
+``batches.py``; the SDK's private classes are imported from ``sdk.py``.
 
 The SDK traces its own calls (anthropic 2.x: an ``anthropic.messages.create`` span with ``gen_ai.usage.*``). While
 costspan instruments, those spans are turned off, so that a backend summing ``gen_ai.usage.*`` counts each call
