@@ -339,3 +339,26 @@ def test_results_are_charged_to_the_creators_budget_once(
     assert ledger.totals(key).settled == ledger.totals(key).used == 465_000_000
     with attribute(customer_id="acme"), pytest.raises(BudgetExceeded):
         client.messages.create(model=SONNET, max_tokens=9, messages=[{"role": "user", "content": "Hi"}])
+
+
+class UnwritableOrigins:
+    def remember(self, batch_id: str, attribution: Any) -> None:
+        raise OSError("read-only file system")
+
+    def recall(self, batch_id: str) -> Any:
+        raise OSError("read-only file system")
+
+
+def test_a_failing_origins_table_never_breaks_the_batch(
+    fake: FakeAnthropic, client: anthropic.Anthropic, instrumented: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = make_pipeline(batch_origins=UnwritableOrigins())
+    instrumented.append(pipeline)
+    with attribute(customer_id="acme"):
+        batch = client.messages.batches.create(requests=[request("one")])
+    assert len(list(client.messages.batches.results(batch.id))) == 1
+    (result,) = results(pipeline)
+    assert "customer_id" not in (result.attributes or {})  # recorded and priced, without its creator
+    assert (result.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] == semconv.STATUS_PRICED
+    assert "could not keep who created batch" in caplog.text
+    assert "could not look up who created batch" in caplog.text
