@@ -23,6 +23,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic._decoders.jsonl import JSONLDecoder
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -195,7 +196,9 @@ def test_results_read_again_are_counted_once(
     stream.close()
     assert set(by_result(pipeline)) == {"one"}
     list(client.messages.batches.results(batch.id))
-    list(client.beta.messages.batches.results(batch.id))
+    again = client.beta.messages.batches.results(batch.id)
+    assert type(again) is JSONLDecoder  # read to the end once: not watched again
+    list(again)
     assert sorted(str((s.attributes or {})[semconv.COSTSPAN_BATCH_ID]) for s in results(pipeline)) == [
         f"{batch.id}/one",
         f"{batch.id}/three",

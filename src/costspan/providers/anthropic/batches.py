@@ -11,7 +11,7 @@ reads the lines, each succeeded result becomes a span of its own (``Telemetry.re
 Messages call it was, at batch rates: Anthropic bills each request on its own (its long-context tier counts that
 request's prompt, not the batch's) and a batch may mix models. The unit counted once is ``<batch id>/<custom_id>``
 (the API requires a custom_id unique within its batch): reading the results again, here or in another process,
-adds nothing. Each result's span is in a trace of its own, named by that unit, so that every copy of it meets in
+adds nothing. Results read to their end are not watched again by this process at all. Each result's span is in a trace of its own, named by that unit, so that every copy of it meets in
 one trace, and the store never takes results of one batch for retries of one call. Errored, canceled and expired
 results are not billed, and make no span.
 """
@@ -79,38 +79,6 @@ def unix_ns(moment: Any) -> int | None:
     return None
 
 
-class _EndedBatches:
-    """Which results URL holds which ended batch's results, from the latest retrievals (bounded)."""
-
-    LIMIT = 1_000
-
-    def __init__(self) -> None:
-        self._by_url: OrderedDict[str, EndedBatch] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, url: str, batch: EndedBatch) -> None:
-        with self._lock:
-            self._by_url[url] = batch
-            self._by_url.move_to_end(url)
-            if len(self._by_url) > self.LIMIT:
-                self._by_url.popitem(last=False)
-
-    def get(self, url: str) -> EndedBatch | None:
-        with self._lock:
-            return self._by_url.get(url)
-
-
-_ENDED = _EndedBatches()
-
-
-def _noted(batch: Any) -> None:
-    """Keep where an ended batch's results are, from its retrieval (a MessageBatch, or a BetaMessageBatch)."""
-    fields = fields_of(batch)
-    batch_id, url = fields.get("id"), fields.get("results_url")
-    if fields.get("processing_status") == "ended" and isinstance(batch_id, str) and isinstance(url, str):
-        _ENDED.add(url, EndedBatch(batch_id, unix_ns(fields.get("created_at")), unix_ns(fields.get("ended_at"))))
-
-
 def _batch_path(url: str) -> tuple[str, str] | None:
     """(batch id, what follows it) of a URL under /v1/messages/batches/; None otherwise."""
     path = urlsplit(url).path
@@ -121,14 +89,68 @@ def _batch_path(url: str) -> tuple[str, str] | None:
     return (batch_id, action) if batch_id else None
 
 
+class BatchReads:
+    """What one instrumentation has seen of Message Batches (the latest ``LIMIT`` of each): which results URL
+    holds which ended batch's results, from the retrievals; and which batches' results were read to the end, so
+    that reading them again is not watched at all."""
+
+    LIMIT = 1_000
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self._ended: OrderedDict[str, EndedBatch] = OrderedDict()
+        self._read_through: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def watch(self, url: str, provider: str, server: tuple[str | None, int | None]) -> BatchRead | None:
+        """A GET costspan watches: a batch's retrieval, or its results (found by the URL its retrieval gave, else
+        by the documented path); None for any other GET, and for results already recorded to the end."""
+        with self._lock:
+            ended = self._ended.get(url)
+        if ended is None:
+            found = _batch_path(url)
+            if found is None or found[1] not in ("", "results"):
+                return None
+            if found[1] == "results":
+                ended = EndedBatch(found[0], None, None)
+        if ended is not None and self.was_read_through(ended.batch_id):
+            return None
+        request = read_request(BATCHES_PATH, {}, stream=False, provider=provider, server=server)
+        return None if request is None else BatchRead(self, request, ended)
+
+    def noted(self, batch: Any) -> None:
+        """Keep where an ended batch's results are, from its retrieval (a MessageBatch, or a BetaMessageBatch)."""
+        fields = fields_of(batch)
+        batch_id, url = fields.get("id"), fields.get("results_url")
+        if fields.get("processing_status") == "ended" and isinstance(batch_id, str) and isinstance(url, str):
+            ended = EndedBatch(batch_id, unix_ns(fields.get("created_at")), unix_ns(fields.get("ended_at")))
+            with self._lock:
+                _bounded_put(self._ended, url, ended, self.LIMIT)
+
+    def read_through(self, batch_id: str) -> None:
+        with self._lock:
+            _bounded_put(self._read_through, batch_id, None, self.LIMIT)
+
+    def was_read_through(self, batch_id: str) -> bool:
+        with self._lock:
+            return batch_id in self._read_through
+
+
+def _bounded_put(entries: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    entries[key] = value
+    entries.move_to_end(key)
+    if len(entries) > limit:
+        entries.popitem(last=False)
+
+
 class BatchRead:
     """A GET of one batch (``retrieve``) or of its results. It makes no span of its own: a retrieval only notes
     where an ended batch's results are; reading the results records each succeeded one."""
 
-    __slots__ = ("ended", "request", "telemetry")
+    __slots__ = ("ended", "reads", "request")
 
-    def __init__(self, telemetry: Telemetry, request: RequestInfo, ended: EndedBatch | None) -> None:
-        self.telemetry = telemetry
+    def __init__(self, reads: BatchReads, request: RequestInfo, ended: EndedBatch | None) -> None:
+        self.reads = reads
         self.request = request
         self.ended = ended  # None: a retrieval
 
@@ -136,30 +158,14 @@ class BatchRead:
         """What the SDK returned, watched when it is a results stream. Never raises."""
         try:
             if self.ended is None:
-                _noted(result)
+                self.reads.noted(result)
             elif isinstance(result, JSONLDecoder):
-                return SyncResultsProxy(result, ResultsRecorder(self, result))
+                return SyncResultsProxy(result, ResultsRecorder(self, self.ended, result))
             elif isinstance(result, AsyncJSONLDecoder):
-                return AsyncResultsProxy(result, ResultsRecorder(self, result))
+                return AsyncResultsProxy(result, ResultsRecorder(self, self.ended, result))
         except Exception:
             logger.exception("costspan: could not watch a Message Batch read; the call was not affected")
         return result
-
-
-def read_batch_get(
-    telemetry: Telemetry, url: str, provider: str, server: tuple[str | None, int | None]
-) -> BatchRead | None:
-    """A GET costspan watches: a batch's retrieval, or its results (found by the URL its retrieval gave, else by
-    the documented path); None for any other GET."""
-    ended = _ENDED.get(url)
-    if ended is None:
-        found = _batch_path(url)
-        if found is None or found[1] not in ("", "results"):
-            return None
-        if found[1] == "results":
-            ended = EndedBatch(found[0], None, None)
-    request = read_request(BATCHES_PATH, {}, stream=False, provider=provider, server=server)
-    return None if request is None else BatchRead(telemetry, request, ended)
 
 
 class ResultsRecorder:
@@ -167,9 +173,9 @@ class ResultsRecorder:
 
     __slots__ = ("attribution", "batch", "read", "request_id")
 
-    def __init__(self, read: BatchRead, decoder: Any) -> None:
+    def __init__(self, read: BatchRead, batch: EndedBatch, decoder: Any) -> None:
         self.read = read
-        self.batch: EndedBatch = read.ended  # type: ignore[assignment]  # a results read always has it
+        self.batch = batch
         self.attribution: Any = None  # looked up at the first succeeded result
         try:
             request_id = decoder.http_response.headers.get("request-id")
@@ -183,7 +189,7 @@ class ResultsRecorder:
             summary = summarize_result(line, batch.batch_id)
             if summary is None:
                 return
-            telemetry = self.read.telemetry
+            telemetry = self.read.reads.telemetry
             if self.attribution is None:
                 self.attribution = telemetry.batch_attribution(batch.batch_id)
             telemetry.record_batch_job(
@@ -197,14 +203,19 @@ class ResultsRecorder:
         except Exception:
             logger.exception("costspan: could not record a Message Batch result; the results are not affected")
 
+    def ended(self) -> None:
+        """The stream was read to its end: every result is recorded."""
+        self.read.reads.read_through(self.batch.batch_id)
+
 
 class _ObservedResults:
     """Stands in for the SDK's JSONL decoder: forwards everything and passes ``isinstance`` checks for its class."""
 
-    __slots__ = ("__weakref__", "_decoder", "_seen")
+    __slots__ = ("__weakref__", "_decoder", "_recorder", "_seen")
 
     def __init__(self, decoder: Any, recorder: ResultsRecorder) -> None:
         self._decoder = decoder
+        self._recorder = recorder
         self._seen = recorder.seen
 
     @property  # type: ignore[misc]
@@ -225,7 +236,11 @@ class SyncResultsProxy(_ObservedResults):
         return self
 
     def __next__(self) -> Any:
-        line = self._decoder.__next__()
+        try:
+            line = self._decoder.__next__()
+        except StopIteration:
+            self._recorder.ended()
+            raise
         self._seen(line)
         return line
 
@@ -237,6 +252,10 @@ class AsyncResultsProxy(_ObservedResults):
         return self
 
     async def __anext__(self) -> Any:
-        line = await self._decoder.__anext__()
+        try:
+            line = await self._decoder.__anext__()
+        except StopAsyncIteration:
+            self._recorder.ended()
+            raise
         self._seen(line)
         return line

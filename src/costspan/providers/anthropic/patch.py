@@ -24,7 +24,7 @@ import wrapt
 
 from costspan.instrumentation import boundary
 from costspan.instrumentation.call import Call, RequestInfo, Telemetry
-from costspan.providers.anthropic.batches import BatchRead, read_batch_get, summarize_created
+from costspan.providers.anthropic.batches import BatchRead, BatchReads, summarize_created
 from costspan.providers.anthropic.limits import COUNT_TOKENS
 from costspan.providers.anthropic.requests import BATCH, output_content, read_request
 from costspan.providers.anthropic.sdk import (
@@ -79,7 +79,7 @@ def _server(client: Any) -> tuple[str | None, int | None]:
 
 
 def _read(
-    telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    telemetry: Telemetry, batches: BatchReads, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> RequestInfo | BatchRead | None:
     """What the call asks for (a Message Batch read makes no span of its own); None when costspan does not watch
     it. Never raises."""
@@ -87,7 +87,7 @@ def _read(
         options = args[1] if len(args) > 1 else kwargs["options"]
         method = options.method.lower()
         if method == "get":
-            return read_batch_get(telemetry, options.url, provider_of(client), _server(client))
+            return batches.watch(options.url, provider_of(client), _server(client))
         if method != "post":
             return None
         json_data = _mapping(options.json_data)
@@ -107,9 +107,9 @@ def _read(
         return None
 
 
-def wrap_sync_request(telemetry: Telemetry) -> Any:
+def wrap_sync_request(telemetry: Telemetry, batches: BatchReads) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        request = _read(telemetry, instance, args, kwargs)
+        request = _read(telemetry, batches, instance, args, kwargs)
         if isinstance(request, BatchRead):
             return request.observe(wrapped(*args, **kwargs))
         call = None if request is None else boundary.start(telemetry, request)
@@ -128,9 +128,9 @@ def wrap_sync_request(telemetry: Telemetry) -> Any:
     return request
 
 
-def wrap_async_request(telemetry: Telemetry) -> Any:
+def wrap_async_request(telemetry: Telemetry, batches: BatchReads) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        info = _read(telemetry, instance, args, kwargs)
+        info = _read(telemetry, batches, instance, args, kwargs)
         if isinstance(info, BatchRead):
             return info.observe(await wrapped(*args, **kwargs))
         if telemetry.blocking_guards and info is not None:
