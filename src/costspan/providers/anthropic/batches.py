@@ -11,9 +11,10 @@ reads the lines, each succeeded result becomes a span of its own (``Telemetry.re
 Messages call it was, at batch rates: Anthropic bills each request on its own (its long-context tier counts that
 request's prompt, not the batch's) and a batch may mix models. The unit counted once is ``<batch id>/<custom_id>``
 (the API requires a custom_id unique within its batch): reading the results again, here or in another process,
-adds nothing. Results read to their end are not watched again by this process at all. Each result's span is in a trace of its own, named by that unit, so that every copy of it meets in
-one trace, and the store never takes results of one batch for retries of one call. Errored, canceled and expired
-results are not billed, and make no span.
+adds nothing, and results read to their end are not watched again by this process at all. Each result's span is in
+a trace of its own, named by that unit, so that every copy of it meets in one trace, and the store never takes the
+results of one batch for retries of one call. Errored, canceled and expired results are not billed, and make no
+span.
 """
 
 from __future__ import annotations
