@@ -365,3 +365,12 @@ def test_a_failing_origins_table_never_breaks_the_batch(
     assert (result.attributes or {})[semconv.COSTSPAN_PRICING_STATUS] == semconv.STATUS_PRICED
     assert "could not keep who created batch" in caplog.text
     assert "could not look up who created batch" in caplog.text
+
+
+def test_a_batch_created_with_raw_response_is_attributed(
+    pipeline: Pipeline, fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    with attribute(feature="raw"):
+        batch = client.messages.batches.with_raw_response.create(requests=[request("one")]).parse()
+    list(client.messages.batches.results(batch.id))
+    assert by_result(pipeline)["one"]["feature"] == "raw"
