@@ -30,6 +30,7 @@ from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import Pricer
 from costspan.providers.anthropic import PROVIDER as ANTHROPIC
 from costspan.providers.openai import PROVIDER as OPENAI
+from costspan.store.batch_origins import SQLiteBatchOrigins
 
 logger = logging.getLogger("costspan")
 
@@ -41,7 +42,9 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Instrument the OpenAI SDK (``OpenAI``, ``AsyncOpenAI`` and the Azure clients).
 
     Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``, ``guards`` (call guards such as
-    budgets), ``price_layers`` (extra price sources tried before the packaged data), and any ``Settings`` field
+    budgets), ``price_layers`` (extra price sources tried before the packaged data), ``batch_origins`` (where who
+    created each Anthropic Message Batch is kept for its results; default: a table in the store's file, opened
+    only once a batch is created or read), and any ``Settings`` field
     (``attribution_keys``, ``required_keys``, ``on_missing``, ``stream_usage``, ``pricing_file``,
     ``cost_compat``, ``metrics_customer_id``, ``high_cardinality_keys``, ``capture_content``, ``budget_file``),
     which win over their environment variables.
@@ -71,6 +74,7 @@ class CostspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 *(kwargs.get("guards") or ()),
                 *_budget_guards(settings, pricer, kwargs.get("meter_provider")),
             ),
+            batch_origins=kwargs.get("batch_origins") or SQLiteBatchOrigins(),
         )
         self.telemetry = telemetry
         self.providers = tuple(provider for provider in PROVIDERS if _supported(provider))

@@ -88,6 +88,36 @@ class CallGuard(Protocol):
     def charge(self, attribution: Mapping[str, str], charge_id: str, cost: Cost | None) -> None: ...
 
 
+class BatchOrigins(Protocol):
+    """Who created each batch, kept from its creation until its results are read, for providers whose batches
+    carry no metadata of their own (Anthropic's Message Batches). Either method may raise: costspan logs it, and
+    the results are recorded without attribution."""
+
+    def remember(self, batch_id: str, attribution: Mapping[str, str]) -> None: ...
+
+    def recall(self, batch_id: str) -> Mapping[str, str] | None: ...
+
+
+class MemoryBatchOrigins:
+    """The batches created in this process (the latest 10,000): their results are attributed only when read here."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._origins: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, batch_id: str, attribution: Mapping[str, str]) -> None:
+        with self._lock:
+            self._origins[batch_id] = dict(attribution)
+            if len(self._origins) > self.LIMIT:
+                self._origins.popitem(last=False)
+
+    def recall(self, batch_id: str) -> Mapping[str, str] | None:
+        with self._lock:
+            return self._origins.get(batch_id)
+
+
 class Telemetry:
     """Everything one ``instrument()`` call configured: tracer, metrics, prices, attribution, guards."""
 
@@ -99,6 +129,7 @@ class Telemetry:
         attributor: Attributor,
         settings: Settings,
         guards: tuple[CallGuard, ...] = (),
+        batch_origins: BatchOrigins | None = None,
     ) -> None:
         self.tracer = tracer
         self.metrics = metrics
@@ -109,6 +140,7 @@ class Telemetry:
         self.blocking_guards = any(getattr(guard, "blocking", False) for guard in guards)
         self._batches_seen: OrderedDict[str | None, None] = OrderedDict()
         self._batches_lock = threading.Lock()
+        self.batch_origins = batch_origins if batch_origins is not None else MemoryBatchOrigins()
 
     def start(self, request: RequestInfo) -> Call:
         """Begin the call: its span, attribution and guards. Raises ``CostspanRefusal`` to refuse the call."""
@@ -175,7 +207,10 @@ class Telemetry:
     ) -> None:
         """A finished Batch job's cost, once per job per process: a span of its own from creation to completion,
         attributed from the metadata costspan set at creation (it may have run in another process) and priced at
-        batch rates as of its creation."""
+        batch rates as of its creation.
+
+        Where a provider bills a batch result by result, each result is recorded on its own: ``summary.batch_id``
+        then names the result (``<batch id>/<custom id>``), the unit counted once, with a trace of its own."""
         batch_id = summary.batch_id
         with self._batches_lock:
             if batch_id in self._batches_seen:
@@ -193,6 +228,23 @@ class Telemetry:
             if charge is not None:
                 call.settlements.append(functools.partial(charge, attribution, f"batch {batch_id}"))
         call.finish(summary, request_id, end_ns=completed_ns)
+
+    def remember_batch(self, batch_id: str, attribution: Mapping[str, str]) -> None:
+        """Keep a new batch's attribution (the creating call's) for its results, which carry none."""
+        try:
+            self.batch_origins.remember(batch_id, attribution)
+        except Exception:
+            logger.exception(
+                "costspan: could not keep who created batch %s; its results will be unattributed", batch_id
+            )
+
+    def batch_attribution(self, batch_id: str) -> Mapping[str, str]:
+        """The attribution ``remember_batch`` kept for a batch; empty when it was created elsewhere unseen."""
+        try:
+            return self.batch_origins.recall(batch_id) or {}
+        except Exception:
+            logger.exception("costspan: could not look up who created batch %s; its results are unattributed", batch_id)
+            return {}
 
 
 def batch_job_context(batch_id: str) -> SpanContext:

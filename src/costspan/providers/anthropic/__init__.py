@@ -23,12 +23,14 @@ class AnthropicProvider:
     def instrument(self, telemetry: Telemetry) -> None:
         from wrapt import wrap_function_wrapper
 
+        from costspan.providers.anthropic.batches import BatchReads
         from costspan.providers.anthropic.patch import silence_sdk_spans, wrap_async_request, wrap_sync_request
         from costspan.providers.anthropic.sdk import AsyncAPIClient, SyncAPIClient
 
         # The request layer, not each resource method: every surface and helper is seen, retries stay in one span.
-        wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry))
-        wrap_function_wrapper(AsyncAPIClient, "request", wrap_async_request(telemetry))
+        batches = BatchReads(telemetry)  # shared by sync and async clients: a batch read by either counts once
+        wrap_function_wrapper(SyncAPIClient, "request", wrap_sync_request(telemetry, batches))
+        wrap_function_wrapper(AsyncAPIClient, "request", wrap_async_request(telemetry, batches))
         self._restore_sdk_spans = silence_sdk_spans()
 
     def uninstrument(self) -> None:

@@ -9,6 +9,10 @@ Like the provider, it keeps its own bill of what it served (``FakeAnthropic.bill
 with the provider's documented gaps: no priority-tier dollars in the cost report, no code execution in the usage
 report. ``FakeAnthropic.bill`` adds usage the instrumentation never saw.
 
+Message Batches too: create, retrieve (``in_progress`` for ``batch_polls`` retrievals, then ``ended``), list, cancel
+and the JSONL results, each request answered as ``/v1/messages`` would be, with ``service_tier: batch``;
+``FakeAnthropic.script_results`` makes a custom_id's result errored, canceled or expired, or sets its usage.
+
 Run it alone with ``python -m costspan.providers.anthropic.fake --port 8898``.
 """
 
@@ -119,6 +123,32 @@ class _State:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    batches: dict[str, FakeBatch] = field(default_factory=dict)
+    # custom_id -> what its batch result is instead of a deterministic success (``FakeAnthropic.script_results``).
+    batch_results: dict[str, BatchOutcome] = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutcome:
+    """One scripted batch result: ``type`` succeeded, errored, canceled or expired; ``usage`` for a success."""
+
+    type: str = "succeeded"
+    usage: dict[str, Any] | None = None
+
+
+@dataclass
+class FakeBatch:
+    """A Message Batch. It answers ``in_progress`` to ``polls`` retrievals, then has ended; a cancelled one ends at
+    the next retrieval, its requests ``canceled``."""
+
+    id: str
+    requests: list[dict[str, Any]]
+    created_at: str
+    polls: int = 0
+    status: str = "in_progress"
+    ended_at: str | None = None
+    cancel_initiated_at: str | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _text_of(content: Any) -> str:
@@ -155,10 +185,11 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeAnthropic:
     """A threaded HTTP server on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, batch_polls: int = 0) -> None:
         self.state = _State()
         self.ledger = _Ledger()
         self.rates = {model: tuple(map(Decimal, rates)) for model, rates in PROVIDER_RATES.items()}
+        self.batch_polls = batch_polls  # how many retrievals of a new batch answer in_progress
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = _QuietServer(("127.0.0.1", port), handler)
 
@@ -202,6 +233,11 @@ class FakeAnthropic:
         costs = {name: tokens[i] * rates[i] * share / 1_000_000 for name, i in TOKEN_TYPES}
         costs["web_search"] = entry.web_search_requests * WEB_SEARCH_USD
         return costs
+
+    def script_results(self, **outcomes: BatchOutcome) -> None:
+        """What the batch results of these custom_ids are (a deterministic success otherwise)."""
+        with self.state.lock:
+            self.state.batch_results.update(outcomes)
 
     def next_scripted(self) -> Scripted:
         with self.state.lock:
@@ -248,12 +284,133 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith((":rawPredict", ":streamRawPredict")):  # Vertex AI: the model is in the path
             body.setdefault("model", path.rpartition("/")[2].partition(":")[0])
             path = "/v1/messages"
-        if path == "/v1/messages":
+        if path.startswith("/v1/messages/batches"):
+            self._batches_post(path, body)
+        elif path == "/v1/messages":
             self._messages(body, scripted)
         elif path == "/v1/messages/count_tokens":
             self._json({"input_tokens": input_tokens_for(body)})
         else:
             self._json({"type": "error", "error": {"type": "not_found_error", "message": path}}, 404)
+
+    def do_GET(self) -> None:
+        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
+        with self.fake.state.lock:
+            self.fake.state.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+        path = self.path.split("?")[0]
+        if path.startswith("/v1/messages/batches"):
+            self._batches_get(path)
+        else:
+            self._admin_report()
+
+    # --- Message Batches: create, retrieve, list, cancel, results -------------------------------------------
+
+    def _batches_post(self, path: str, body: dict[str, Any]) -> None:
+        state = self.fake.state
+        if path == "/v1/messages/batches":
+            created = FakeBatch(
+                f"msgbatch_fake{next(state.ids):06d}", list(body.get("requests") or []), _now(), self.fake.batch_polls
+            )
+            with state.lock:
+                state.batches[created.id] = created
+            self._json(self._batch_object(created))
+            return
+        batch_id, _, action = path.removeprefix("/v1/messages/batches/").partition("/")
+        batch = state.batches.get(batch_id)
+        if batch is None or action != "cancel":
+            self._json({"type": "error", "error": {"type": "not_found_error", "message": path}}, 404)
+            return
+        with state.lock:
+            if batch.status == "in_progress":
+                batch.status, batch.cancel_initiated_at = "canceling", _now()
+        self._json(self._batch_object(batch))
+
+    def _batches_get(self, path: str) -> None:
+        state = self.fake.state
+        if path == "/v1/messages/batches":
+            listed = [self._batch_object(b) for b in reversed(list(state.batches.values()))]
+            first, last = (listed[0]["id"], listed[-1]["id"]) if listed else (None, None)
+            self._json({"data": listed, "has_more": False, "first_id": first, "last_id": last})
+            return
+        batch_id, _, action = path.removeprefix("/v1/messages/batches/").partition("/")
+        batch = state.batches.get(batch_id)
+        if batch is None or action not in ("", "results") or (action == "results" and batch.status != "ended"):
+            self._json({"type": "error", "error": {"type": "not_found_error", "message": path}}, 404)
+            return
+        if action == "results":
+            data = b"".join(json.dumps(line).encode() + b"\n" for line in batch.results)
+            self._headers(200, "application/binary", len(data), {})
+            self.wfile.write(data)
+            return
+        with state.lock:
+            self._advance(batch)
+        self._json(self._batch_object(batch))
+
+    def _advance(self, batch: FakeBatch) -> None:
+        """One retrieval: an in-progress batch counts down its polls; then it ends and its results are made."""
+        if batch.status == "in_progress" and batch.polls > 0:
+            batch.polls -= 1
+            return
+        if batch.status == "ended":
+            return
+        canceled = batch.status == "canceling"
+        for request in batch.requests:
+            custom_id = str(request.get("custom_id"))
+            outcome = self.fake.state.batch_results.get(custom_id, BatchOutcome())
+            batch.results.append(self._batch_result(custom_id, request.get("params") or {}, outcome, canceled))
+        batch.status, batch.ended_at = "ended", _now()
+
+    def _batch_result(
+        self, custom_id: str, params: dict[str, Any], outcome: BatchOutcome, canceled: bool
+    ) -> dict[str, Any]:
+        kind = "canceled" if canceled else outcome.type
+        result: dict[str, Any] = {"type": kind}
+        if kind == "errored":
+            result["error"] = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "scripted failure"},
+            }
+        elif kind == "succeeded":
+            words = reply_words(params)
+            usage = outcome.usage or {
+                "input_tokens": input_tokens_for(params),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": len(words),
+                "service_tier": "batch",
+            }
+            result["message"] = {
+                "id": f"msg_fake{next(self.fake.state.ids):06d}",
+                "type": "message",
+                "role": "assistant",
+                "model": str(params.get("model")),
+                "content": [{"type": "text", "text": " ".join(words)}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        return {"custom_id": custom_id, "result": result}
+
+    def _batch_object(self, batch: FakeBatch) -> dict[str, Any]:
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        if batch.status == "ended":
+            for line in batch.results:
+                counts[line["result"]["type"]] += 1
+        else:
+            counts["processing"] = len(batch.requests)
+        ended = batch.status == "ended"
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": batch.status,
+            "request_counts": counts,
+            "created_at": batch.created_at,
+            "expires_at": batch.created_at,
+            "ended_at": batch.ended_at,
+            "cancel_initiated_at": batch.cancel_initiated_at,
+            "archived_at": None,
+            "results_url": f"{self.fake.base_url}/v1/messages/batches/{batch.id}/results" if ended else None,
+        }
 
     def _headers(self, status: int, content_type: str, length: int | None, extra: dict[str, str]) -> None:
         self.send_response(status)
@@ -341,8 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     # --- the Admin API's usage and cost reports (Admin API keys) -----------------------------------------------
-    def do_GET(self) -> None:
-        self.request_id = f"req_fake_{next(self.fake.state.ids):06d}"
+    def _admin_report(self) -> None:
         parts = urlsplit(self.path)
         reports: dict[str, Callable[[dict[str, list[str]]], None]] = {
             "/v1/organizations/usage_report/messages": self._usage_report,
@@ -524,6 +680,11 @@ def _description(cost_type: str | None, model: str | None, token_type: str | Non
     if cost_type == "web_search":
         return "Web Search Usage"
     return f"{model} Usage - {token_type}"
+
+
+def _now() -> str:
+    """The current time as the API writes it (RFC 3339)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def main() -> None:

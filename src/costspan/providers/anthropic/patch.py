@@ -3,8 +3,9 @@
 Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` sees every call of every surface (``messages``,
 ``beta.messages``, the ``messages.stream()`` helper, ``with_raw_response`` and ``with_streaming_response``, the
 Bedrock and Vertex clients) and keeps the SDK's retries inside one span. The span's work is in the provider-neutral
-``costspan.instrumentation.call``; what requests and responses say is in ``requests.py`` and ``usage.py``; the
-SDK's private classes are imported from ``sdk.py``.
+``costspan.instrumentation.call``; what requests and responses say is in ``requests.py`` and ``usage.py``; Message
+Batches (a create is a call; a batch's retrieval and results are GETs watched without a span) are in
+``batches.py``; the SDK's private classes are imported from ``sdk.py``.
 
 The SDK traces its own calls (anthropic 2.x: an ``anthropic.messages.create`` span with ``gen_ai.usage.*``). While
 costspan instruments, those spans are turned off, so that a backend summing ``gen_ai.usage.*`` counts each call
@@ -23,8 +24,9 @@ import wrapt
 
 from costspan.instrumentation import boundary
 from costspan.instrumentation.call import Call, RequestInfo, Telemetry
+from costspan.providers.anthropic.batches import BatchRead, BatchReads, summarize_created
 from costspan.providers.anthropic.limits import COUNT_TOKENS
-from costspan.providers.anthropic.requests import output_content, read_request
+from costspan.providers.anthropic.requests import BATCH, output_content, read_request
 from costspan.providers.anthropic.sdk import (
     BEDROCK_CLIENTS,
     FOUNDRY_CLIENTS,
@@ -76,11 +78,17 @@ def _server(client: Any) -> tuple[str | None, int | None]:
     return boundary.server_of(client.base_url)
 
 
-def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RequestInfo | None:
-    """What the call asks for; None when it makes no span. Never raises."""
+def _read(
+    telemetry: Telemetry, batches: BatchReads, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> RequestInfo | BatchRead | None:
+    """What the call asks for (a Message Batch read makes no span of its own); None when costspan does not watch
+    it. Never raises."""
     try:
         options = args[1] if len(args) > 1 else kwargs["options"]
-        if options.method.lower() != "post":
+        method = options.method.lower()
+        if method == "get":
+            return batches.watch(options.url, provider_of(client), _server(client))
+        if method != "post":
             return None
         json_data = _mapping(options.json_data)
         extra_json = _mapping(options.extra_json)
@@ -99,9 +107,11 @@ def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict
         return None
 
 
-def wrap_sync_request(telemetry: Telemetry) -> Any:
+def wrap_sync_request(telemetry: Telemetry, batches: BatchReads) -> Any:
     def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        request = _read(telemetry, instance, args, kwargs)
+        request = _read(telemetry, batches, instance, args, kwargs)
+        if isinstance(request, BatchRead):
+            return request.observe(wrapped(*args, **kwargs))
         call = None if request is None else boundary.start(telemetry, request)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -118,9 +128,11 @@ def wrap_sync_request(telemetry: Telemetry) -> Any:
     return request
 
 
-def wrap_async_request(telemetry: Telemetry) -> Any:
+def wrap_async_request(telemetry: Telemetry, batches: BatchReads) -> Any:
     async def request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        info = _read(telemetry, instance, args, kwargs)
+        info = _read(telemetry, batches, instance, args, kwargs)
+        if isinstance(info, BatchRead):
+            return info.observe(await wrapped(*args, **kwargs))
         if telemetry.blocking_guards and info is not None:
             call = await boundary.start_in_thread(telemetry, info)
         else:
@@ -153,6 +165,13 @@ def finish_body(call: Call, body: Any, request_id: str | None) -> None:
     if call.request.operation == COUNT_TOKENS:
         # Counting is free: a $0 call (its token count is the prompt's size, not usage).
         call.finish(ResponseSummary(usage=Usage(0, 0)), request_id)
+        return
+    if call.request.operation == BATCH:
+        # Nothing is billed yet. The creator's attribution is kept for the results, which carry none.
+        summary = summarize_created(body)
+        if summary.batch_id:
+            call.telemetry.remember_batch(summary.batch_id, call.attribution)
+        call.finish(summary, request_id)
         return
     content = output_content(body) if call.telemetry.settings.capture_content else None
     call.finish(summarize_message(body), request_id, output_content=content)

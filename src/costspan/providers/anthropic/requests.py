@@ -14,12 +14,17 @@ from costspan import semconv
 from costspan.instrumentation.call import RequestInfo
 from costspan.providers.anthropic.limits import COUNT_TOKENS, LIMITS
 
+BATCH = "batch"  # the operation of creating a Message Batch, and of each of its results' spans
+BATCHES_PATH = "/v1/messages/batches"
+
 # POST paths that make a span, by path (the beta surface adds ``?beta=true``): gen_ai.operation.name.
-# count_tokens is free: its span has a cost of $0 and budgets reserve nothing for it.
+# count_tokens is free: its span has a cost of $0 and budgets reserve nothing for it. Creating a batch bills
+# nothing yet: its results are billed when read (``batches.py``).
 ENDPOINTS: Mapping[str, str] = {
     "/v1/messages": "chat",
     "/v1/messages/count_tokens": COUNT_TOKENS,
     "/v1/complete": "text_completion",
+    BATCHES_PATH: BATCH,
 }
 
 

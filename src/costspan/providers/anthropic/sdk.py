@@ -18,6 +18,7 @@ from anthropic import (
     Stream,
 )
 from anthropic._base_client import AsyncAPIClient, BaseClient, SyncAPIClient
+from anthropic._decoders.jsonl import AsyncJSONLDecoder, JSONLDecoder
 
 try:  # the Microsoft Foundry clients arrived in later releases
     from anthropic import AnthropicFoundry, AsyncAnthropicFoundry
@@ -39,9 +40,11 @@ __all__ = [
     "APIResponse",
     "AsyncAPIClient",
     "AsyncAPIResponse",
+    "AsyncJSONLDecoder",
     "AsyncStream",
     "BaseClient",
     "BaseModel",
+    "JSONLDecoder",
     "Stream",
     "SyncAPIClient",
 ]
