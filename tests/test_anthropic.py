@@ -307,3 +307,26 @@ def test_a_priority_call_stays_unpriced_after_reprice(
         (stored,) = store.query("SELECT * FROM spans")
     assert stored["service_tier"] == "priority"
     assert reprice_row(Pricer(), stored).status == semconv.STATUS_UNKNOWN_TIER
+
+
+def test_reprice_keeps_one_hour_cache_writes_and_web_searches(
+    pipeline: Pipeline, fake: FakeAnthropic, client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    # Sonnet 4.5: 1,000 x $3 + 1,000 x $6 (1-hour write) + 100 x $15 per million, + 2 searches x $10 per thousand
+    # = 0.003 + 0.006 + 0.0015 + 0.02 = $0.0305. Without the two columns, reprice priced the write at the 5-minute
+    # rate ($3.75) and dropped the searches.
+    usage = {
+        "input_tokens": 1_000,
+        "cache_creation_input_tokens": 1_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000},
+        "output_tokens": 100,
+        "server_tool_use": {"web_search_requests": 2},
+    }
+    fake.script(Scripted(usage=usage))
+    client.messages.create(model=SONNET, max_tokens=100, messages=HELLO)
+    assert cost(pipeline) == Decimal("0.0305")
+    with Store(tmp_path / "store.sqlite3") as store:
+        store.insert([row for span in pipeline.spans() if (row := row_from_span(span)) is not None])
+        (stored,) = store.query("SELECT * FROM spans")
+    assert (stored["cache_write_1h_tokens"], stored["web_search_requests"]) == (1_000, 2)
+    assert reprice_row(Pricer(), stored).total == Decimal("0.0305")

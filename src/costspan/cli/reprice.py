@@ -48,7 +48,7 @@ _SELECT = """
 SELECT span_id, start_ns, provider, request_model, response_model, service_tier,
        input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
        input_audio_tokens, output_audio_tokens, input_image_tokens, output_image_tokens,
-       batch_id, cost_usd, pricing_status, pricing_version
+       cache_write_1h_tokens, web_search_requests, batch_id, cost_usd, pricing_status, pricing_version
 FROM spans
 WHERE (start_ns > ? OR (start_ns = ? AND span_id > ?)) AND start_ns < ? AND input_tokens IS NOT NULL
 ORDER BY start_ns, span_id LIMIT ?

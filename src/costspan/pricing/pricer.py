@@ -461,6 +461,8 @@ def billable_from_row(row: StoredRow) -> BillableCall:
             row["input_image_tokens"] or 0,
             row["output_image_tokens"] or 0,
             output_unknown=output_tokens is None,
+            cache_write_1h_tokens=row["cache_write_1h_tokens"] or 0,
+            web_search_requests=row["web_search_requests"] or 0,
         )
     return BillableCall(
         usage,

@@ -168,6 +168,8 @@ def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> C
         service_tier=next(filter(None, (_text(attributes, name) for name in semconv.SERVICE_TIER_ATTRIBUTES)), None),
         batch_id=_text(attributes, semconv.COSTSPAN_BATCH_ID),
         attribution=attribution_json(carried),
+        cache_write_1h_tokens=tokens(semconv.COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS),
+        web_search_requests=tokens(semconv.COSTSPAN_USAGE_WEB_SEARCH_REQUESTS),
     )
 
 
