@@ -159,24 +159,16 @@ def stored_customers(path: Path) -> set[str]:
 EXPORT_NOISE = re.compile(r"error|warn|fail|refused|timeout|export|4318", re.IGNORECASE)
 
 
-def test_a_store_only_run_is_quiet_and_as_fast_as_one_with_metrics_off(tmp_path: Path) -> None:
+def test_a_store_only_run_is_quiet(tmp_path: Path) -> None:
     """Before the distro's store-only default, this run sent metrics to localhost:4318: three connection-refused
-    lines, a metrics timeout, and ~7 s of retries at exit. Timed against `--metrics_exporter none`, in turn."""
-    store_only: list[float] = []
-    metrics_off: list[float] = []
+    lines, a metrics timeout, and ~7 s of retries at exit. How long it takes now is measured with farm-bench
+    (docs/store.md, "Store-only runs"), not here: a timed test on a shared machine measures the machine."""
+    path = tmp_path / "store.sqlite3"
     with FakeOpenAI() as fake:
-        for i in range(3):
-            result, seconds = run_store_only(fake, tmp_path / f"store-only-{i}.sqlite3")
-            assert result.returncode == 0, result.stderr
-            assert not [line for line in result.stderr.splitlines() if EXPORT_NOISE.search(line)], result.stderr
-            store_only.append(seconds)
-            result, seconds = run_store_only(fake, tmp_path / f"metrics-off-{i}.sqlite3", "--metrics_exporter", "none")
-            assert result.returncode == 0, result.stderr
-            metrics_off.append(seconds)
-    for i in range(3):
-        assert stored_customers(tmp_path / f"store-only-{i}.sqlite3") == {"cust_4291", "cust_0007"}
-    # Minima tolerate a busy machine: this guards against a seconds-long shutdown delay, it is no benchmark.
-    assert min(store_only) - min(metrics_off) < 0.5, (store_only, metrics_off)
+        result, _ = run_store_only(fake, path)
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if EXPORT_NOISE.search(line)], result.stderr
+    assert stored_customers(path) == {"cust_4291", "cust_0007"}
 
 
 def test_a_store_only_run_with_an_otlp_endpoint_still_exports_metrics(tmp_path: Path) -> None:
