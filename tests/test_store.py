@@ -239,3 +239,12 @@ def test_a_full_disk_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None
         with pytest.raises(StoreError, match="Free disk space; nothing was written"):
             store.insert([row(i, feature="x" * 500) for i in range(2, 200)])
         assert store.count() == 1
+
+
+def test_a_file_the_budget_ledger_created_first_becomes_a_store(tmp_path: Path) -> None:
+    from costspan.budgets.ledger import SQLiteLedger
+
+    path = tmp_path / "costspan.sqlite3"
+    SQLiteLedger(path)  # an app whose budgets ran before its first export
+    with Store(path) as store:
+        assert store.insert([row(1, datetime.now(UTC))]) == 1

@@ -441,9 +441,10 @@ class Store:
             raise
 
     def _refuse_foreign_database(self) -> None:
-        """Raise when the file is another application's SQLite database: it has tables, but not costspan's."""
+        """Raise when the file is another application's SQLite database: it has tables, but not costspan's. (The
+        budget ledger and the batch origins keep ``costspan_*`` tables in the store's file, and may create it.)"""
         tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "spans" not in tables:
+        if tables and "spans" not in tables and not all(name.startswith("costspan_") for name in tables):
             raise StoreError(
                 f"{self.path} is not a costspan store (a SQLite database without costspan's tables). {_WRONG_PATH}"
             )
