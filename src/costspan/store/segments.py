@@ -21,7 +21,6 @@ Run by hand: ``python -m costspan.store.segments STORE_PATH`` compacts now.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import subprocess
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
     from costspan.store.sqlite import Store
 
-logger = logging.getLogger(__name__)
 
 LANDING_COMPACT_AT: Final = 10_000  # landed rows that make a writer start a compaction
 COMPACT_CHUNK: Final = 25_000  # rows moved per landing-table transaction (writers wait for it)
