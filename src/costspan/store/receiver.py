@@ -2,9 +2,8 @@
 
 Apps keep the standard OTLP exporter and the configuration they will later point at a real collector
 (``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318``). Requests are decoded with the official
-``opentelemetry-proto`` messages, turned back into SDK ``ReadableSpan`` objects and handed to a ``SpanExporter``
-(``CostspanSpanExporter``), so a span received over the wire is stored by exactly the code that stores one
-exported in-process.
+``opentelemetry-proto`` messages and read straight into store rows by ``row_columns``, the mapping behind
+``CostspanSpanExporter``, so a span received over the wire is stored as one exported in-process is.
 
 Nothing a client says about money is taken on trust: each LLM span is priced again here, from its model and
 token counts, by the same ``Pricer.bill`` the instrumentor uses; the cost the span carried is kept only as
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hmac
 import ipaddress
 import json
@@ -32,7 +30,8 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,17 +48,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from costspan import semconv
 from costspan.environment_variables import OTEL_COSTSPAN_PRICING_FILE
 from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import MAX_BATCH_TOKENS, MAX_CALL_TOKENS, Pricer, billable_from_row
-from costspan.store.exporter import CostspanSpanExporter, row_from_span
+from costspan.store.exporter import ROW_ATTRIBUTES, SERVICE_NAME, CostspanSpanExporter, row_columns
 from costspan.store.sqlite import LAST_NS, CostRow
 
 logger = logging.getLogger("costspan.store.receiver")
@@ -72,16 +67,6 @@ REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32  # handled at once; more are answered 503 with Retry-After, which OTLP exporters retry
 MIN_TOKEN_CHARS = 16
 _DRAIN_BYTES = 1024 * 1024  # read (and drop) at most this much of a refused body, so the client sees the answer
-
-_KINDS = {
-    PbSpan.SPAN_KIND_INTERNAL: SpanKind.INTERNAL,
-    PbSpan.SPAN_KIND_SERVER: SpanKind.SERVER,
-    PbSpan.SPAN_KIND_CLIENT: SpanKind.CLIENT,
-    PbSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER,
-    PbSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
-}
-_STATUS_CODES = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}
-_REMOTE_PARENT = 0x300  # SpanFlags: "is remote" is known (0x100) and true (0x200)
 
 
 class BadRequest(ValueError):
@@ -157,92 +142,31 @@ def _value(value: AnyValue) -> Any:
     if which == "array_value":
         return tuple(_value(item) for item in value.array_value.values)
     if which == "kvlist_value":
-        return _attributes(value.kvlist_value.values)
+        return attribute_values(value.kvlist_value.values)
     return None if which is None else getattr(value, which)
 
 
-def _attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+def attribute_values(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+    """OTLP attributes as the SDK holds them (an array is a tuple, a key-value list a dict)."""
     return {pair.key: _value(pair.value) for pair in pairs}
 
 
-def _span_context(trace_id: bytes, span_id: bytes, flags: int, is_remote: bool = False) -> SpanContext:
+def _check_ids(trace_id: bytes, span_id: bytes) -> None:
     if len(trace_id) != 16 or len(span_id) != 8:
         raise ValueError(f"trace id must be 16 bytes and span id 8 (got {len(trace_id)} and {len(span_id)})")
-    context = SpanContext(
-        trace_id=int.from_bytes(trace_id, "big"),
-        span_id=int.from_bytes(span_id, "big"),
-        is_remote=is_remote,
-        # Only sampled spans are exported, and SDKs often leave the low byte (the W3C trace flags) unset.
-        trace_flags=TraceFlags((flags & 0xFF) or TraceFlags.SAMPLED),
-    )
-    if not context.is_valid:
+    if not trace_id.strip(b"\0") or not span_id.strip(b"\0"):
         raise ValueError("all-zero trace or span id")
-    return context
 
 
-def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+def _check_times(span: PbSpan) -> None:
     if not span.start_time_unix_nano:
         raise ValueError("no start time")
     if max(span.start_time_unix_nano, span.end_time_unix_nano) > LAST_NS:  # fixed64 goes past the year 2262
         raise ValueError("a time past what the store holds (2**63 - 1 nanoseconds)")
-    parent = None
-    if span.parent_span_id.strip(b"\0"):  # some exporters write eight zero bytes, not nothing, for a root span
-        remote = span.flags & _REMOTE_PARENT == _REMOTE_PARENT
-        parent = _span_context(span.trace_id, span.parent_span_id, span.flags, is_remote=remote)
-    return ReadableSpan(
-        name=span.name,
-        context=_span_context(span.trace_id, span.span_id, span.flags),
-        parent=parent,
-        resource=resource,
-        attributes=_attributes(span.attributes),
-        events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events],
-        links=_links(span.links),
-        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
-        status=Status(_STATUS_CODES.get(span.status.code, StatusCode.UNSET), span.status.message or None),
-        start_time=span.start_time_unix_nano,
-        end_time=span.end_time_unix_nano,
-        instrumentation_scope=scope,
-    )
 
 
-def _links(links: Iterable[PbSpan.Link]) -> list[Link]:
-    """The span's links that name a span; a malformed one is left out rather than losing the span (the store
-    keeps no links)."""
-    kept = []
-    for link in links:
-        try:
-            kept.append(Link(_span_context(link.trace_id, link.span_id, link.flags), _attributes(link.attributes)))
-        except ValueError:
-            continue
-    return kept
-
-
-@dataclass
-class Decoded:
-    spans: list[ReadableSpan]
-    errors: list[str]  # one per span that could not be decoded
-
-
-def readable_spans(request: ExportTraceServiceRequest) -> Decoded:
-    """SDK spans for every span in the request; a span with malformed ids or no start time is an error entry."""
-    spans: list[ReadableSpan] = []
-    errors: list[str] = []
-    for resource_spans in request.resource_spans:
-        resource = Resource(_attributes(resource_spans.resource.attributes), resource_spans.schema_url or None)
-        for scope_spans in resource_spans.scope_spans:
-            pb_scope = scope_spans.scope
-            scope = InstrumentationScope(
-                pb_scope.name,
-                pb_scope.version or None,
-                scope_spans.schema_url or None,
-                _attributes(pb_scope.attributes),
-            )
-            for span in scope_spans.spans:
-                try:
-                    spans.append(_readable_span(span, resource, scope))
-                except ValueError as exc:
-                    errors.append(f"span {span.name!r}: {exc}")
-    return Decoded(spans, errors)
+def _has_parent(span: PbSpan) -> bool:
+    return bool(span.parent_span_id.strip(b"\0"))  # some exporters write eight zero bytes, not nothing, for a root
 
 
 # --- what a client may not decide ------------------------------------------------------------------------
@@ -276,10 +200,10 @@ def _shown(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def implausible_span(span: ReadableSpan, row: CostRow) -> str | None:
-    """Why a span's numbers cannot be a real call's, so it must not be stored; None when they can."""
-    attributes = span.attributes or {}
-    limit = MAX_BATCH_TOKENS if row.batch_id is not None else MAX_CALL_TOKENS
+def implausible_span(attributes: Mapping[str, Any], columns: Mapping[str, Any], end_ns: int) -> str | None:
+    """Why a span's numbers cannot be a real call's, so it must not be stored; None when they can. ``columns``
+    are the row's (``row_columns``)."""
+    limit = MAX_BATCH_TOKENS if columns["batch_id"] is not None else MAX_CALL_TOKENS
     for name in _TOKEN_ATTRIBUTES:
         count = attributes.get(name)
         if count is not None and (type(count) is not int or not 0 <= count <= limit):
@@ -290,21 +214,22 @@ def implausible_span(span: ReadableSpan, row: CostRow) -> str | None:
             continue
         if not isinstance(amount, int | float) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
             return f"{name} {_shown(amount)} is not an amount (a finite number of 0 or more)"
-    if span.end_time is not None and span.start_time is not None and span.end_time < span.start_time:
+    if end_ns < columns["start_ns"]:
         return "it ends before it starts"
     return None
 
 
-def priced_row(pricer: Pricer, row: CostRow) -> CostRow:
-    """The row with the cost ``pricer`` computes from its usage and model, through the same ``billable_from_row``
-    and ``Pricer.bill`` as ``costspan reprice``; the client's figure moves to ``claimed_cost_usd``."""
-    cost = pricer.bill(billable_from_row(row))
+def priced_row(pricer: Pricer, columns: dict[str, Any]) -> CostRow:
+    """The row of ``columns`` (``row_columns``) with the cost ``pricer`` computes from its usage and model, through
+    the same ``billable_from_row`` and ``Pricer.bill`` as ``costspan reprice``; the client's figure moves to
+    ``claimed_cost_usd``. Updates ``columns``."""
+    cost = pricer.bill(billable_from_row(columns))
     total, cost_input, cache_read, cache_write, output = cost.floats() or (None, None, None, None, None)
     status = cost.status
-    if row.input_tokens is None and row.pricing_status in _STATUSES_WITHOUT_USAGE:
-        status = row.pricing_status
-    return dataclasses.replace(
-        row,
+    if columns["input_tokens"] is None and columns["pricing_status"] in _STATUSES_WITHOUT_USAGE:
+        status = columns["pricing_status"]
+    columns.update(
+        claimed_cost_usd=columns["cost_usd"],
         cost_usd=total,
         cost_input=cost_input,
         cost_cache_read=cache_read,
@@ -314,8 +239,74 @@ def priced_row(pricer: Pricer, row: CostRow) -> CostRow:
         pricing_source=cost.source,
         pricing_version=cost.version,
         pricing_model=cost.model_id,
-        claimed_cost_usd=row.cost_usd,
     )
+    return CostRow(**columns)
+
+
+# Read from the wire straight into row columns: rebuilding SDK ReadableSpans (every attribute, event and link as
+# Python objects) cost more than everything else the receiver does, and the store keeps only these attributes.
+_READ_ATTRIBUTES = ROW_ATTRIBUTES | set(_TOKEN_ATTRIBUTES) | set(_COST_ATTRIBUTES)
+
+
+def _some_attributes(pairs: Iterable[KeyValue], names: AbstractSet[str]) -> dict[str, Any]:
+    kept = {}
+    for pair in pairs:
+        key = pair.key
+        if key in names:
+            kept[key] = _value(pair.value)
+    return kept
+
+
+@dataclass
+class Received:
+    rows: list[CostRow]  # the LLM spans to store, priced here
+    spans: int  # every span in the request
+    ignored: int  # spans that are not LLM calls
+    errors: list[str]  # one per span rejected
+
+
+def received_rows(request: ExportTraceServiceRequest, pricer: Pricer, attribution_keys: Sequence[str]) -> Received:
+    """The priced rows of the request's LLM spans; a span that is malformed, or whose numbers cannot be a call's,
+    is an error entry instead."""
+    names = _READ_ATTRIBUTES.union(attribution_keys)
+    received = Received([], 0, 0, [])
+    for resource_spans in request.resource_spans:
+        resource = _some_attributes(resource_spans.resource.attributes, {SERVICE_NAME})
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                received.spans += 1
+                try:
+                    _check_times(span)
+                    _check_ids(span.trace_id, span.span_id)
+                    parent = span.parent_span_id if _has_parent(span) else None
+                    if parent is not None:
+                        _check_ids(span.trace_id, parent)
+                except ValueError as exc:
+                    received.errors.append(f"span {span.name!r}: {exc}")
+                    continue
+                try:
+                    attributes = _some_attributes(span.attributes, names)
+                    columns = row_columns(
+                        attributes,
+                        span_id=span.span_id.hex(),
+                        trace_id=span.trace_id.hex(),
+                        parent_span_id=parent.hex() if parent is not None else None,
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
+                        resource=resource,
+                        attribution_keys=attribution_keys,
+                    )
+                    if columns is None:
+                        received.ignored += 1
+                        continue
+                    problem = implausible_span(attributes, columns, span.end_time_unix_nano)
+                    if problem is not None:
+                        received.errors.append(f"span {_shown(span.name)}: {problem}")
+                        continue
+                    received.rows.append(priced_row(pricer, columns))
+                except Exception as exc:  # one malformed span must not sink (or endlessly retry) its batch
+                    received.errors.append(f"span {_shown(span.name)}: {_shown(exc, 120)}")
+    return received
 
 
 def _disputed(row: CostRow) -> bool:
@@ -425,23 +416,8 @@ class OTLPReceiver:
 
     def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse | None:
         """Price and store a decoded request; None when the store failed (the caller answers 503)."""
-        decoded = readable_spans(request)
-        errors = list(decoded.errors)
-        rows: list[CostRow] = []
-        ignored = 0
-        for span in decoded.spans:
-            try:
-                row = row_from_span(span, self.exporter.attribution_keys)
-                if row is None:
-                    ignored += 1
-                    continue
-                problem = implausible_span(span, row)
-                if problem is not None:
-                    errors.append(f"span {_shown(span.name)}: {problem}")
-                    continue
-                rows.append(priced_row(self.pricer, row))
-            except Exception as exc:  # one malformed span must not sink (or endlessly retry) its batch
-                errors.append(f"span {_shown(span.name)}: {_shown(exc, 120)}")
+        received = received_rows(request, self.pricer, self.exporter.attribution_keys)
+        rows, errors = received.rows, received.errors
         with self._lock:
             before = self.exporter.stored_spans
             if self.exporter.write_rows(rows) is not SpanExportResult.SUCCESS:
@@ -450,10 +426,10 @@ class OTLPReceiver:
             stored = self.exporter.stored_spans - before
             batch = Counts(
                 requests=1,
-                spans=len(decoded.spans) + len(decoded.errors),
+                spans=received.spans,
                 stored=stored,
                 duplicates=len(rows) - stored,
-                ignored=ignored,
+                ignored=received.ignored,
                 rejected=len(errors),
                 disputed=sum(map(_disputed, rows)),
             )
