@@ -48,7 +48,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from costspan import semconv
 from costspan.environment_variables import OTEL_COSTSPAN_PRICING_FILE
@@ -56,6 +55,7 @@ from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import MAX_BATCH_TOKENS, MAX_CALL_TOKENS, Pricer, billable_from_row
 from costspan.store.exporter import ROW_ATTRIBUTES, SERVICE_NAME, CostspanSpanExporter, row_columns
 from costspan.store.sqlite import LAST_NS, CostRow
+from costspan.store.writer import MAX_QUEUED_ROWS, BatchWriter
 
 logger = logging.getLogger("costspan.store.receiver")
 
@@ -71,6 +71,10 @@ _DRAIN_BYTES = 1024 * 1024  # read (and drop) at most this much of a refused bod
 
 class BadRequest(ValueError):
     """The request body cannot be decoded; answered with HTTP 400 (the client must not retry)."""
+
+
+class Throttled(Exception):
+    """Too many rows wait for the store; answered with HTTP 503 and Retry-After, which OTLP clients retry."""
 
 
 class TooLarge(BadRequest):
@@ -364,8 +368,9 @@ class OTLPReceiver:
 
     Use as a context manager or ``start()``/``stop()``. Answers 200 with ``partial_success`` for spans it had to
     drop, 400 for bodies it cannot decode (the client must not retry), 401 without the token, and 503 when the
-    store cannot write or ``max_connections`` are busy (the OTLP exporter retries; the store deduplicates on
-    span id, so a retried batch is stored once).
+    store cannot write, ``max_connections`` are busy or ``max_queued_rows`` wait for the store (503 with
+    Retry-After, which the OTLP exporter retries; the store deduplicates on span id, so a retried batch is stored
+    once).
 
     ``token`` is required unless the server binds a loopback address (``TokenError`` otherwise). ``pricer``
     defaults to the packaged prices under ``$OTEL_COSTSPAN_PRICING_FILE``.
@@ -381,13 +386,15 @@ class OTLPReceiver:
         pricer: Pricer | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
     ) -> None:
         self.exporter = exporter
         self.host = host
         self.token = checked_token(token) if token is not None else None
         self.pricer = pricer or Pricer(price_layers(os.environ.get(OTEL_COSTSPAN_PRICING_FILE)))
         self.counts = Counts()
-        self._lock = threading.Lock()  # one batch at a time, so the counts per batch are exact
+        self.throttled = 0  # requests answered 503 because max_queued_rows were waiting for the store
+        self._lock = threading.Lock()  # guards counts
         handler = type("Handler", (_Handler,), {"receiver": self, "timeout": request_timeout_s})
         self.server = _Server((host, port), handler, max_connections, request_timeout_s)
         if self.token is None and not is_loopback(str(self.server.server_address[0])):
@@ -396,7 +403,9 @@ class OTLPReceiver:
                 f"{host or '0.0.0.0'} is reachable from other machines, and anyone who can reach it could write "
                 "spend into the store: give a token (--token-file or $COSTSPAN_SERVE_TOKEN), or bind 127.0.0.1"
             )
+        self.writer = BatchWriter(exporter, self._count_write, max_queued_rows)
         self._thread: threading.Thread | None = None
+        self._last_throttle_log = -60.0
 
     @property
     def endpoint(self) -> str:
@@ -414,35 +423,52 @@ class OTLPReceiver:
         with self._lock:
             self.counts.unauthorized += 1
 
+    def throttle(self) -> None:
+        with self._lock:
+            self.throttled += 1
+        now = time.monotonic()
+        if now - self._last_throttle_log >= 60:  # a flood must not flood the log too
+            self._last_throttle_log = now
+            logger.warning(
+                "costspan serve: %d rows are waiting for the store; answering 503 (retried)", self.writer.queued_rows
+            )
+
+    def _count_write(self, batches: int, rows: int, stored: int, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.counts.stored += stored
+                self.counts.duplicates += rows - stored
+            else:
+                self.counts.failed_batches += batches
+
     def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse | None:
-        """Price and store a decoded request; None when the store failed (the caller answers 503)."""
+        """Price and store a decoded request; None when the store failed (the caller answers 503). Raises
+        ``Throttled`` when too many rows already wait for the store."""
         received = received_rows(request, self.pricer, self.exporter.attribution_keys)
         rows, errors = received.rows, received.errors
+        pending = self.writer.submit(rows) if rows else None
+        if rows and pending is None:
+            raise Throttled
         with self._lock:
-            before = self.exporter.stored_spans
-            if self.exporter.write_rows(rows) is not SpanExportResult.SUCCESS:
-                self.counts.failed_batches += 1
-                return None
-            stored = self.exporter.stored_spans - before
-            batch = Counts(
-                requests=1,
-                spans=received.spans,
-                stored=stored,
-                duplicates=len(rows) - stored,
-                ignored=received.ignored,
-                rejected=len(errors),
-                disputed=sum(map(_disputed, rows)),
+            self.counts.add(
+                Counts(
+                    requests=1,
+                    spans=received.spans,
+                    ignored=received.ignored,
+                    rejected=len(errors),
+                    disputed=sum(map(_disputed, rows)),
+                )
             )
-            self.counts.add(batch)
+        if pending is not None and not pending.wait():
+            return None
         logger.info(
-            "received %d span(s): %d LLM call(s) stored, %d duplicate(s), %d other span(s) ignored, %d rejected, "
+            "received %d span(s): %d LLM call(s) stored or already there, %d other span(s) ignored, %d rejected, "
             "%d claiming another cost",
-            batch.spans,
-            batch.stored,
-            batch.duplicates,
-            batch.ignored,
-            batch.rejected,
-            batch.disputed,
+            received.spans,
+            len(rows),
+            received.ignored,
+            len(errors),
+            sum(map(_disputed, rows)),
         )
         response = ExportTraceServiceResponse()
         if errors:
@@ -462,7 +488,12 @@ class OTLPReceiver:
 
     def stop(self) -> None:
         self.server.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """Stops listening, and writes the batches already accepted."""
         self.server.server_close()
+        self.writer.close()
 
     def __enter__(self) -> OTLPReceiver:
         return self.start()
@@ -638,6 +669,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise TooLarge(f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
         return self._read(length)
 
+    def _throttle(self, reply_type: str) -> None:
+        """503 with Retry-After: the OTLP/HTTP answer to a client sending faster than the store writes
+        (https://opentelemetry.io/docs/specs/otlp/#otlphttp-throttling). 503 rather than 429: older
+        opentelemetry-python exporters dropped a batch answered 429 (open-telemetry/opentelemetry-python#5460)."""
+        self.receiver.throttle()
+        self._reply(
+            503,
+            RpcStatus(code=503, message="the store is behind; retry after the Retry-After seconds"),
+            reply_type,
+            {"Retry-After": "1"},
+        )
+
     def _refuse_unauthorized(self, reply_type: str) -> None:
         self.close_connection = True
         try:  # a small body is read first, so the client is not cut off (reset) before it reads the 401
@@ -673,6 +716,9 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type not in (PROTOBUF, JSON):
             self._error(415, f"content-type {_shown(content_type)} is not {PROTOBUF} or {JSON}", reply_type)
             return
+        if self.receiver.writer.full():  # refused before decoding: a flood costs little more than reading it
+            self._throttle(reply_type)
+            return
         try:
             request = decode_request(body, content_type, self.headers.get("Content-Encoding") or "")
         except BadRequest as exc:
@@ -680,6 +726,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             response = self.receiver.export(request)
+        except Throttled:
+            self._throttle(reply_type)
+            return
         except Exception:  # an exporter bug must not kill the receiver; the client retries
             logger.exception("costspan serve: exporting a batch failed")
             response = None
