@@ -249,7 +249,9 @@ def priced_row(pricer: Pricer, columns: dict[str, Any]) -> CostRow:
 
 # Read from the wire straight into row columns: rebuilding SDK ReadableSpans (every attribute, event and link as
 # Python objects) cost more than everything else the receiver does, and the store keeps only these attributes.
-_READ_ATTRIBUTES = ROW_ATTRIBUTES | set(_TOKEN_ATTRIBUTES) | set(_COST_ATTRIBUTES)
+# The pricing a span claims is replaced by this receiver's (its status is kept only for a call without usage).
+_REPRICED = {semconv.COSTSPAN_PRICING_SOURCE, semconv.COSTSPAN_PRICING_VERSION, semconv.COSTSPAN_PRICING_MODEL}
+_READ_ATTRIBUTES = (ROW_ATTRIBUTES - _REPRICED) | set(_TOKEN_ATTRIBUTES) | set(_COST_ATTRIBUTES)
 
 
 def _some_attributes(pairs: Iterable[KeyValue], names: AbstractSet[str]) -> dict[str, Any]:
@@ -257,7 +259,10 @@ def _some_attributes(pairs: Iterable[KeyValue], names: AbstractSet[str]) -> dict
     for pair in pairs:
         key = pair.key
         if key in names:
-            kept[key] = _value(pair.value)
+            value = pair.value
+            # Most values are a non-empty string or a non-zero int, and a oneof holds one field: either read
+            # alone is that value. Spares ~0.2 µs of WhichOneof a value, a fifth of reading it.
+            kept[key] = value.string_value or value.int_value or _value(value)
     return kept
 
 
