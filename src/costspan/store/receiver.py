@@ -454,6 +454,9 @@ class OTLPReceiver:
         pending = self.writer.submit(rows) if rows else None
         if rows and pending is None:
             raise Throttled
+        if pending is not None and not pending.wait():
+            return None  # counted once the client's retry is stored
+        disputed = sum(map(_disputed, rows))
         with self._lock:
             self.counts.add(
                 Counts(
@@ -461,11 +464,9 @@ class OTLPReceiver:
                     spans=received.spans,
                     ignored=received.ignored,
                     rejected=len(errors),
-                    disputed=sum(map(_disputed, rows)),
+                    disputed=disputed,
                 )
             )
-        if pending is not None and not pending.wait():
-            return None
         logger.info(
             "received %d span(s): %d LLM call(s) stored or already there, %d other span(s) ignored, %d rejected, "
             "%d claiming another cost",
@@ -473,7 +474,7 @@ class OTLPReceiver:
             len(rows),
             received.ignored,
             len(errors),
-            sum(map(_disputed, rows)),
+            disputed,
         )
         response = ExportTraceServiceResponse()
         if errors:
