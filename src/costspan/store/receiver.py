@@ -539,9 +539,12 @@ class _Server(ThreadingHTTPServer):
         if not self.slots.acquire(blocking=False):
             self._refuse_busy(request)
             return
+        # The slot goes back here only if no thread started. Not on KeyboardInterrupt (Ctrl-C, or SIGTERM in
+        # `costspan serve`): it can land after the thread started, which then releases the slot itself, and a
+        # second release would raise instead of stopping cleanly.
         try:
             super().process_request(request, client_address)
-        except BaseException:
+        except Exception:
             self.slots.release()
             raise
 
