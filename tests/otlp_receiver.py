@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from costspan.store.receiver import _attributes, decode_request, readable_spans
+from costspan.store.receiver import attribute_values, decode_request
 
 if TYPE_CHECKING:
     from typing import Self
@@ -69,11 +69,13 @@ class OtlpReceiver:
         records = [
             {
                 "name": span.name,
-                "span_id": f"{span.context.span_id:016x}",
-                "attributes": dict(span.attributes or {}),
-                "resource": dict(span.resource.attributes),
+                "span_id": span.span_id.hex(),
+                "attributes": attribute_values(span.attributes),
+                "resource": attribute_values(resource_spans.resource.attributes),
             }
-            for span in readable_spans(request).spans
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
         ]
         with self.lock:
             self.spans.extend(records)
@@ -86,7 +88,7 @@ class OtlpReceiver:
                         if metric.WhichOneof("data") != "sum":
                             continue
                         for point in metric.sum.data_points:
-                            labels = frozenset(_attributes(point.attributes).items())
+                            labels = frozenset(attribute_values(point.attributes).items())
                             value = point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
                             self.sums[(metric.name, labels)] = value
 

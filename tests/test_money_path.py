@@ -23,7 +23,7 @@ from costspan.cli.reprice import reprice_row
 from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI, Scripted
 from costspan.store.exporter import row_from_span
-from costspan.store.receiver import priced_row, readable_spans
+from costspan.store.receiver import received_rows
 from costspan.store.sqlite import Store
 from tests.conftest import Pipeline
 
@@ -331,10 +331,8 @@ def test_every_tier_costs_the_same_on_the_span_after_reprice_in_the_receiver_and
     assert "0 changed" in reprice(capsys, path)
 
     # The receiver (`costspan serve`) prices the span as it arrives over OTLP, never trusting the client's figure.
-    (received,) = readable_spans(encode_spans([span])).spans
-    row = row_from_span(received)
-    assert row is not None
-    assert priced_row(Pricer(), row).cost_usd == float(case.dollars)
+    (row,) = received_rows(encode_spans([span]), Pricer(), ()).rows
+    assert row.cost_usd == float(case.dollars)
 
     assert main(["price", *case.cli, "--json"]) == 0
     assert Decimal(json.loads(capsys.readouterr().out)["total_usd"]) == case.dollars

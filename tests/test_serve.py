@@ -35,10 +35,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from costspan import semconv
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI
 from costspan.store.exporter import CostspanSpanExporter, row_from_span
-from costspan.store.receiver import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver
+from costspan.store.receiver import JSON, MAX_BODY_BYTES, PROTOBUF, OTLPReceiver, received_rows
 from costspan.store.sqlite import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,3 +345,37 @@ def test_opentelemetry_instrument_app_into_costspan_serve(tmp_path: Path, fake_o
         assert row["pricing_status"] == "priced"
     assert by_feature == {"support-chat": 3, "search-embeddings": 3, "nightly-batch": 1}
     assert {r["customer_id"] for r in rows} == {"acme", "globex", "system"}
+
+
+def test_a_span_read_off_the_wire_maps_as_the_in_process_one(llm_spans: list[ReadableSpan]) -> None:
+    """The receiver reads attributes straight from the protobuf; odd values (empty, zero, other types) must give
+    the row the in-process exporter writes."""
+    template = next(s for s in llm_spans if row_from_span(s) is not None)
+    odd = {
+        "feature": 7,
+        "route": "",
+        "customer_id": True,
+        "environment": 2.5,
+        semconv.GEN_AI_RESPONSE_MODEL: "",
+        semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: 0,
+        semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: 3,
+        semconv.COSTSPAN_REQUEST_ID: ("a", "b"),
+        semconv.COSTSPAN_COST_INPUT: 0.0,
+    }
+    span = ReadableSpan(
+        name=template.name,
+        context=SpanContext(5, 6, is_remote=False, trace_flags=TraceFlags(1)),
+        resource=template.resource,
+        attributes={**(template.attributes or {}), **odd},
+        start_time=template.start_time,
+        end_time=template.end_time,
+    )
+    want = row_from_span(span)
+    assert want is not None
+    (row,) = received_rows(encode_spans([span]), Pricer(), ()).rows
+    repriced = {name for name in want.__dataclass_fields__ if name.startswith(("cost_", "pricing_", "claimed_"))}
+    assert {name: getattr(row, name) for name in want.__dataclass_fields__ if name not in repriced} == {
+        name: getattr(want, name) for name in want.__dataclass_fields__ if name not in repriced
+    }
+    assert (row.feature, row.route, row.customer_id, row.environment) == ("7", None, "True", "2.5")
+    assert row.request_id == "('a', 'b')" and row.claimed_cost_usd == want.cost_usd

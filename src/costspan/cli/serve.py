@@ -146,14 +146,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        receiver.server.server_close()
+        receiver.close()  # writes what it accepted before the store is closed
         exporter.shutdown()
         counts = receiver.counts
         print(
             f"costspan serve: stopped; {counts.stored} LLM span(s) stored, {counts.duplicates} duplicate(s), "
             f"{counts.ignored} other span(s) ignored, {counts.rejected} rejected, "
             f"{counts.disputed} claiming another cost, {counts.unauthorized} unauthorized request(s), "
-            f"{receiver.server.busy} connection(s) refused busy, "
+            f"{receiver.server.busy} connection(s) refused busy, {receiver.throttled} request(s) throttled, "
             f"{counts.failed_batches} batch(es) the store could not write",
             file=sys.stderr,
         )

@@ -32,7 +32,7 @@ from costspan.config import attribution_keys_in_force
 from costspan.store.errors import FileIdentity, StoreDamaged, StoreError, file_identity
 from costspan.store.paths import default_store_path
 from costspan.store.segments import LANDING_COMPACT_AT, segment_dir, start_compaction
-from costspan.store.sqlite import CostRow, Store, attribution_json
+from costspan.store.sqlite import ATTRIBUTION_COLUMNS, CostRow, Store, attribution_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +107,79 @@ def _float(attributes: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+# Every span attribute ``row_columns`` reads besides the attribution keys, so a receiver can skip the rest.
+ROW_ATTRIBUTES = frozenset(
+    {
+        semconv.GEN_AI_OPERATION_NAME,
+        *ATTRIBUTION_COLUMNS,
+        semconv.GEN_AI_PROVIDER_NAME,
+        semconv.GEN_AI_REQUEST_MODEL,
+        semconv.GEN_AI_RESPONSE_MODEL,
+        semconv.GEN_AI_USAGE_INPUT_TOKENS,
+        semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+        semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+        semconv.GEN_AI_USAGE_OUTPUT_TOKENS,
+        semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+        semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS,
+        semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS,
+        semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS,
+        semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS,
+        semconv.COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS,
+        semconv.COSTSPAN_USAGE_WEB_SEARCH_REQUESTS,
+        semconv.GEN_AI_USAGE_COST_AMOUNT,
+        semconv.COSTSPAN_COST_INPUT,
+        semconv.COSTSPAN_COST_CACHE_READ,
+        semconv.COSTSPAN_COST_CACHE_WRITE,
+        semconv.COSTSPAN_COST_OUTPUT,
+        semconv.COSTSPAN_PRICING_STATUS,
+        semconv.COSTSPAN_PRICING_SOURCE,
+        semconv.COSTSPAN_PRICING_VERSION,
+        semconv.COSTSPAN_PRICING_MODEL,
+        semconv.ERROR_TYPE,
+        semconv.COSTSPAN_REQUEST_ID,
+        semconv.COSTSPAN_PROMPT_CACHE_KEY,
+        *semconv.SERVICE_TIER_ATTRIBUTES,
+        semconv.COSTSPAN_BATCH_ID,
+    }
+)
+
+
 def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> CostRow | None:
     """The store row for one span; None for spans that are not LLM calls (or have no ids or start time).
     ``attribution_keys`` beyond the typed columns go to the row's ``attribution`` JSON."""
-    attributes = span.attributes or {}
-    operation = _text(attributes, semconv.GEN_AI_OPERATION_NAME)
     context = span.context
-    if operation is None or context is None or span.start_time is None:
+    if context is None or span.start_time is None:
         return None
-    latency_ms = (span.end_time - span.start_time) / 1e6 if span.end_time is not None else None
-    resource = span.resource.attributes if span.resource is not None else {}
+    columns = row_columns(
+        span.attributes or {},
+        span_id=f"{context.span_id:016x}",
+        trace_id=f"{context.trace_id:032x}",
+        parent_span_id=f"{span.parent.span_id:016x}" if span.parent is not None else None,
+        start_ns=span.start_time,
+        end_ns=span.end_time,
+        resource=span.resource.attributes if span.resource is not None else {},
+        attribution_keys=attribution_keys,
+    )
+    return CostRow(**columns) if columns is not None else None
+
+
+def row_columns(
+    attributes: Mapping[str, Any],
+    *,
+    span_id: str,
+    trace_id: str,
+    parent_span_id: str | None,
+    start_ns: int,
+    end_ns: int | None,
+    resource: Mapping[str, Any],
+    attribution_keys: Sequence[str],
+) -> dict[str, Any] | None:
+    """A ``CostRow``'s fields for one span, by name; None unless the span is an LLM call. A dict rather than the
+    row, so ``costspan serve`` can price it and build the row once (``dataclasses.replace`` costs ~20 µs a row).
+    Reads only ``ROW_ATTRIBUTES`` and ``attribution_keys`` of the span, and ``SERVICE_NAME`` of its resource."""
+    operation = _text(attributes, semconv.GEN_AI_OPERATION_NAME)
+    if operation is None:
+        return None
     has_usage = semconv.GEN_AI_USAGE_INPUT_TOKENS in attributes
 
     def tokens(name: str) -> int | None:
@@ -129,48 +192,48 @@ def row_from_span(span: ReadableSpan, attribution_keys: Sequence[str] = ()) -> C
         if value is not None:
             carried[key] = value
 
-    return CostRow(
-        span_id=f"{context.span_id:016x}",
-        trace_id=f"{context.trace_id:032x}",
-        parent_span_id=f"{span.parent.span_id:016x}" if span.parent is not None else None,
-        start_ns=span.start_time,
-        feature=_text(attributes, "feature"),
-        route=_text(attributes, "route"),
-        customer_id=_text(attributes, "customer_id"),
-        environment=_text(attributes, "environment"),
-        service=_text(resource, SERVICE_NAME),
-        provider=_text(attributes, semconv.GEN_AI_PROVIDER_NAME),
-        operation=operation,
-        request_model=_text(attributes, semconv.GEN_AI_REQUEST_MODEL),
-        response_model=_text(attributes, semconv.GEN_AI_RESPONSE_MODEL),
-        input_tokens=_int(attributes, semconv.GEN_AI_USAGE_INPUT_TOKENS),
-        cached_tokens=tokens(semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        cache_write_tokens=tokens(semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        output_tokens=_int(attributes, semconv.GEN_AI_USAGE_OUTPUT_TOKENS),
-        reasoning_tokens=tokens(semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
-        input_audio_tokens=tokens(semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS),
-        output_audio_tokens=tokens(semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS),
-        input_image_tokens=tokens(semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS),
-        output_image_tokens=tokens(semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS),
-        latency_ms=latency_ms,
-        cost_usd=_float(attributes, semconv.GEN_AI_USAGE_COST_AMOUNT),
-        cost_input=_float(attributes, semconv.COSTSPAN_COST_INPUT),
-        cost_cache_read=_float(attributes, semconv.COSTSPAN_COST_CACHE_READ),
-        cost_cache_write=_float(attributes, semconv.COSTSPAN_COST_CACHE_WRITE),
-        cost_output=_float(attributes, semconv.COSTSPAN_COST_OUTPUT),
-        pricing_status=_text(attributes, semconv.COSTSPAN_PRICING_STATUS),
-        pricing_source=_text(attributes, semconv.COSTSPAN_PRICING_SOURCE),
-        pricing_version=_text(attributes, semconv.COSTSPAN_PRICING_VERSION),
-        pricing_model=_text(attributes, semconv.COSTSPAN_PRICING_MODEL),
-        error_type=_text(attributes, semconv.ERROR_TYPE),
-        request_id=_text(attributes, semconv.COSTSPAN_REQUEST_ID),
-        prompt_cache_key=_text(attributes, semconv.COSTSPAN_PROMPT_CACHE_KEY),
-        service_tier=next(filter(None, (_text(attributes, name) for name in semconv.SERVICE_TIER_ATTRIBUTES)), None),
-        batch_id=_text(attributes, semconv.COSTSPAN_BATCH_ID),
-        attribution=attribution_json(carried),
-        cache_write_1h_tokens=tokens(semconv.COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS),
-        web_search_requests=tokens(semconv.COSTSPAN_USAGE_WEB_SEARCH_REQUESTS),
-    )
+    return {
+        "span_id": span_id,
+        "trace_id": trace_id,
+        "parent_span_id": parent_span_id,
+        "start_ns": start_ns,
+        "feature": _text(attributes, "feature"),
+        "route": _text(attributes, "route"),
+        "customer_id": _text(attributes, "customer_id"),
+        "environment": _text(attributes, "environment"),
+        "service": _text(resource, SERVICE_NAME),
+        "provider": _text(attributes, semconv.GEN_AI_PROVIDER_NAME),
+        "operation": operation,
+        "request_model": _text(attributes, semconv.GEN_AI_REQUEST_MODEL),
+        "response_model": _text(attributes, semconv.GEN_AI_RESPONSE_MODEL),
+        "input_tokens": _int(attributes, semconv.GEN_AI_USAGE_INPUT_TOKENS),
+        "cached_tokens": tokens(semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        "cache_write_tokens": tokens(semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        "output_tokens": _int(attributes, semconv.GEN_AI_USAGE_OUTPUT_TOKENS),
+        "reasoning_tokens": tokens(semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        "input_audio_tokens": tokens(semconv.COSTSPAN_USAGE_INPUT_AUDIO_TOKENS),
+        "output_audio_tokens": tokens(semconv.COSTSPAN_USAGE_OUTPUT_AUDIO_TOKENS),
+        "input_image_tokens": tokens(semconv.COSTSPAN_USAGE_INPUT_IMAGE_TOKENS),
+        "output_image_tokens": tokens(semconv.COSTSPAN_USAGE_OUTPUT_IMAGE_TOKENS),
+        "latency_ms": (end_ns - start_ns) / 1e6 if end_ns is not None else None,
+        "cost_usd": _float(attributes, semconv.GEN_AI_USAGE_COST_AMOUNT),
+        "cost_input": _float(attributes, semconv.COSTSPAN_COST_INPUT),
+        "cost_cache_read": _float(attributes, semconv.COSTSPAN_COST_CACHE_READ),
+        "cost_cache_write": _float(attributes, semconv.COSTSPAN_COST_CACHE_WRITE),
+        "cost_output": _float(attributes, semconv.COSTSPAN_COST_OUTPUT),
+        "pricing_status": _text(attributes, semconv.COSTSPAN_PRICING_STATUS),
+        "pricing_source": _text(attributes, semconv.COSTSPAN_PRICING_SOURCE),
+        "pricing_version": _text(attributes, semconv.COSTSPAN_PRICING_VERSION),
+        "pricing_model": _text(attributes, semconv.COSTSPAN_PRICING_MODEL),
+        "error_type": _text(attributes, semconv.ERROR_TYPE),
+        "request_id": _text(attributes, semconv.COSTSPAN_REQUEST_ID),
+        "prompt_cache_key": _text(attributes, semconv.COSTSPAN_PROMPT_CACHE_KEY),
+        "service_tier": next(filter(None, (_text(attributes, name) for name in semconv.SERVICE_TIER_ATTRIBUTES)), None),
+        "batch_id": _text(attributes, semconv.COSTSPAN_BATCH_ID),
+        "attribution": attribution_json(carried),
+        "cache_write_1h_tokens": tokens(semconv.COSTSPAN_USAGE_CACHE_WRITE_1H_TOKENS),
+        "web_search_requests": tokens(semconv.COSTSPAN_USAGE_WEB_SEARCH_REQUESTS),
+    }
 
 
 class CostspanSpanExporter(SpanExporter):

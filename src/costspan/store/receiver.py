@@ -2,9 +2,8 @@
 
 Apps keep the standard OTLP exporter and the configuration they will later point at a real collector
 (``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318``). Requests are decoded with the official
-``opentelemetry-proto`` messages, turned back into SDK ``ReadableSpan`` objects and handed to a ``SpanExporter``
-(``CostspanSpanExporter``), so a span received over the wire is stored by exactly the code that stores one
-exported in-process.
+``opentelemetry-proto`` messages and read straight into store rows by ``row_columns``, the mapping behind
+``CostspanSpanExporter``, so a span received over the wire is stored as one exported in-process is.
 
 Nothing a client says about money is taken on trust: each LLM span is priced again here, from its model and
 token counts, by the same ``Pricer.bill`` the instrumentor uses; the cost the span carried is kept only as
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hmac
 import ipaddress
 import json
@@ -32,7 +30,8 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,18 +48,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from costspan import semconv
 from costspan.environment_variables import OTEL_COSTSPAN_PRICING_FILE
 from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import MAX_BATCH_TOKENS, MAX_CALL_TOKENS, Pricer, billable_from_row
-from costspan.store.exporter import CostspanSpanExporter, row_from_span
+from costspan.store.exporter import ROW_ATTRIBUTES, SERVICE_NAME, CostspanSpanExporter, row_columns
 from costspan.store.sqlite import LAST_NS, CostRow
+from costspan.store.writer import MAX_QUEUED_ROWS, BatchWriter
 
 logger = logging.getLogger("costspan.store.receiver")
 
@@ -73,19 +68,13 @@ MAX_CONNECTIONS = 32  # handled at once; more are answered 503 with Retry-After,
 MIN_TOKEN_CHARS = 16
 _DRAIN_BYTES = 1024 * 1024  # read (and drop) at most this much of a refused body, so the client sees the answer
 
-_KINDS = {
-    PbSpan.SPAN_KIND_INTERNAL: SpanKind.INTERNAL,
-    PbSpan.SPAN_KIND_SERVER: SpanKind.SERVER,
-    PbSpan.SPAN_KIND_CLIENT: SpanKind.CLIENT,
-    PbSpan.SPAN_KIND_PRODUCER: SpanKind.PRODUCER,
-    PbSpan.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
-}
-_STATUS_CODES = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}
-_REMOTE_PARENT = 0x300  # SpanFlags: "is remote" is known (0x100) and true (0x200)
-
 
 class BadRequest(ValueError):
     """The request body cannot be decoded; answered with HTTP 400 (the client must not retry)."""
+
+
+class Throttled(Exception):
+    """Too many rows wait for the store; answered with HTTP 503 and Retry-After, which OTLP clients retry."""
 
 
 class TooLarge(BadRequest):
@@ -157,92 +146,31 @@ def _value(value: AnyValue) -> Any:
     if which == "array_value":
         return tuple(_value(item) for item in value.array_value.values)
     if which == "kvlist_value":
-        return _attributes(value.kvlist_value.values)
+        return attribute_values(value.kvlist_value.values)
     return None if which is None else getattr(value, which)
 
 
-def _attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+def attribute_values(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+    """OTLP attributes as the SDK holds them (an array is a tuple, a key-value list a dict)."""
     return {pair.key: _value(pair.value) for pair in pairs}
 
 
-def _span_context(trace_id: bytes, span_id: bytes, flags: int, is_remote: bool = False) -> SpanContext:
+def _check_ids(trace_id: bytes, span_id: bytes) -> None:
     if len(trace_id) != 16 or len(span_id) != 8:
         raise ValueError(f"trace id must be 16 bytes and span id 8 (got {len(trace_id)} and {len(span_id)})")
-    context = SpanContext(
-        trace_id=int.from_bytes(trace_id, "big"),
-        span_id=int.from_bytes(span_id, "big"),
-        is_remote=is_remote,
-        # Only sampled spans are exported, and SDKs often leave the low byte (the W3C trace flags) unset.
-        trace_flags=TraceFlags((flags & 0xFF) or TraceFlags.SAMPLED),
-    )
-    if not context.is_valid:
+    if not trace_id.strip(b"\0") or not span_id.strip(b"\0"):
         raise ValueError("all-zero trace or span id")
-    return context
 
 
-def _readable_span(span: PbSpan, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+def _check_times(span: PbSpan) -> None:
     if not span.start_time_unix_nano:
         raise ValueError("no start time")
     if max(span.start_time_unix_nano, span.end_time_unix_nano) > LAST_NS:  # fixed64 goes past the year 2262
         raise ValueError("a time past what the store holds (2**63 - 1 nanoseconds)")
-    parent = None
-    if span.parent_span_id.strip(b"\0"):  # some exporters write eight zero bytes, not nothing, for a root span
-        remote = span.flags & _REMOTE_PARENT == _REMOTE_PARENT
-        parent = _span_context(span.trace_id, span.parent_span_id, span.flags, is_remote=remote)
-    return ReadableSpan(
-        name=span.name,
-        context=_span_context(span.trace_id, span.span_id, span.flags),
-        parent=parent,
-        resource=resource,
-        attributes=_attributes(span.attributes),
-        events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events],
-        links=_links(span.links),
-        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
-        status=Status(_STATUS_CODES.get(span.status.code, StatusCode.UNSET), span.status.message or None),
-        start_time=span.start_time_unix_nano,
-        end_time=span.end_time_unix_nano,
-        instrumentation_scope=scope,
-    )
 
 
-def _links(links: Iterable[PbSpan.Link]) -> list[Link]:
-    """The span's links that name a span; a malformed one is left out rather than losing the span (the store
-    keeps no links)."""
-    kept = []
-    for link in links:
-        try:
-            kept.append(Link(_span_context(link.trace_id, link.span_id, link.flags), _attributes(link.attributes)))
-        except ValueError:
-            continue
-    return kept
-
-
-@dataclass
-class Decoded:
-    spans: list[ReadableSpan]
-    errors: list[str]  # one per span that could not be decoded
-
-
-def readable_spans(request: ExportTraceServiceRequest) -> Decoded:
-    """SDK spans for every span in the request; a span with malformed ids or no start time is an error entry."""
-    spans: list[ReadableSpan] = []
-    errors: list[str] = []
-    for resource_spans in request.resource_spans:
-        resource = Resource(_attributes(resource_spans.resource.attributes), resource_spans.schema_url or None)
-        for scope_spans in resource_spans.scope_spans:
-            pb_scope = scope_spans.scope
-            scope = InstrumentationScope(
-                pb_scope.name,
-                pb_scope.version or None,
-                scope_spans.schema_url or None,
-                _attributes(pb_scope.attributes),
-            )
-            for span in scope_spans.spans:
-                try:
-                    spans.append(_readable_span(span, resource, scope))
-                except ValueError as exc:
-                    errors.append(f"span {span.name!r}: {exc}")
-    return Decoded(spans, errors)
+def _has_parent(span: PbSpan) -> bool:
+    return bool(span.parent_span_id.strip(b"\0"))  # some exporters write eight zero bytes, not nothing, for a root
 
 
 # --- what a client may not decide ------------------------------------------------------------------------
@@ -278,10 +206,10 @@ def _shown(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def implausible_span(span: ReadableSpan, row: CostRow) -> str | None:
-    """Why a span's numbers cannot be a real call's, so it must not be stored; None when they can."""
-    attributes = span.attributes or {}
-    limit = MAX_BATCH_TOKENS if row.batch_id is not None else MAX_CALL_TOKENS
+def implausible_span(attributes: Mapping[str, Any], columns: Mapping[str, Any], end_ns: int) -> str | None:
+    """Why a span's numbers cannot be a real call's, so it must not be stored; None when they can. ``columns``
+    are the row's (``row_columns``)."""
+    limit = MAX_BATCH_TOKENS if columns["batch_id"] is not None else MAX_CALL_TOKENS
     for name in _TOKEN_ATTRIBUTES:
         count = attributes.get(name)
         if count is not None and (type(count) is not int or not 0 <= count <= limit):
@@ -292,21 +220,22 @@ def implausible_span(span: ReadableSpan, row: CostRow) -> str | None:
             continue
         if not isinstance(amount, int | float) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
             return f"{name} {_shown(amount)} is not an amount (a finite number of 0 or more)"
-    if span.end_time is not None and span.start_time is not None and span.end_time < span.start_time:
+    if end_ns < columns["start_ns"]:
         return "it ends before it starts"
     return None
 
 
-def priced_row(pricer: Pricer, row: CostRow) -> CostRow:
-    """The row with the cost ``pricer`` computes from its usage and model, through the same ``billable_from_row``
-    and ``Pricer.bill`` as ``costspan reprice``; the client's figure moves to ``claimed_cost_usd``."""
-    cost = pricer.bill(billable_from_row(row))
+def priced_row(pricer: Pricer, columns: dict[str, Any]) -> CostRow:
+    """The row of ``columns`` (``row_columns``) with the cost ``pricer`` computes from its usage and model, through
+    the same ``billable_from_row`` and ``Pricer.bill`` as ``costspan reprice``; the client's figure moves to
+    ``claimed_cost_usd``. Updates ``columns``."""
+    cost = pricer.bill(billable_from_row(columns))
     total, cost_input, cache_read, cache_write, output = cost.floats() or (None, None, None, None, None)
     status = cost.status
-    if row.input_tokens is None and row.pricing_status in _STATUSES_WITHOUT_USAGE:
-        status = row.pricing_status
-    return dataclasses.replace(
-        row,
+    if columns["input_tokens"] is None and columns["pricing_status"] in _STATUSES_WITHOUT_USAGE:
+        status = columns["pricing_status"]
+    columns.update(
+        claimed_cost_usd=columns["cost_usd"],
         cost_usd=total,
         cost_input=cost_input,
         cost_cache_read=cache_read,
@@ -316,8 +245,79 @@ def priced_row(pricer: Pricer, row: CostRow) -> CostRow:
         pricing_source=cost.source,
         pricing_version=cost.version,
         pricing_model=cost.model_id,
-        claimed_cost_usd=row.cost_usd,
     )
+    return CostRow(**columns)
+
+
+# Read from the wire straight into row columns: rebuilding SDK ReadableSpans (every attribute, event and link as
+# Python objects) cost more than everything else the receiver does, and the store keeps only these attributes.
+# The pricing a span claims is replaced by this receiver's (its status is kept only for a call without usage).
+_REPRICED = {semconv.COSTSPAN_PRICING_SOURCE, semconv.COSTSPAN_PRICING_VERSION, semconv.COSTSPAN_PRICING_MODEL}
+_READ_ATTRIBUTES = (ROW_ATTRIBUTES - _REPRICED) | set(_TOKEN_ATTRIBUTES) | set(_COST_ATTRIBUTES)
+
+
+def _some_attributes(pairs: Iterable[KeyValue], names: AbstractSet[str]) -> dict[str, Any]:
+    kept = {}
+    for pair in pairs:
+        key = pair.key
+        if key in names:
+            value = pair.value
+            # Most values are a non-empty string or a non-zero int, and a oneof holds one field: either read
+            # alone is that value. Spares ~0.2 µs of WhichOneof a value, a fifth of reading it.
+            kept[key] = value.string_value or value.int_value or _value(value)
+    return kept
+
+
+@dataclass
+class Received:
+    rows: list[CostRow]  # the LLM spans to store, priced here
+    spans: int  # every span in the request
+    ignored: int  # spans that are not LLM calls
+    errors: list[str]  # one per span rejected
+
+
+def received_rows(request: ExportTraceServiceRequest, pricer: Pricer, attribution_keys: Sequence[str]) -> Received:
+    """The priced rows of the request's LLM spans; a span that is malformed, or whose numbers cannot be a call's,
+    is an error entry instead."""
+    names = _READ_ATTRIBUTES.union(attribution_keys)
+    received = Received([], 0, 0, [])
+    for resource_spans in request.resource_spans:
+        resource = _some_attributes(resource_spans.resource.attributes, {SERVICE_NAME})
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                received.spans += 1
+                try:
+                    _check_times(span)
+                    _check_ids(span.trace_id, span.span_id)
+                    parent = span.parent_span_id if _has_parent(span) else None
+                    if parent is not None:
+                        _check_ids(span.trace_id, parent)
+                except ValueError as exc:
+                    received.errors.append(f"span {span.name!r}: {exc}")
+                    continue
+                try:
+                    attributes = _some_attributes(span.attributes, names)
+                    columns = row_columns(
+                        attributes,
+                        span_id=span.span_id.hex(),
+                        trace_id=span.trace_id.hex(),
+                        parent_span_id=parent.hex() if parent is not None else None,
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
+                        resource=resource,
+                        attribution_keys=attribution_keys,
+                    )
+                    if columns is None:
+                        received.ignored += 1
+                        continue
+                    problem = implausible_span(attributes, columns, span.end_time_unix_nano)
+                    if problem is not None:
+                        received.errors.append(f"span {_shown(span.name)}: {problem}")
+                        continue
+                    received.rows.append(priced_row(pricer, columns))
+                except Exception as exc:  # one malformed span must not sink (or endlessly retry) its batch
+                    received.errors.append(f"span {_shown(span.name)}: {_shown(exc, 120)}")
+    return received
 
 
 def _disputed(row: CostRow) -> bool:
@@ -375,8 +375,9 @@ class OTLPReceiver:
 
     Use as a context manager or ``start()``/``stop()``. Answers 200 with ``partial_success`` for spans it had to
     drop, 400 for bodies it cannot decode (the client must not retry), 401 without the token, and 503 when the
-    store cannot write or ``max_connections`` are busy (the OTLP exporter retries; the store deduplicates on
-    span id, so a retried batch is stored once).
+    store cannot write, ``max_connections`` are busy or ``max_queued_rows`` wait for the store (503 with
+    Retry-After, which the OTLP exporter retries; the store deduplicates on span id, so a retried batch is stored
+    once).
 
     ``token`` is required unless the server binds a loopback address (``TokenError`` otherwise). ``pricer``
     defaults to the packaged prices under ``$OTEL_COSTSPAN_PRICING_FILE``.
@@ -392,13 +393,15 @@ class OTLPReceiver:
         pricer: Pricer | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
     ) -> None:
         self.exporter = exporter
         self.host = host
         self.token = checked_token(token) if token is not None else None
         self.pricer = pricer or Pricer(price_layers(os.environ.get(OTEL_COSTSPAN_PRICING_FILE)))
         self.counts = Counts()
-        self._lock = threading.Lock()  # one batch at a time, so the counts per batch are exact
+        self.throttled = 0  # requests answered 503 because max_queued_rows were waiting for the store
+        self._lock = threading.Lock()  # guards counts
         handler = type("Handler", (_Handler,), {"receiver": self, "timeout": request_timeout_s})
         self.server = _Server((host, port), handler, max_connections, request_timeout_s)
         if self.token is None and not is_loopback(str(self.server.server_address[0])):
@@ -407,7 +410,9 @@ class OTLPReceiver:
                 f"{host or '0.0.0.0'} is reachable from other machines, and anyone who can reach it could write "
                 "spend into the store: give a token (--token-file or $COSTSPAN_SERVE_TOKEN), or bind 127.0.0.1"
             )
+        self.writer = BatchWriter(exporter, self._count_write, max_queued_rows)
         self._thread: threading.Thread | None = None
+        self._last_throttle_log = -60.0
 
     @property
     def endpoint(self) -> str:
@@ -425,50 +430,53 @@ class OTLPReceiver:
         with self._lock:
             self.counts.unauthorized += 1
 
-    def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse | None:
-        """Price and store a decoded request; None when the store failed (the caller answers 503)."""
-        decoded = readable_spans(request)
-        errors = list(decoded.errors)
-        rows: list[CostRow] = []
-        ignored = 0
-        for span in decoded.spans:
-            try:
-                row = row_from_span(span, self.exporter.attribution_keys)
-                if row is None:
-                    ignored += 1
-                    continue
-                problem = implausible_span(span, row)
-                if problem is not None:
-                    errors.append(f"span {_shown(span.name)}: {problem}")
-                    continue
-                rows.append(priced_row(self.pricer, row))
-            except Exception as exc:  # one malformed span must not sink (or endlessly retry) its batch
-                errors.append(f"span {_shown(span.name)}: {_shown(exc, 120)}")
+    def throttle(self) -> None:
         with self._lock:
-            before = self.exporter.stored_spans
-            if self.exporter.write_rows(rows) is not SpanExportResult.SUCCESS:
-                self.counts.failed_batches += 1
-                return None
-            stored = self.exporter.stored_spans - before
-            batch = Counts(
-                requests=1,
-                spans=len(decoded.spans) + len(decoded.errors),
-                stored=stored,
-                duplicates=len(rows) - stored,
-                ignored=ignored,
-                rejected=len(errors),
-                disputed=sum(map(_disputed, rows)),
+            self.throttled += 1
+        now = time.monotonic()
+        if now - self._last_throttle_log >= 60:  # a flood must not flood the log too
+            self._last_throttle_log = now
+            logger.warning(
+                "costspan serve: %d rows are waiting for the store; answering 503 (retried)", self.writer.queued_rows
             )
-            self.counts.add(batch)
+
+    def _count_write(self, batches: int, rows: int, stored: int, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.counts.stored += stored
+                self.counts.duplicates += rows - stored
+            else:
+                self.counts.failed_batches += batches
+
+    def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse | None:
+        """Price and store a decoded request; None when the store failed (the caller answers 503). Raises
+        ``Throttled`` when too many rows already wait for the store."""
+        received = received_rows(request, self.pricer, self.exporter.attribution_keys)
+        rows, errors = received.rows, received.errors
+        pending = self.writer.submit(rows) if rows else None
+        if rows and pending is None:
+            raise Throttled
+        if pending is not None and not pending.wait():
+            return None  # counted once the client's retry is stored
+        disputed = sum(map(_disputed, rows))
+        with self._lock:
+            self.counts.add(
+                Counts(
+                    requests=1,
+                    spans=received.spans,
+                    ignored=received.ignored,
+                    rejected=len(errors),
+                    disputed=disputed,
+                )
+            )
         logger.info(
-            "received %d span(s): %d LLM call(s) stored, %d duplicate(s), %d other span(s) ignored, %d rejected, "
+            "received %d span(s): %d LLM call(s) stored or already there, %d other span(s) ignored, %d rejected, "
             "%d claiming another cost",
-            batch.spans,
-            batch.stored,
-            batch.duplicates,
-            batch.ignored,
-            batch.rejected,
-            batch.disputed,
+            received.spans,
+            len(rows),
+            received.ignored,
+            len(errors),
+            disputed,
         )
         response = ExportTraceServiceResponse()
         if errors:
@@ -488,7 +496,12 @@ class OTLPReceiver:
 
     def stop(self) -> None:
         self.server.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """Stops listening, and writes the batches already accepted."""
         self.server.server_close()
+        self.writer.close()
 
     def __enter__(self) -> OTLPReceiver:
         return self.start()
@@ -528,9 +541,12 @@ class _Server(ThreadingHTTPServer):
         if not self.slots.acquire(blocking=False):
             self._refuse_busy(request)
             return
+        # The slot goes back here only if no thread started. Not on KeyboardInterrupt (Ctrl-C, or SIGTERM in
+        # `costspan serve`): it can land after the thread started, which then releases the slot itself, and a
+        # second release would raise instead of stopping cleanly.
         try:
             super().process_request(request, client_address)
-        except BaseException:
+        except Exception:
             self.slots.release()
             raise
 
@@ -664,6 +680,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise TooLarge(f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
         return self._read(length)
 
+    def _throttle(self, reply_type: str) -> None:
+        """503 with Retry-After: the OTLP/HTTP answer to a client sending faster than the store writes
+        (https://opentelemetry.io/docs/specs/otlp/#otlphttp-throttling). 503 rather than 429: older
+        opentelemetry-python exporters dropped a batch answered 429 (open-telemetry/opentelemetry-python#5460)."""
+        self.receiver.throttle()
+        self._reply(
+            503,
+            RpcStatus(code=503, message="the store is behind; retry after the Retry-After seconds"),
+            reply_type,
+            {"Retry-After": "1"},
+        )
+
     def _refuse_unauthorized(self, reply_type: str) -> None:
         self.close_connection = True
         try:  # a small body is read first, so the client is not cut off (reset) before it reads the 401
@@ -699,6 +727,9 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type not in (PROTOBUF, JSON):
             self._error(415, f"content-type {_shown(content_type)} is not {PROTOBUF} or {JSON}", reply_type)
             return
+        if self.receiver.writer.full():  # refused before decoding: a flood costs little more than reading it
+            self._throttle(reply_type)
+            return
         try:
             request = decode_request(body, content_type, self.headers.get("Content-Encoding") or "")
         except BadRequest as exc:
@@ -706,6 +737,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             response = self.receiver.export(request)
+        except Throttled:
+            self._throttle(reply_type)
+            return
         except Exception:  # an exporter bug must not kill the receiver; the client retries
             logger.exception("costspan serve: exporting a batch failed")
             response = None
