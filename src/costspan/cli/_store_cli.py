@@ -172,12 +172,12 @@ class Progress:
         self.last = 0.0
         self.shown = False
 
-    def show(self, done: int) -> None:
+    def show(self, done: int, detail: str = "") -> None:
         now = time.monotonic()
         if now - self.last < (0.1 if self.tty else 1.0):
             return
         self.last = now
-        line = f"{self.what}: {done:,}/{self.total:,}"
+        line = f"{self.what}: {done:,}/{self.total:,}{detail}"
         print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
         self.shown = True
 

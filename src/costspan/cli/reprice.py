@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from costspan import environment_variables as env
 from costspan.cli._store_cli import (
+    Progress,
     UsageError,
     add_store_option,
     guarded,
@@ -127,12 +127,13 @@ def run(args: argparse.Namespace) -> int:
     until = parse_time(args.until, now) if args.until else now
     pricer = Pricer(price_layers(args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)))
     tally = Tally()
-    progress = Progress(dry_run=args.dry_run)
+    changed = "would change" if args.dry_run else "changed"
     with open_store(args) as store:
-        total = store.query(
+        total: int = store.query(
             "SELECT count(*) FROM spans WHERE start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL",
             (to_ns(since), to_ns(until)),
         )[0][0]
+        progress = Progress("re-pricing", total)
         # Rows are updated where they land: a real run first brings the period's compacted rows back there.
         read = store.query if args.dry_run else store.query_landed
         if not args.dry_run:
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             if updates and not args.dry_run:
                 store.execute_write(_UPDATE, updates)
-            progress.show(tally, total)
+            progress.show(tally.examined, f" calls, {tally.changed:,} {changed}")
         progress.done()
         if not args.dry_run:
             compact(store)
@@ -187,26 +188,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Re-priced {tally.examined:,} calls {period}: {tally.changed:,} changed; {spend}.")
     return 0
-
-
-class Progress:
-    """A progress line on stderr: rewritten in place on a terminal, one line a second otherwise."""
-
-    def __init__(self, *, dry_run: bool) -> None:
-        self.changed = "would change" if dry_run else "changed"
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.shown = False
-
-    def show(self, tally: Tally, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < (0.1 if self.tty else 1.0):
-            return
-        self.last = now
-        line = f"re-pricing: {tally.examined:,}/{total:,} calls, {tally.changed:,} {self.changed}"
-        print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown and self.tty:
-            print(file=sys.stderr)
