@@ -21,7 +21,8 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from costspan.store.sqlite import CostRow, Store, to_ns
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store, to_ns
 
 BARE = [sys.executable, "-c", "pass"]
 

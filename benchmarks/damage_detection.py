@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from costspan.cli import main as cli_main
-from costspan.store.sqlite import CostRow, Store, StoreError
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store, StoreError
 
 PAGE = 4096
 HOUR_AGO_NS = time.time_ns() - 3600 * 10**9  # inside the report's default period

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from costspan.store.errors import file_identity
 from costspan.store.exporter import CostspanSpanExporter
-from costspan.store.sqlite import CostRow, Store
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store
 
 
 def synthetic_rows(count: int) -> Iterator[CostRow]:

@@ -53,7 +53,8 @@ from costspan.pricing.pricer import Pricer
 from costspan.providers.openai.fake import FakeOpenAI
 from costspan.store.exporter import CostspanSpanExporter
 from costspan.store.receiver import PROTOBUF, OTLPReceiver
-from costspan.store.sqlite import CostRow, Store
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store
 
 TARGET_SPANS_PER_S = 50_000  # issue #17: on one core
 

@@ -118,7 +118,7 @@ class Built:
 def build(path: Path, rows: int, end_ns: int) -> Built:
     """Ingest ``rows`` through the exporter into ``path``; runs with whichever costspan is importable."""
     from costspan.store.exporter import CostspanSpanExporter
-    from costspan.store.sqlite import CostRow
+    from costspan.store.schema import CostRow
 
     def cost_rows(chunk: Sequence[tuple[object, ...]]) -> list[CostRow]:
         return [
@@ -175,7 +175,8 @@ def build(path: Path, rows: int, end_ns: int) -> Built:
     path.with_name("floor.sqlite3").unlink()
     started = time.perf_counter()
     try:
-        from costspan.store.segments import compact, compaction_lock, segment_dir
+        from costspan.store.compaction import compact, compaction_lock
+        from costspan.store.segments import segment_dir
         from costspan.store.sqlite import Store
 
         with compaction_lock(path, wait=True):  # a child compaction may still be running

@@ -10,7 +10,8 @@ import pytest
 
 from costspan.cli import main
 from costspan.cli.alerts import find_alerts
-from costspan.store.sqlite import CostRow, Store
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store
 from tests.test_store import T0, row
 
 HOUR = T0  # the last full hour evaluated: 09:00-10:00

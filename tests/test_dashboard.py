@@ -15,7 +15,8 @@ import pytest
 
 from costspan.cli import main
 from costspan.reports.dashboard import axis_ticks, compact, percent, spend_chart
-from costspan.store.sqlite import CostRow, Store
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import Store
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)

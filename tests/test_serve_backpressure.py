@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from costspan.store.exporter import CostspanSpanExporter, row_from_span
 from costspan.store.receiver import PROTOBUF, OTLPReceiver
-from costspan.store.sqlite import CostRow
+from costspan.store.schema import CostRow
 from costspan.store.writer import BatchWriter
 from tests.test_serve import copy_with_new_ids, llm_spans, stored
 

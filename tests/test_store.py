@@ -11,7 +11,8 @@ from typing import Any, TypedDict
 
 import pytest
 
-from costspan.store.sqlite import MIGRATIONS, SCHEMA_VERSION, CostRow, Store, StoreError, to_ns
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, to_ns
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import genai_prices
 import pytest
 
 from costspan.cli import main
-from costspan.store.segments import compact
+from costspan.store.compaction import compact
 from costspan.store.sqlite import Store
 from tests.test_store import row
 

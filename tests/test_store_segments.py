@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from costspan.cli import main as cli_main
-from costspan.store import segments
-from costspan.store.segments import compact, segment_dir
+from costspan.store import compaction
+from costspan.store.compaction import compact
+from costspan.store.segments import segment_dir
 from costspan.store.sqlite import SCHEMA_VERSION, Store
 from tests.test_store import row
 
@@ -27,9 +28,9 @@ SRC = Path(__file__).parents[1] / "src"
 @pytest.fixture
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments of 50 rows, merged four at a time, retired files deleted at once: many levels from few rows."""
-    monkeypatch.setattr(segments, "COMPACT_CHUNK", 50)
-    monkeypatch.setattr(segments, "FANOUT", 4)
-    monkeypatch.setattr(segments, "RETIRED_GRACE_NS", -1)
+    monkeypatch.setattr(compaction, "COMPACT_CHUNK", 50)
+    monkeypatch.setattr(compaction, "FANOUT", 4)
+    monkeypatch.setattr(compaction, "RETIRED_GRACE_NS", -1)
 
 
 def answers(store: Store) -> tuple[object, ...]:
@@ -134,12 +135,12 @@ def test_a_store_written_by_the_previous_release_migrates_without_loss(
 WRITER = textwrap.dedent(
     """
     import sys
-    from costspan.store import exporter, segments
+    from costspan.store import compaction, exporter
     from tests.test_store import row
     from datetime import datetime, timedelta
 
     exporter.LANDING_COMPACT_AT = 300  # compactions start while the writers write
-    segments.SPAWN_INTERVAL_S = 0.2
+    compaction.SPAWN_INTERVAL_S = 0.2
     writer, batches = int(sys.argv[2]), int(sys.argv[3])
     sink = exporter.CostspanSpanExporter(sys.argv[1])
     now = datetime.fromisoformat(sys.argv[4])  # one clock for all: a span sent twice has one start time

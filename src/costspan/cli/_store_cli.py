@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 from costspan import environment_variables as env
 from costspan.money import NONE_SHOWN, usd_column
+from costspan.store.compaction import LANDING_COMPACT_AT, compact
 from costspan.store.paths import COSTSPAN_STORE_PATH, default_store_path
-from costspan.store.segments import LANDING_COMPACT_AT, compact
 from costspan.store.sqlite import Store, StoreError, dimension_names
 
 EXIT_ERROR = 2

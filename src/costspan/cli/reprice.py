@@ -24,7 +24,7 @@ from costspan.cli._store_cli import (
     parse_time,
 )
 from costspan.money import usd_column
-from costspan.store.segments import compact, land_again
+from costspan.store.compaction import compact, land_again
 from costspan.store.sqlite import to_ns
 
 if TYPE_CHECKING:

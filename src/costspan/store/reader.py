@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from costspan.store.schema import STORED_COLUMNS
 from costspan.store.segments import landed_table, mark_retries, read_segments, segment_dir
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ class Snapshot:
         raise AssertionError("unreachable")
 
     def _refresh(self, db: sqlite3.Connection, force: bool) -> None:
-        from costspan.store.sqlite import STORED_COLUMNS
-
         version = (db.execute("PRAGMA data_version").fetchone()[0], db.total_changes)
         if version == self._version and not force:
             return

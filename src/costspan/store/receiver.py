@@ -54,7 +54,8 @@ from costspan.environment_variables import OTEL_COSTSPAN_PRICING_FILE
 from costspan.pricing.overrides import price_layers
 from costspan.pricing.pricer import MAX_BATCH_TOKENS, MAX_CALL_TOKENS, Pricer, billable_from_row
 from costspan.store.exporter import ROW_ATTRIBUTES, SERVICE_NAME, CostspanSpanExporter, row_columns
-from costspan.store.sqlite import LAST_NS, CostRow
+from costspan.store.schema import CostRow
+from costspan.store.sqlite import LAST_NS
 from costspan.store.writer import MAX_QUEUED_ROWS, BatchWriter
 
 logger = logging.getLogger("costspan.store.receiver")

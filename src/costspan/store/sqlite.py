@@ -18,7 +18,7 @@ in the ``attribution`` column, a compact JSON object, and read with ``json_extra
 
 Writers from several processes share one file safely: WAL journal, a busy timeout, and every batch in one
 ``BEGIN IMMEDIATE`` transaction. Rows land keyed by ``(start_ns, span_id)`` and are inserted with ``ON CONFLICT
-DO NOTHING``, so a span delivered twice is stored once. Compaction (``costspan.store.segments``) moves them into
+DO NOTHING``, so a span delivered twice is stored once. Compaction (``costspan.store.compaction``) moves them into
 Parquet segments; reads go through DuckDB (``costspan.store.reader``) over both, each row once. A span that
 repeats an earlier call of the same handler (same trace, parent span, model, operation and prompt size) is an
 app-level retry: the provider billed it again, so it is kept and counted, and marked ``is_retry = 1``
@@ -28,7 +28,6 @@ app-level retry: the provider billed it again, so it is kept and counted, and ma
 from __future__ import annotations
 
 import json
-import operator
 import re
 import shlex
 import sqlite3
@@ -36,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -47,6 +46,7 @@ from costspan.store.errors import StoreError as StoreError  # importable from he
 from costspan.store.errors import explain, explain_open, read_only_uri
 from costspan.store.errors import refuse_foreign_file as _refuse_foreign_file
 from costspan.store.paths import checkout_for_hints, default_store_path, demo_store_path
+from costspan.store.schema import ROW_COLUMNS, CostRow, row_values
 
 if TYPE_CHECKING:
     from costspan.store.reader import Row, Snapshot
@@ -88,75 +88,6 @@ MEASURES: Final = (
     "retries",  # spans marked is_retry
 )
 
-
-@dataclass(frozen=True, slots=True)
-class CostRow:
-    """One priced (or unpriceable) LLM call, as stored. Field order is the table's column order."""
-
-    span_id: str  # 16 hex digits
-    trace_id: str  # 32 hex digits
-    parent_span_id: str | None
-    start_ns: int  # span start, Unix nanoseconds (UTC)
-    feature: str | None = None
-    route: str | None = None
-    customer_id: str | None = None
-    environment: str | None = None
-    service: str | None = None
-    provider: str | None = None
-    operation: str | None = None
-    request_model: str | None = None
-    response_model: str | None = None
-    input_tokens: int | None = None  # None: the call reported no usage
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    input_audio_tokens: int | None = None
-    output_audio_tokens: int | None = None
-    input_image_tokens: int | None = None
-    output_image_tokens: int | None = None
-    latency_ms: float | None = None
-    cost_usd: float | None = None  # None unless pricing_status is "priced"
-    cost_input: float | None = None
-    cost_cache_read: float | None = None
-    cost_cache_write: float | None = None
-    cost_output: float | None = None
-    pricing_status: str | None = None
-    pricing_source: str | None = None
-    pricing_version: str | None = None
-    pricing_model: str | None = None
-    error_type: str | None = None
-    request_id: str | None = None  # the provider's x-request-id
-    prompt_cache_key: str | None = None
-    service_tier: str | None = None
-    batch_id: str | None = None
-    attribution: str | None = None  # the other attribution keys, as attribution_json() writes them
-    # What a client sending the span over OTLP said it cost: kept to compare with cost_usd, which ``costspan serve``
-    # computes itself; never summed as spend. None for spans priced in-process.
-    claimed_cost_usd: float | None = None
-    cache_write_1h_tokens: int | None = None  # the part of cache_write_tokens written for an hour (Anthropic)
-    web_search_requests: int | None = None  # server-side searches, billed per search
-
-    def __getitem__(self, column: str) -> Any:
-        """A column by name, as a ``sqlite3.Row`` gives it: so a row about to be stored can be priced by
-        ``costspan.pricing.pricer.billable_from_row`` exactly as a stored one is."""
-        return getattr(self, column)
-
-
-ROW_COLUMNS: Final = tuple(f.name for f in fields(CostRow))
-_row_values = operator.attrgetter(*ROW_COLUMNS)
-
-# Every column a stored span has: what a span gives, then what the store and `costspan reprice` add. The DuckDB
-# type of each, for segments and the landed rows read beside them.
-STORED_COLUMNS: Final = (*ROW_COLUMNS, "is_retry", "original_cost_usd", "original_pricing_version", "repriced_at_ns")
-_DUCKDB_TYPES: Final = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE"}
-STORED_TYPES: Final = {
-    **{f.name: _DUCKDB_TYPES[str(f.type).split(" ")[0]] for f in fields(CostRow)},
-    "is_retry": "BIGINT",
-    "original_cost_usd": "DOUBLE",
-    "original_pricing_version": "VARCHAR",
-    "repriced_at_ns": "BIGINT",
-}
 
 # Schema migrations: MIGRATIONS[i] takes a file from user_version i to i + 1. Append, never edit.
 MIGRATIONS: Final = (
@@ -542,7 +473,7 @@ class Store:
             return 0
         with self.write_transaction() as db:
             before = db.total_changes
-            db.executemany(_INSERT, map(_row_values, rows))
+            db.executemany(_INSERT, map(row_values, rows))
             return db.total_changes - before
 
     def execute_write(self, sql: str, parameters: Iterable[Sequence[Any]]) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from costspan.store.exporter import CostspanSpanExporter
-from costspan.store.sqlite import CostRow
+from costspan.store.schema import CostRow
 
 logger = logging.getLogger(__name__)
 
