@@ -163,7 +163,11 @@ def export_rate(path: Path, count: int, end_ns: int) -> float:
 def build(path: Path, rows: int, end_ns: int) -> Built:
     """Ingest ``rows`` through the exporter into ``path``; runs with whichever costspan is importable."""
     from costspan.store.exporter import CostspanSpanExporter
-    from costspan.store.schema import CostRow
+
+    try:
+        from costspan.store.schema import CostRow
+    except ImportError:  # a costspan before schema.py (--before)
+        from costspan.store.sqlite import CostRow  # type: ignore[attr-defined,no-redef]
 
     def cost_rows(chunk: Sequence[tuple[object, ...]]) -> list[CostRow]:
         return [
