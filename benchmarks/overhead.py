@@ -1,4 +1,4 @@
-"""Per-call overhead of costspan versus the bare OpenAI SDK, and versus the floor of one bare OTel span.
+"""Per-call overhead of costspan versus the bare OpenAI and Anthropic SDKs, and versus the floor of one bare OTel span.
 
     .venv/bin/python benchmarks/overhead.py              # CPU instructions under callgrind: exact, repeatable
     .venv/bin/python benchmarks/overhead.py --timed      # CPU time, medians over interleaved rounds
@@ -17,6 +17,12 @@ The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not 
 - ``bare_stream`` / ``costspan_stream``: the same stream at 200 and at 600 chunks; the difference over the 400 more
   chunks is the cost per chunk, with nothing of the call's fixed cost in it.
 
+The Anthropic mode (``benchmarks/overhead_anthropic.py``) counts the real ``anthropic`` SDK against the loopback
+stand-in (``costspan.providers.anthropic.fake``, served from this process, outside callgrind): ``bare``, ``floor``
+(with the attributes of costspan's Anthropic span), ``costspan`` and ``costspan_request_path`` as above, and the peer
+``opentelemetry-instrumentation-anthropic`` with its own ``bare``, run in its venv ``.venv-peer-anthropic``
+(``VENV=.venv-peer-anthropic bash scripts/setup-python peer-anthropic``) so its pins cannot meet costspan's.
+
 On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
 evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
 every run (to ~15 k instructions a call). Each variant runs twice, with two call counts (streams: two stream
@@ -24,7 +30,7 @@ lengths), and the difference cancels start-up. Timed mode reports the calling th
 many short interleaved rounds.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
-streamed chunk.
+streamed chunk. Issue #16: the Anthropic mode's added cost, as a ratio to its floor, at most the OpenAI mode's.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2
 import openai
 from openai._base_client import SyncAPIClient
@@ -60,6 +67,7 @@ from opentelemetry.sdk.version import __version__ as otel_sdk_version
 from opentelemetry.trace import SpanKind
 
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.providers.anthropic.fake import FakeAnthropic
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
 PROMPT_TOKENS, COMPLETION_TOKENS = 1200, 300
@@ -234,21 +242,33 @@ def child(variant: str, calls: int, chunks: int) -> None:
         telemetry.metrics.drain()
 
 
-def instructions(variant: str, calls: int, chunks: int = CHUNKS) -> int:
+def callgrind_total(cmd: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = {**os.environ, "PYTHONHASHSEED": "0"}
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        cmd += [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        result = subprocess.run(valgrind + cmd, env=env, capture_output=True, text=True, check=True)
         match = re.search(r"Collected : (\d+)", result.stderr)
         if match is None:
             raise RuntimeError(f"callgrind printed no total:\n{result.stderr[-2000:]}")
         return int(match.group(1))
 
 
+def instructions(variant: str, calls: int, chunks: int = CHUNKS) -> int:
+    return callgrind_total(
+        [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
+    )
+
+
 def per_call_instructions(variant: str, few: int, many: int) -> float:
     return (instructions(variant, many) - instructions(variant, few)) / (many - few)
+
+
+def anthropic_per_call(python: str, variant: str, base_url: str, few: int, many: int) -> float:
+    def total(calls: int) -> int:
+        return callgrind_total([python, str(ANTHROPIC_CHILD), variant, str(calls), base_url])
+
+    return (total(many) - total(few)) / (many - few)
 
 
 def per_chunk_instructions(variant: str) -> float:
@@ -283,7 +303,11 @@ PLAIN_CALLS = (10, 110)
 STREAM_CALLS = 5  # streams of 200 and of 600 chunks: 2,000 chunks more, which average the per-chunk noise out
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+ANTHROPIC_CHILD = Path(__file__).resolve().parent / "overhead_anthropic.py"
+ANTHROPIC_VARIANTS = ("bare", "floor", "costspan", "costspan_request_path")
+PEER_PYTHON = ROOT / ".venv-peer-anthropic" / "bin" / "python"
 README_BLOCK = re.compile(r"(<!-- overhead:begin -->\n).*?(<!-- overhead:end -->)", re.S)
 
 
@@ -313,19 +337,73 @@ def write_readme(per_call: dict[str, float], per_chunk: float) -> None:
     print(f"wrote these figures into {README}")
 
 
+def report_modes(openai_calls: dict[str, float], anthropic_calls: dict[str, float]) -> None:
+    """The modes side by side, each as a ratio to the floor measured in this run (the peer's to the Anthropic floor:
+    both venvs hold the same SDK and OTel SDK releases, which count_instructions checks)."""
+    columns = ("bare call", "floor", "added, all", "/ floor", "request path", "/ floor")
+    print(f"\n  {'mode':<40}" + "".join(f"{c:>13}" for c in columns))
+    ratios = {}
+    for label, calls in (("costspan, OpenAI mode", openai_calls), ("costspan, Anthropic mode", anthropic_calls)):
+        bare, floor = calls["bare"], calls["floor"] - calls["bare"]
+        added, on_path = calls["costspan"] - bare, calls["costspan_request_path"] - bare
+        ratios[label] = added / floor
+        print(
+            f"  {label:<40}{bare:13,.0f}{floor:13,.0f}{added:13,.0f}{added / floor:12.2f}x"
+            f"{on_path:13,.0f}{on_path / floor:12.2f}x"
+        )
+    peer_bare, floor = anthropic_calls["peer_bare"], anthropic_calls["floor"] - anthropic_calls["bare"]
+    peer_added = anthropic_calls["peer"] - peer_bare
+    print(
+        f"  {'opentelemetry-instrumentation-anthropic':<40}{peer_bare:13,.0f}{floor:13,.0f}"
+        f"{peer_added:13,.0f}{peer_added / floor:12.2f}x  (all of it on the request path)"
+    )
+    met = ratios["costspan, Anthropic mode"] <= ratios["costspan, OpenAI mode"]
+    print(f"  issue #16, Anthropic mode / floor <= OpenAI mode / floor: {'met' if met else 'NOT met'}")
+
+
+def peer_versions() -> str:
+    """The peer venv's SDK and OTel SDK releases, which must be this venv's for the floors to be comparable."""
+    code = (
+        "from importlib.metadata import version as v; "
+        "print(*(v(p) for p in ('anthropic', 'opentelemetry-sdk', 'opentelemetry-instrumentation-anthropic')))"
+    )
+    return subprocess.run([str(PEER_PYTHON), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def count_instructions(readme: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
+    if not PEER_PYTHON.exists():
+        sys.exit(f"no {PEER_PYTHON}: run `VENV=.venv-peer-anthropic bash scripts/setup-python peer-anthropic`")
+    sdk, otel_sdk, peer = peer_versions().split()
+    if (sdk, otel_sdk) != (anthropic.__version__, otel_sdk_version):
+        sys.exit(
+            f"the peer venv has anthropic {sdk} and OTel SDK {otel_sdk}, this one {anthropic.__version__} and "
+            f"{otel_sdk_version}: align requirements/peer-anthropic.lock with requirements/dev.lock"
+        )
     print(
         f"callgrind instructions per call ({PLAIN_CALLS[1]} - {PLAIN_CALLS[0]} calls; per chunk: {STREAM_CALLS} "
-        f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks)"
+        f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks); anthropic {sdk}, "
+        f"opentelemetry-instrumentation-anthropic {peer}"
     )
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with FakeAnthropic() as fake, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         calls = {v: pool.submit(per_call_instructions, v, *PLAIN_CALLS) for v in VARIANTS if v not in STREAMS}
         chunks = {v: pool.submit(per_chunk_instructions, v) for v in STREAMS}
+        main_python, peer_python = sys.executable, str(PEER_PYTHON)
+        anthropic_jobs = {v: (main_python, v) for v in ANTHROPIC_VARIANTS} | {
+            "peer": (peer_python, "peer"),
+            "peer_bare": (peer_python, "bare"),
+        }
+        anthropic_futures = {
+            name: pool.submit(anthropic_per_call, python, variant, fake.base_url, *PLAIN_CALLS)
+            for name, (python, variant) in anthropic_jobs.items()
+        }
         per_call = {v: future.result() for v, future in calls.items()}
         per_chunk = chunks["costspan_stream"].result() - chunks["bare_stream"].result()
+        anthropic_calls = {name: future.result() for name, future in anthropic_futures.items()}
+    print("OpenAI mode (mock transport)")
     report(per_call, per_chunk, "instr")
+    report_modes(per_call, anthropic_calls)
     if readme:
         write_readme(per_call, per_chunk)
 
