@@ -25,8 +25,9 @@ stand-in (``costspan.providers.anthropic.fake``, served from this process, outsi
 
 On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
 evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
-every run (to ~15 k instructions a call). Each variant runs twice, with two call counts (streams: two stream
-lengths), and the difference cancels start-up. Timed mode reports the calling thread's CPU time, median over
+every run (to ~15 k instructions a call). Callgrind counts only the calls (``callgrind_window.py``: start-up and
+imports run uninstrumented, which also makes the run several times faster); streams run at two lengths, and the
+difference leaves only the chunks. Timed mode reports the calling thread's CPU time, median over
 many short interleaved rounds.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
@@ -45,7 +46,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import callgrind_window
 import httpx2
 import openai
 from openai._base_client import SyncAPIClient
@@ -229,46 +230,42 @@ class Bench:
 def child(variant: str, calls: int, chunks: int) -> None:
     bench = Bench(chunks)
     run = bench.variant(variant)
+
+    def drain() -> None:
+        # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
+        # request path but in the app's process: they count. costspan_request_path leaves them queued.
+        if variant in DRAINED:
+            telemetry = bench.instrumentor.telemetry
+            assert telemetry is not None and telemetry.metrics is not None
+            telemetry.metrics.drain()
+
+    run()  # uncounted, with its metric points: the first call resolves prices and warms the caches
+    drain()
     # Set-up objects (clients, price data, the SDK's modules) out of the collector's way, as a preloading server
     # does: otherwise how often a full collection walks them, and when, moves a variant by ~20 k a call.
     gc.freeze()
-    for _ in range(calls):
-        run()
-    if variant in DRAINED:
-        # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
-        # request path but in the app's process: they count. costspan_request_path leaves them queued.
-        telemetry = bench.instrumentor.telemetry
-        assert telemetry is not None and telemetry.metrics is not None
-        telemetry.metrics.drain()
 
+    def work() -> None:
+        for _ in range(calls):
+            run()
+        drain()
 
-def callgrind_total(cmd: list[str]) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        result = subprocess.run(valgrind + cmd, env=env, capture_output=True, text=True, check=True)
-        match = re.search(r"Collected : (\d+)", result.stderr)
-        if match is None:
-            raise RuntimeError(f"callgrind printed no total:\n{result.stderr[-2000:]}")
-        return int(match.group(1))
+    callgrind_window.counted(work)
 
 
 def instructions(variant: str, calls: int, chunks: int = CHUNKS) -> int:
-    return callgrind_total(
+    return callgrind_window.instructions(
         [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
     )
 
 
-def per_call_instructions(variant: str, few: int, many: int) -> float:
-    return (instructions(variant, many) - instructions(variant, few)) / (many - few)
+def per_call_instructions(variant: str) -> float:
+    return instructions(variant, PLAIN_CALLS) / PLAIN_CALLS
 
 
-def anthropic_per_call(python: str, variant: str, base_url: str, few: int, many: int) -> float:
-    def total(calls: int) -> int:
-        return callgrind_total([python, str(ANTHROPIC_CHILD), variant, str(calls), base_url])
-
-    return (total(many) - total(few)) / (many - few)
+def anthropic_per_call(python: str, variant: str, base_url: str) -> float:
+    cmd = [python, str(ANTHROPIC_CHILD), variant, str(PLAIN_CALLS), base_url]
+    return callgrind_window.instructions(cmd) / PLAIN_CALLS
 
 
 def per_chunk_instructions(variant: str) -> float:
@@ -297,9 +294,9 @@ def report(per_call: dict[str, float], per_chunk: float, unit: str, scale: float
     print(f"    / span floor                          {points_floor / floor:12.2f} x    (the 1.5x target leaves 0.5)")
 
 
-# (few, many) calls per run: the difference of the two runs is divided by many - few. Call ids, uuids and
-# addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100 calls average it out.
-PLAIN_CALLS = (10, 110)
+# Call ids, uuids and addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100
+# calls average it out.
+PLAIN_CALLS = 100
 STREAM_CALLS = 5  # streams of 200 and of 600 chunks: 2,000 chunks more, which average the per-chunk noise out
 
 
@@ -382,12 +379,12 @@ def count_instructions(readme: bool = False) -> None:
             f"{otel_sdk_version}: align requirements/peer-anthropic.lock with requirements/dev.lock"
         )
     print(
-        f"callgrind instructions per call ({PLAIN_CALLS[1]} - {PLAIN_CALLS[0]} calls; per chunk: {STREAM_CALLS} "
+        f"callgrind instructions per call ({PLAIN_CALLS} calls; per chunk: {STREAM_CALLS} "
         f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks); anthropic {sdk}, "
         f"opentelemetry-instrumentation-anthropic {peer}"
     )
     with FakeAnthropic() as fake, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        calls = {v: pool.submit(per_call_instructions, v, *PLAIN_CALLS) for v in VARIANTS if v not in STREAMS}
+        calls = {v: pool.submit(per_call_instructions, v) for v in VARIANTS if v not in STREAMS}
         chunks = {v: pool.submit(per_chunk_instructions, v) for v in STREAMS}
         main_python, peer_python = sys.executable, str(PEER_PYTHON)
         anthropic_jobs = {v: (main_python, v) for v in ANTHROPIC_VARIANTS} | {
@@ -395,7 +392,7 @@ def count_instructions(readme: bool = False) -> None:
             "peer_bare": (peer_python, "bare"),
         }
         anthropic_futures = {
-            name: pool.submit(anthropic_per_call, python, variant, fake.base_url, *PLAIN_CALLS)
+            name: pool.submit(anthropic_per_call, python, variant, fake.base_url)
             for name, (python, variant) in anthropic_jobs.items()
         }
         per_call = {v: future.result() for v, future in calls.items()}
