@@ -34,6 +34,7 @@ from costspan.providers.anthropic.requests import output_content, read_request
 from costspan.providers.anthropic.sdk import (
     BEDROCK_CLIENTS,
     FOUNDRY_CLIENTS,
+    LEGACY_RESPONSES,
     UNSET_TYPES,
     VERTEX_CLIENTS,
     APIResponse,
@@ -172,7 +173,11 @@ def observe(call: Call, result: Any) -> Any:
             is_async = isinstance(result, AsyncStream)
             end_with_response(result, observer, is_async=is_async)
             return AsyncStreamProxy(result, observer) if is_async else SyncStreamProxy(result, observer)
-        if isinstance(result, (APIResponse, AsyncAPIResponse)):
+        if isinstance(result, LEGACY_RESPONSES) and not call.request.stream:
+            # An older SDK's with_raw_response: the body is read already, and parse() caches it for the user.
+            finish_body(call, result.parse(), BODIES.request_id(result))
+            return result
+        if isinstance(result, (APIResponse, AsyncAPIResponse, *LEGACY_RESPONSES)):
             observe_parsed = functools.partial(observe, call)
             proxy = AsyncRawResponseProxy if isinstance(result, AsyncAPIResponse) else SyncRawResponseProxy
             return proxy(result, call, observe_parsed, BODIES)
