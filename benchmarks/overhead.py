@@ -358,26 +358,32 @@ def report_modes(openai_calls: dict[str, float], anthropic_calls: dict[str, floa
     print(f"  issue #16, Anthropic mode / floor <= OpenAI mode / floor: {'met' if met else 'NOT met'}")
 
 
-def peer_versions() -> str:
-    """The peer venv's SDK and OTel SDK releases, which must be this venv's for the floors to be comparable."""
+def peer_versions() -> list[str]:
+    """The peer venv's interpreter, SDK and OTel SDK releases, and the peer's."""
     code = (
-        "from importlib.metadata import version as v; "
-        "print(*(v(p) for p in ('anthropic', 'opentelemetry-sdk', 'opentelemetry-instrumentation-anthropic')))"
+        "import sys; from importlib.metadata import version as v; print(sys.base_prefix, sys.version.split()[0], "
+        "*(v(p) for p in ('anthropic', 'opentelemetry-sdk', 'opentelemetry-instrumentation-anthropic')))"
     )
-    return subprocess.run([str(PEER_PYTHON), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    result = subprocess.run([str(PEER_PYTHON), "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.split()
 
 
 def count_instructions(readme: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
+    make_peer = "VENV=.venv-peer-anthropic PYTHON=<this venv's base python> bash scripts/setup-python peer-anthropic"
     if not PEER_PYTHON.exists():
-        sys.exit(f"no {PEER_PYTHON}: run `VENV=.venv-peer-anthropic bash scripts/setup-python peer-anthropic`")
-    sdk, otel_sdk, peer = peer_versions().split()
-    if (sdk, otel_sdk) != (anthropic.__version__, otel_sdk_version):
+        sys.exit(f"no {PEER_PYTHON}: run `{make_peer}`")
+    *theirs, peer = peer_versions()
+    # The same interpreter build (another one runs the same code in ~10% more or fewer instructions), SDK and OTel
+    # SDK: the peer's cost is then comparable with the floor measured in this venv.
+    ours = [sys.base_prefix, sys.version.split()[0], anthropic.__version__, otel_sdk_version]
+    if theirs != ours:
         sys.exit(
-            f"the peer venv has anthropic {sdk} and OTel SDK {otel_sdk}, this one {anthropic.__version__} and "
-            f"{otel_sdk_version}: align requirements/peer-anthropic.lock with requirements/dev.lock"
+            f"the peer venv has (python, version, anthropic, OTel SDK) {theirs}, this one {ours}: rebuild it with "
+            f"`{make_peer}` and align requirements/peer-anthropic.lock with requirements/dev.lock"
         )
+    sdk = anthropic.__version__
     print(
         f"callgrind instructions per call ({PLAIN_CALLS} calls; per chunk: {STREAM_CALLS} "
         f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks); anthropic {sdk}, "
