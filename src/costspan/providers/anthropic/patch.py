@@ -76,7 +76,8 @@ _EMPTY: Mapping[str, Any] = {}
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else _EMPTY
+    """A request option that is a JSON object, else empty (the SDK's NotGiven, None...)."""
+    return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
 
 
 def _server(client: Any) -> tuple[str | None, int | None]:
@@ -92,7 +93,8 @@ def _read(telemetry: Telemetry, client: Any, args: tuple[Any, ...], kwargs: dict
         json_data = _mapping(options.json_data)
         extra_json = _mapping(options.extra_json)
         # What is sent: extra_body wins, and the SDK's placeholders for arguments not given are dropped.
-        body = {k: v for k, v in {**json_data, **extra_json}.items() if not isinstance(v, UNSET_TYPES)}
+        sent = {**json_data, **extra_json} if extra_json else json_data
+        body = {k: v for k, v in sent.items() if not isinstance(v, UNSET_TYPES)}
         return read_request(
             options.url,
             body,
