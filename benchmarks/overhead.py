@@ -1,4 +1,4 @@
-"""Per-call overhead of costspan versus the bare OpenAI SDK, and versus the floor of one bare OTel span.
+"""Per-call overhead of costspan versus the bare OpenAI and Anthropic SDKs, and versus the floor of one bare OTel span.
 
     .venv/bin/python benchmarks/overhead.py              # CPU instructions under callgrind: exact, repeatable
     .venv/bin/python benchmarks/overhead.py --timed      # CPU time, medians over interleaved rounds
@@ -17,14 +17,21 @@ The SDK talks to an in-process ``httpx2.MockTransport`` so the network does not 
 - ``bare_stream`` / ``costspan_stream``: the same stream at 200 and at 600 chunks; the difference over the 400 more
   chunks is the cost per chunk, with nothing of the call's fixed cost in it.
 
+The Anthropic mode (``benchmarks/overhead_anthropic.py``) counts the real ``anthropic`` SDK against the loopback
+stand-in (``costspan.providers.anthropic.fake``, served from this process, outside callgrind): ``bare``, ``floor``
+(with the attributes of costspan's Anthropic span), ``costspan`` and ``costspan_request_path`` as above, and the peer
+``opentelemetry-instrumentation-anthropic`` with its own ``bare``, run in its venv ``.venv-peer-anthropic``
+(``VENV=.venv-peer-anthropic bash scripts/setup-python peer-anthropic``) so its pins cannot meet costspan's.
+
 On a shared 2-core machine wall-clock and even CPU time move by tens of percent between runs (other processes
 evict the caches), so the default counts instructions with valgrind's callgrind, which gives the same figure on
-every run (to ~15 k instructions a call). Each variant runs twice, with two call counts (streams: two stream
-lengths), and the difference cancels start-up. Timed mode reports the calling thread's CPU time, median over
+every run (to ~15 k instructions a call). Callgrind counts only the calls (``callgrind_window.py``: start-up and
+imports run uninstrumented, which also makes the run several times faster); streams run at two lengths, and the
+difference leaves only the chunks. Timed mode reports the calling thread's CPU time, median over
 many short interleaved rounds.
 
 Targets (issue #2): costspan's added cost <= 1.5x the floor; < 5% of a bare mocked SDK call; < 1 µs per
-streamed chunk.
+streamed chunk. Issue #16: the Anthropic mode's added cost, as a ratio to its floor, at most the OpenAI mode's.
 """
 
 from __future__ import annotations
@@ -39,13 +46,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import callgrind_window
 import httpx2
 import openai
 from openai._base_client import SyncAPIClient
@@ -60,6 +68,7 @@ from opentelemetry.sdk.version import __version__ as otel_sdk_version
 from opentelemetry.trace import SpanKind
 
 from costspan.instrumentor import CostspanInstrumentor
+from costspan.providers.anthropic.fake import FakeAnthropic
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
 PROMPT_TOKENS, COMPLETION_TOKENS = 1200, 300
@@ -221,34 +230,42 @@ class Bench:
 def child(variant: str, calls: int, chunks: int) -> None:
     bench = Bench(chunks)
     run = bench.variant(variant)
+
+    def drain() -> None:
+        # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
+        # request path but in the app's process: they count. costspan_request_path leaves them queued.
+        if variant in DRAINED:
+            telemetry = bench.instrumentor.telemetry
+            assert telemetry is not None and telemetry.metrics is not None
+            telemetry.metrics.drain()
+
+    run()  # uncounted, with its metric points: the first call resolves prices and warms the caches
+    drain()
     # Set-up objects (clients, price data, the SDK's modules) out of the collector's way, as a preloading server
     # does: otherwise how often a full collection walks them, and when, moves a variant by ~20 k a call.
     gc.freeze()
-    for _ in range(calls):
-        run()
-    if variant in DRAINED:
-        # The metric points costspan queued are recorded into the SDK's histograms when a reader collects, off the
-        # request path but in the app's process: they count. costspan_request_path leaves them queued.
-        telemetry = bench.instrumentor.telemetry
-        assert telemetry is not None and telemetry.metrics is not None
-        telemetry.metrics.drain()
+
+    def work() -> None:
+        for _ in range(calls):
+            run()
+        drain()
+
+    callgrind_window.counted(work)
 
 
 def instructions(variant: str, calls: int, chunks: int = CHUNKS) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        cmd += [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        match = re.search(r"Collected : (\d+)", result.stderr)
-        if match is None:
-            raise RuntimeError(f"callgrind printed no total:\n{result.stderr[-2000:]}")
-        return int(match.group(1))
+    return callgrind_window.instructions(
+        [sys.executable, __file__, "--child", variant, "--calls", str(calls), "--chunks", str(chunks)]
+    )
 
 
-def per_call_instructions(variant: str, few: int, many: int) -> float:
-    return (instructions(variant, many) - instructions(variant, few)) / (many - few)
+def per_call_instructions(variant: str) -> float:
+    return instructions(variant, PLAIN_CALLS) / PLAIN_CALLS
+
+
+def anthropic_per_call(python: str, variant: str, base_url: str) -> float:
+    cmd = [python, str(ANTHROPIC_CHILD), variant, str(PLAIN_CALLS), base_url]
+    return callgrind_window.instructions(cmd) / PLAIN_CALLS
 
 
 def per_chunk_instructions(variant: str) -> float:
@@ -277,13 +294,17 @@ def report(per_call: dict[str, float], per_chunk: float, unit: str, scale: float
     print(f"    / span floor                          {points_floor / floor:12.2f} x    (the 1.5x target leaves 0.5)")
 
 
-# (few, many) calls per run: the difference of the two runs is divided by many - few. Call ids, uuids and
-# addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100 calls average it out.
-PLAIN_CALLS = (10, 110)
+# Call ids, uuids and addresses differ from call to call, so the figure moves by ~1 k instructions a call; 100
+# calls average it out.
+PLAIN_CALLS = 100
 STREAM_CALLS = 5  # streams of 200 and of 600 chunks: 2,000 chunks more, which average the per-chunk noise out
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+ANTHROPIC_CHILD = Path(__file__).resolve().parent / "overhead_anthropic.py"
+ANTHROPIC_VARIANTS = ("bare", "floor", "costspan", "costspan_request_path")
+PEER_PYTHON = ROOT / ".venv-peer-anthropic" / "bin" / "python"
 README_BLOCK = re.compile(r"(<!-- overhead:begin -->\n).*?(<!-- overhead:end -->)", re.S)
 
 
@@ -313,19 +334,79 @@ def write_readme(per_call: dict[str, float], per_chunk: float) -> None:
     print(f"wrote these figures into {README}")
 
 
+def report_modes(openai_calls: dict[str, float], anthropic_calls: dict[str, float]) -> None:
+    """The modes side by side, each as a ratio to the floor measured in this run (the peer's to the Anthropic floor:
+    both venvs hold the same SDK and OTel SDK releases, which count_instructions checks)."""
+    columns = ("bare call", "floor", "added, all", "/ floor", "request path", "/ floor")
+    print(f"\n  {'mode':<40}" + "".join(f"{c:>13}" for c in columns))
+    ratios = {}
+    for label, calls in (("costspan, OpenAI mode", openai_calls), ("costspan, Anthropic mode", anthropic_calls)):
+        bare, floor = calls["bare"], calls["floor"] - calls["bare"]
+        added, on_path = calls["costspan"] - bare, calls["costspan_request_path"] - bare
+        ratios[label] = added / floor
+        print(
+            f"  {label:<40}{bare:13,.0f}{floor:13,.0f}{added:13,.0f}{added / floor:12.2f}x"
+            f"{on_path:13,.0f}{on_path / floor:12.2f}x"
+        )
+    peer_bare, floor = anthropic_calls["peer_bare"], anthropic_calls["floor"] - anthropic_calls["bare"]
+    peer_added = anthropic_calls["peer"] - peer_bare
+    print(
+        f"  {'opentelemetry-instrumentation-anthropic':<40}{peer_bare:13,.0f}{floor:13,.0f}"
+        f"{peer_added:13,.0f}{peer_added / floor:12.2f}x  (all of it on the request path)"
+    )
+    met = ratios["costspan, Anthropic mode"] <= ratios["costspan, OpenAI mode"]
+    print(f"  issue #16, Anthropic mode / floor <= OpenAI mode / floor: {'met' if met else 'NOT met'}")
+
+
+def peer_versions() -> list[str]:
+    """The peer venv's interpreter, SDK and OTel SDK releases, and the peer's."""
+    code = (
+        "import sys; from importlib.metadata import version as v; print(sys.base_prefix, sys.version.split()[0], "
+        "*(v(p) for p in ('anthropic', 'opentelemetry-sdk', 'opentelemetry-instrumentation-anthropic')))"
+    )
+    result = subprocess.run([str(PEER_PYTHON), "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
 def count_instructions(readme: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian package valgrind); use --timed")
+    make_peer = "VENV=.venv-peer-anthropic PYTHON=<this venv's base python> bash scripts/setup-python peer-anthropic"
+    if not PEER_PYTHON.exists():
+        sys.exit(f"no {PEER_PYTHON}: run `{make_peer}`")
+    *theirs, peer = peer_versions()
+    # The same interpreter build (another one runs the same code in ~10% more or fewer instructions), SDK and OTel
+    # SDK: the peer's cost is then comparable with the floor measured in this venv.
+    ours = [sys.base_prefix, sys.version.split()[0], anthropic.__version__, otel_sdk_version]
+    if theirs != ours:
+        sys.exit(
+            f"the peer venv has (python, version, anthropic, OTel SDK) {theirs}, this one {ours}: rebuild it with "
+            f"`{make_peer}` and align requirements/peer-anthropic.lock with requirements/dev.lock"
+        )
+    sdk = anthropic.__version__
     print(
-        f"callgrind instructions per call ({PLAIN_CALLS[1]} - {PLAIN_CALLS[0]} calls; per chunk: {STREAM_CALLS} "
-        f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks)"
+        f"callgrind instructions per call ({PLAIN_CALLS} calls; per chunk: {STREAM_CALLS} "
+        f"streams of {LONG_CHUNKS} - of {CHUNKS} chunks); anthropic {sdk}, "
+        f"opentelemetry-instrumentation-anthropic {peer}"
     )
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        calls = {v: pool.submit(per_call_instructions, v, *PLAIN_CALLS) for v in VARIANTS if v not in STREAMS}
+    with FakeAnthropic() as fake, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        calls = {v: pool.submit(per_call_instructions, v) for v in VARIANTS if v not in STREAMS}
         chunks = {v: pool.submit(per_chunk_instructions, v) for v in STREAMS}
+        main_python, peer_python = sys.executable, str(PEER_PYTHON)
+        anthropic_jobs = {v: (main_python, v) for v in ANTHROPIC_VARIANTS} | {
+            "peer": (peer_python, "peer"),
+            "peer_bare": (peer_python, "bare"),
+        }
+        anthropic_futures = {
+            name: pool.submit(anthropic_per_call, python, variant, fake.base_url)
+            for name, (python, variant) in anthropic_jobs.items()
+        }
         per_call = {v: future.result() for v, future in calls.items()}
         per_chunk = chunks["costspan_stream"].result() - chunks["bare_stream"].result()
+        anthropic_calls = {name: future.result() for name, future in anthropic_futures.items()}
+    print("OpenAI mode (mock transport)")
     report(per_call, per_chunk, "instr")
+    report_modes(per_call, anthropic_calls)
     if readme:
         write_readme(per_call, per_chunk)
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import pytest
 from genai_prices import data_snapshot
 from opentelemetry.sdk.metrics import MeterProvider
@@ -23,6 +22,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
 from tests import frozen_prices
+
+if TYPE_CHECKING:  # imported where used: the compat venv with only the Anthropic SDK loads this file too
+    import openai
 
 # Before any Pricer reads the data (costspan.pricing.pricer.packaged_prices() is built on first use).
 data_snapshot.set_custom_snapshot(data_snapshot.DataSnapshot(frozen_prices.providers, from_auto_update=False))
@@ -92,12 +94,16 @@ def pipeline() -> Iterator[Pipeline]:
 
 @pytest.fixture
 def client(fake_openai: FakeOpenAI) -> Iterator[openai.OpenAI]:
+    import openai
+
     with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0) as c:
         yield c
 
 
 @pytest.fixture
 def async_client(fake_openai: FakeOpenAI) -> openai.AsyncOpenAI:
+    import openai
+
     return openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test-not-a-secret", max_retries=0)
 
 

@@ -14,7 +14,7 @@ from costspan.instrumentation.call import Telemetry
 class AnthropicProvider:
     sdk = "anthropic"
     # The request layer costspan wraps (Stainless' SyncAPIClient.request, options.json_data) and the usage fields
-    # it reads (cache_creation by lifetime) are in every release from 0.52 on; the main suite runs the newest.
+    # it reads (cache_creation by lifetime) are in every release from 0.52 on (scripts/test-sdk-compat runs 0.52).
     instruments = "anthropic >= 0.52"
 
     def __init__(self) -> None:

@@ -4,6 +4,8 @@ Some live in private modules (``anthropic._*``) that move between releases, so t
 else, and only when instrumenting (the SDK is an optional dependency).
 """
 
+from typing import Any
+
 from anthropic import (
     AnthropicBedrock,
     AnthropicVertex,
@@ -27,6 +29,13 @@ try:  # the Microsoft Foundry clients arrived in later releases
 except ImportError:  # pragma: no cover - older SDKs
     FOUNDRY_CLIENTS = ()
 
+try:  # what with_raw_response returns in older releases (0.52 among them); later ones return an APIResponse
+    from anthropic._legacy_response import LegacyAPIResponse
+
+    LEGACY_RESPONSES: tuple[type[Any], ...] = (LegacyAPIResponse,)
+except ImportError:  # pragma: no cover - newer SDKs
+    LEGACY_RESPONSES = ()
+
 # The SDK's placeholders for arguments not given: they sit in the request body until it is serialized.
 UNSET_TYPES: tuple[type, ...] = (Omit, NotGiven)
 BEDROCK_CLIENTS: tuple[type, ...] = (AnthropicBedrock, AsyncAnthropicBedrock)
@@ -35,6 +44,7 @@ VERTEX_CLIENTS: tuple[type, ...] = (AnthropicVertex, AsyncAnthropicVertex)
 __all__ = [
     "BEDROCK_CLIENTS",
     "FOUNDRY_CLIENTS",
+    "LEGACY_RESPONSES",
     "UNSET_TYPES",
     "VERTEX_CLIENTS",
     "APIResponse",

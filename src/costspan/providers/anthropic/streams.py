@@ -1,6 +1,7 @@
 """Watching an Anthropic Messages stream for its span: its usage and its end.
 
-Shared by the sync and async stream proxies in ``patch.py``; runs once per event on the user's iteration path.
+Shared by the sync and async stream proxies (``costspan.instrumentation.proxies``); runs once per event on the
+user's iteration path.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class StreamObserver:
         self.reading = False
         self.texts: list[str] | None = [] if call.telemetry.settings.capture_content else None
 
-    def seen(self, event: Any) -> None:
+    def hides(self, event: Any) -> bool:
+        """Record an event; never hides one (costspan asks an Anthropic stream for nothing the user did not)."""
         if self.broken:
-            return
+            return False
         try:
             self.state.add(event)
             if self.texts is not None:
@@ -41,6 +43,7 @@ class StreamObserver:
         except Exception:
             self.broken = True
             logger.exception("costspan: could not read a stream event; this stream's usage is not recorded")
+        return False
 
     def _content(self) -> str | None:
         if self.texts is None:

@@ -30,6 +30,8 @@ def fields_of(obj: Any) -> Mapping[str, Any]:
     """The fields of a JSON dict or an SDK model (fields a newer API added included), as a mapping."""
     if type(obj) is dict:
         return obj
+    if obj is None:  # an absent part (most calls have no thinking or tool use): no failed attribute lookup
+        return _NO_FIELDS
     fields = getattr(obj, "__dict__", None)
     if fields is None:
         return _NO_FIELDS

@@ -3,28 +3,35 @@
 Patching ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` (as OpenInference does) sees every call of every
 resource, including ``parse``, the ``stream()`` helpers, ``with_raw_response`` and ``with_streaming_response``, and
 keeps the SDK's own retries inside one span. The sync and async wrappers differ only by ``await``; the span's work
-is in the provider-neutral ``costspan.instrumentation.call``, what OpenAI's requests and responses say is in
-``requests.py`` and ``usage.py``, and the SDK's private classes are imported from ``sdk.py``.
+is in the provider-neutral ``costspan.instrumentation.call``, the stream and raw-response stand-ins in
+``costspan.instrumentation.proxies``, what OpenAI's requests and responses say is in ``requests.py`` and
+``usage.py``, and the SDK's private classes are imported from ``sdk.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import socket
 import threading
-import weakref
 from collections.abc import Mapping
 from contextvars import Token
 from typing import Any
 
-import wrapt
 from opentelemetry.context import Context
 
 from costspan.instrumentation import boundary
 from costspan.instrumentation.call import Call, RequestInfo, Telemetry
+from costspan.instrumentation.proxies import (
+    AsyncRawResponseProxy,
+    AsyncStreamProxy,
+    BodyFinisher,
+    SyncRawResponseProxy,
+    SyncStreamProxy,
+    end_with_response,
+)
 from costspan.providers.openai.batches import BatchRetrieval
 from costspan.providers.openai.requests import (
     output_content,
@@ -187,6 +194,9 @@ def finish_body(call: Call, body: Any, request_id: str | None) -> None:
     call.finish(summarize_response(body), request_id, output_content=content)
 
 
+BODIES = BodyFinisher(finish_body, request_id_header="x-request-id")
+
+
 def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
     """Hand back what the SDK returned, finishing the span now or watching the object that will finish it."""
     if call.finished:
@@ -201,21 +211,23 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
         if isinstance(result, BaseModel):  # the common case first: a parsed body
             finish_body(call, result, getattr(result, "_request_id", None))
             return result
-        if isinstance(result, (Stream, AsyncStream)):
-            observer = StreamObserver(call, injected, _header_request_id(result.response))
-            _end_with_response(result, observer)
-            if isinstance(result, Stream):
-                return SyncStreamProxy(result, observer)
+        if isinstance(result, Stream):
+            observer = StreamObserver(call, injected, BODIES.request_id(result.response))
+            end_with_response(result, observer, is_async=False, drain=_drain)
+            return SyncStreamProxy(result, observer)
+        if isinstance(result, AsyncStream):
+            observer = StreamObserver(call, injected, BODIES.request_id(result.response))
+            end_with_response(result, observer, is_async=True, drain_async=_drain_async)
             return AsyncStreamProxy(result, observer)
         if isinstance(result, LegacyAPIResponse) and not call.request.stream:
             # with_raw_response: the body is read already; parse() caches, so the user's own parse() is free.
             parsed = result.parse()
-            finish_body(call, parsed, _header_request_id(result))
+            finish_body(call, parsed, BODIES.request_id(result))
             return result
-        if isinstance(result, (LegacyAPIResponse, APIResponse)):
-            return SyncRawResponseProxy(result, call, injected)
-        if isinstance(result, AsyncAPIResponse):
-            return AsyncRawResponseProxy(result, call, injected)
+        if isinstance(result, (LegacyAPIResponse, APIResponse, AsyncAPIResponse)):
+            observe_parsed = functools.partial(observe, call, injected=injected)
+            proxy = AsyncRawResponseProxy if isinstance(result, AsyncAPIResponse) else SyncRawResponseProxy
+            return proxy(result, call, observe_parsed, BODIES)
         finish_body(call, result, None)
     except Exception:
         logger.exception("costspan: could not read an OpenAI response; the call was not affected")
@@ -228,46 +240,13 @@ def observe(call: Call | BatchRetrieval, result: Any, injected: bool) -> Any:
 DRAIN_SECONDS = 0.25
 
 
-def _end_with_response(stream: Any, observer: StreamObserver) -> None:
-    """End the span when the stream's HTTP response is closed, which every way of stopping a stream early goes
-    through: ``close()`` and ``with`` on the stream, the stream helpers (``chat.completions.stream``,
-    ``responses.stream``: they close the response, not the stream) and, for a sync stream, the proxy's
-    finalizer. The SDK also closes it as the stream ends or fails, while the proxy reads: the proxy then ends
-    the span, with the error if any."""
-    response = stream.response
-    if isinstance(stream, AsyncStream):
-        aclose = response.aclose
-
-        async def closing_async() -> None:
-            try:
-                if not observer.reading:
-                    if observer.awaits_usage():
-                        await _drain_async(stream, observer)
-                    observer.abandon()
-            finally:
-                await aclose()
-
-        response.aclose = closing_async
-        return
-    close = response.close
-
-    def closing() -> None:
-        try:
-            if not observer.reading:
-                if observer.awaits_usage():
-                    _drain(stream, observer)
-                observer.abandon()
-        finally:
-            close()
-
-    response.close = closing
-
-
 def _drain(stream: Stream[Any], observer: StreamObserver) -> None:
-    """Read the usage chunk costspan asked for, at most ``DRAIN_SECONDS``: a read still waiting then is ended by
-    shutting the socket's read side (the response is being closed anyway). Without a socket of this response
-    alone to bound the read with (HTTP/2 shares one among requests; a mock transport has none), nothing is
-    read."""
+    """Read the usage chunk costspan asked for, if the stream still owes it, at most ``DRAIN_SECONDS``: a read
+    still waiting then is ended by shutting the socket's read side (the response is being closed anyway). Without
+    a socket of this response alone to bound the read with (HTTP/2 shares one among requests; a mock transport has
+    none), nothing is read."""
+    if not observer.awaits_usage():
+        return
     try:
         response = stream.response
         if response.http_version != "HTTP/1.1":
@@ -297,6 +276,8 @@ def _shut_read(sock: socket.socket) -> None:
 
 async def _drain_async(stream: AsyncStream[Any], observer: StreamObserver) -> None:
     """``_drain`` for an async stream: the read is cancelled after ``DRAIN_SECONDS``."""
+    if not observer.awaits_usage():
+        return
     observer.reading = True
     try:
         observer.hides(await asyncio.wait_for(stream.__anext__(), DRAIN_SECONDS))
@@ -304,171 +285,3 @@ async def _drain_async(stream: AsyncStream[Any], observer: StreamObserver) -> No
         logger.debug("costspan: no usage chunk after a stream was closed", exc_info=True)
     finally:
         observer.reading = False
-
-
-def _header_request_id(response: Any) -> str | None:
-    try:
-        value = response.headers.get("x-request-id")
-        return value if isinstance(value, str) else None
-    except Exception:
-        return None
-
-
-class _ObservedStream:
-    """Stands in for the SDK's stream: forwards everything (``close`` and ``with`` too: closing the response ends
-    the span, see ``_end_with_response``), passes ``isinstance`` checks for the SDK's class.
-
-    A plain slotted class rather than a ``wrapt.ObjectProxy``: its ``__next__`` runs for every chunk, and a method
-    on an ObjectProxy subclass costs ~350 ns a call against ~100 ns here.
-    """
-
-    __slots__ = ("__weakref__", "_hides", "_observer", "_stream")
-
-    def __init__(self, stream: Any, observer: StreamObserver) -> None:
-        self._stream = stream
-        self._observer = observer
-        self._hides = observer.hides  # bound once
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance(proxy, openai.Stream) stays true
-        return type(self._stream)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def __repr__(self) -> str:
-        return repr(self._stream)
-
-
-class SyncStreamProxy(_ObservedStream):
-    """The user's ``Stream``, unchanged but for the usage-only chunk costspan asked for."""
-
-    __slots__ = ()
-
-    def __init__(self, stream: Stream[Any], observer: StreamObserver) -> None:
-        super().__init__(stream, observer)
-        # Dropped before its end, it is closed like any stream stopped early (the usage chunk still read).
-        weakref.finalize(self, _close_dropped, stream, observer)
-
-    def __iter__(self) -> Any:
-        return self
-
-    def __next__(self) -> Any:
-        observer = self._observer
-        while True:
-            observer.reading = True
-            try:
-                item = self._stream.__next__()
-            except BaseException as exc:
-                observer.ended(exc)
-                raise
-            finally:
-                observer.reading = False
-            if not self._hides(item):
-                return item
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stream.close()
-
-
-def _close_dropped(stream: Stream[Any], observer: StreamObserver) -> None:
-    if not observer.call.finished:
-        stream.close()
-
-
-class AsyncStreamProxy(_ObservedStream):
-    """The user's ``AsyncStream``, unchanged but for the usage-only chunk costspan asked for."""
-
-    __slots__ = ()
-
-    def __init__(self, stream: AsyncStream[Any], observer: StreamObserver) -> None:
-        super().__init__(stream, observer)
-        # Dropped before its end, nothing can be awaited any more: priced if its usage arrived, else incomplete.
-        weakref.finalize(self, observer.abandon)
-
-    def __aiter__(self) -> Any:
-        return self
-
-    async def __anext__(self) -> Any:
-        observer = self._observer
-        while True:
-            observer.reading = True
-            try:
-                item = await self._stream.__anext__()
-            except BaseException as exc:
-                observer.ended(exc)
-                raise
-            finally:
-                observer.reading = False
-            if not self._hides(item):
-                return item
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self._stream.close()
-
-
-def _finish_unparsed(call: Call, raw_response: Any) -> None:
-    """A raw response closed or dropped without ``parse()``: use its body if it was read, else no usage."""
-    if call.finished:
-        return
-    body = None
-    try:
-        if not call.request.stream:
-            body = json.loads(raw_response.content)
-    except Exception:
-        body = None
-    request_id = _header_request_id(raw_response)
-    if body is None:
-        call.finish(None, request_id, incomplete=call.request.stream)
-    else:
-        finish_body(call, body, request_id)
-
-
-class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
-    def __init__(self, response: Any, call: Call, injected: bool) -> None:
-        super().__init__(response)
-        self._self_call = call
-        self._self_injected = injected
-        self._self_finalizer = weakref.finalize(self, _finish_unparsed, call, self._self_http_response)
-        self._self_observed: tuple[Any, Any] | None = None  # (what parse() returned, what the user got)
-
-    @property
-    def _self_http_response(self) -> Any:
-        return getattr(self.__wrapped__, "http_response", self.__wrapped__)
-
-    def _self_observe(self, parsed: Any) -> Any:
-        # The SDK caches parse(): a second call must give the user the same object again, not a second proxy.
-        if self._self_observed is not None and self._self_observed[0] is parsed:
-            return self._self_observed[1]
-        self._self_finalizer.detach()  # from here the parsed body (or its stream proxy) ends the span
-        observed = observe(self._self_call, parsed, self._self_injected)
-        self._self_observed = (parsed, observed)
-        return observed
-
-
-class SyncRawResponseProxy(_ObservedRawResponse):
-    """``with_raw_response`` (streamed) and ``with_streaming_response``: the span ends when the body is parsed."""
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_observe(self.__wrapped__.parse(*args, **kwargs))
-
-    def close(self) -> None:
-        self.__wrapped__.close()
-        _finish_unparsed(self._self_call, self._self_http_response)
-
-
-class AsyncRawResponseProxy(_ObservedRawResponse):
-    """The async form of ``SyncRawResponseProxy``."""
-
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_observe(await self.__wrapped__.parse(*args, **kwargs))
-
-    async def close(self) -> None:
-        await self.__wrapped__.close()
-        _finish_unparsed(self._self_call, self._self_http_response)

@@ -1,7 +1,7 @@
 """Watching an OpenAI stream for its span: its usage, its end, and the usage chunk costspan asked for.
 
-Shared by the sync and async stream proxies in ``patch.py``. Runs once per chunk on the user's iteration path,
-so it does as little as it can there.
+Shared by the sync and async stream proxies (``costspan.instrumentation.proxies``). Runs once per chunk on the
+user's iteration path, so it does as little as it can there.
 """
 
 from __future__ import annotations
