@@ -48,4 +48,5 @@ def test_every_lock_pins_each_package_with_hashes() -> None:
         unpinned = [block.split()[0] for block in blocks if "==" not in block or "--hash=sha256:" not in block]
         assert unpinned == [], f"{lock.name}: not pinned with hashes"
         pinned = {block.split("==")[0].lower() for block in blocks}
-        assert wanted <= pinned, f"{lock.name} lacks {sorted(wanted - pinned)}"
+        if not lock.name.startswith("peer-"):  # a peer's venv (benchmarks) does not install costspan
+            assert wanted <= pinned, f"{lock.name} lacks {sorted(wanted - pinned)}"
