@@ -304,7 +304,9 @@ def main() -> None:
             print(line("rotel over HTTP into its blackhole exporter", rotel_us, decode_us))
 
         store = Path(tmp) / "serve-bench.sqlite3"
-        runs = [("this tree", lambda: receiver_figures(bodies_file, n, args.connections, store))]
+        runs: list[tuple[str, Callable[[], dict[str, float]]]] = [
+            ("this tree", lambda: receiver_figures(bodies_file, n, args.connections, store))
+        ]
         if args.before:
             before = args.before
             runs.insert(0, (before, lambda: figures_at(before, bodies_file, n, args.connections)))

@@ -379,7 +379,7 @@ def test_refused_before_sending_and_the_span_says_why(
     assert fake_openai.received == []  # nothing was sent
     exc = refused.value
     assert exc.error_code == "monthly_ai_quota_exceeded"
-    assert 0 < exc.retry_after_s <= 31 * 86400
+    assert exc.retry_after_s is not None and 0 < exc.retry_after_s <= 31 * 86400
     assert "raise the cap" in str(exc)
     span = pipeline.span()
     assert span.attributes is not None

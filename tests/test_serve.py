@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from costspan import semconv
 from costspan.instrumentor import CostspanInstrumentor
@@ -351,7 +352,7 @@ def test_a_span_read_off_the_wire_maps_as_the_in_process_one(llm_spans: list[Rea
     """The receiver reads attributes straight from the protobuf; odd values (empty, zero, other types) must give
     the row the in-process exporter writes."""
     template = next(s for s in llm_spans if row_from_span(s) is not None)
-    odd = {
+    odd: dict[str, AttributeValue] = {
         "feature": 7,
         "route": "",
         "customer_id": True,

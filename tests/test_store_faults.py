@@ -20,6 +20,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AttributeValue
 
 from costspan import semconv
 from costspan.cli import main as cli_main
@@ -37,7 +38,7 @@ def llm_spans(count: int, feature: str = "search") -> list[ReadableSpan]:
     provider.add_span_processor(SimpleSpanProcessor(recorded))
     tracer = provider.get_tracer("test")
     for _ in range(count):
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             semconv.GEN_AI_OPERATION_NAME: "chat",
             semconv.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
             semconv.GEN_AI_USAGE_INPUT_TOKENS: 100,

@@ -256,17 +256,17 @@ def text(value: Any) -> str:
 def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     """An aligned plain-text table: text left-aligned, numbers right-aligned."""
     by_column = [column.cells(rows) for column in columns]
-    cells = [list(line) for line in zip(*by_column, strict=True)] if rows else []
-    widths = [max([len(column.title), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            value.rjust(width) if column.numeric else value.ljust(width)
-            for value, width, column in zip(values, widths, columns, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line([c.title for c in columns]), line(["-" * w for w in widths]), *map(line, cells)])
+    widths = [max(len(column.title), *map(len, cells)) for column, cells in zip(columns, by_column, strict=True)]
+    # One format string for every line: a report may have a hundred thousand of them.
+    template = "  ".join(
+        f"{{:{'>' if column.numeric else '<'}{width}}}" for column, width in zip(columns, widths, strict=True)
+    )
+    lines = [
+        template.format(*(column.title for column in columns)),
+        template.format(*("-" * width for width in widths)),
+        *(template.format(*cells) for cells in zip(*by_column, strict=True)),
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def machine_value(value: Any) -> Any:

@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -233,54 +232,27 @@ def round_usd(value: float) -> float:
     return round(value, 9)
 
 
-@dataclass
-class _Group:
-    """Spend and usage of one group of ``spend_by`` (one bucket of it, with ``every``)."""
-
-    requests: int = 0
-    spend: float = 0.0
-    priced: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    avg_latency_ms: float | None = None
-    retries: int = 0
-    p95_input_tokens: int | None = None
-
-    @classmethod
-    def of(cls, sums: Sequence[Any]) -> _Group:
-        """From the aggregate columns of ``_AGGREGATES``, in order."""
-        requests, spend, priced, input_tokens, output_tokens, cached, latency, retries, p95 = sums
-        # Token sums come back as floats (DOUBLE): they cannot overflow on a stored implausible count (an
-        # implausible_usage span may say 2**63 - 1 tokens); real sums stay below 2**53, where floats are exact.
-        return cls(
-            requests,
-            spend,
-            priced,
-            int(input_tokens),
-            int(output_tokens),
-            int(cached),
-            latency,
-            int(retries or 0),
-            None if p95 is None else int(p95),
-        )
-
-    def measures(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "spend_usd": round_usd(self.spend) if self.priced else None,
-            "unpriced": self.requests - self.priced,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cached_tokens": self.cached_tokens,
-            "avg_latency_ms": self.avg_latency_ms,
-            "cache_hit_rate": self.cached_tokens / self.input_tokens if self.input_tokens else None,
-            "p95_input_tokens": self.p95_input_tokens,
-            "retries": self.retries,
-        }
+def _measures(sums: Sequence[Any]) -> dict[str, Any]:
+    """The measures of one group (one bucket of it, with ``every``) from the aggregate columns of ``_AGGREGATES``."""
+    requests, spend, priced, input_tokens, output_tokens, cached, latency, retries, p95 = sums
+    # Token sums come back as floats (DOUBLE): they cannot overflow on a stored implausible count (an
+    # implausible_usage span may say 2**63 - 1 tokens); real sums stay below 2**53, where floats are exact.
+    input_tokens, cached = int(input_tokens), int(cached)
+    return {
+        "requests": requests,
+        "spend_usd": round_usd(spend) if priced else None,
+        "unpriced": requests - priced,
+        "input_tokens": input_tokens,
+        "output_tokens": int(output_tokens),
+        "cached_tokens": cached,
+        "avg_latency_ms": latency,
+        "cache_hit_rate": cached / input_tokens if input_tokens else None,
+        "p95_input_tokens": None if p95 is None else int(p95),
+        "retries": int(retries or 0),
+    }
 
 
-# The measures of a group, in _Group.of's order. quantile_disc is the nearest-rank percentile.
+# The measures of a group, in _measures' order. quantile_disc is the nearest-rank percentile.
 _AGGREGATES = """
     count(*), coalesce(sum(cost_usd), 0), count(cost_usd),
     coalesce(sum(input_tokens::DOUBLE), 0), coalesce(sum(output_tokens::DOUBLE), 0),
@@ -568,30 +540,26 @@ class Store:
             SELECT {"".join(k + ", " for k in keys)} {aggregates}
             FROM spans WHERE {" AND ".join(conditions)} {"GROUP BY " + ", ".join(keys) if keys else ""}
         """
-        width = len(keys)
-        groups = {
-            tuple(row[:width]): _Group.of(row[width:])
-            for row in self.query(sql, [since_ns, until_ns, *parameters])
-            if row[width]  # an aggregate over no rows has count 0
-        }
-        width = len(dims)
+        width, named = len(keys), len(dims)
+        results = []
+        spend: dict[tuple[Any, ...], float] = {}  # per group over the whole period (all its buckets), for ``top``
+        for row in self.query(sql, [since_ns, until_ns, *parameters]):
+            if not row[width]:  # an aggregate over no rows has count 0
+                continue
+            group = tuple(row[:named])
+            spend[group] = spend.get(group, 0.0) + row[width + 1]
+            result: dict[str, Any] = dict(zip(dims, group, strict=True))
+            if every is not None:
+                result["bucket"] = from_ns(row[named] * BUCKET_NS[every])
+            result.update(_measures(row[width:]))
+            results.append(result)
         if top is not None:
-            spend: dict[tuple[Any, ...], float] = {}
-            for key, group in groups.items():
-                spend[key[:width]] = spend.get(key[:width], 0.0) + group.spend
             ranked = sorted(spend, key=lambda group: (-round_usd(spend[group]), [str(value) for value in group]))
             kept = set(ranked[:top])
-            groups = {key: group for key, group in groups.items() if key[:width] in kept}
-        results = []
-        for key, group in groups.items():
-            result: dict[str, Any] = dict(zip(dims, key[:width], strict=True))
-            if every is not None:
-                result["bucket"] = from_ns(key[-1] * BUCKET_NS[every])
-            result.update(group.measures())
-            results.append(result)
+            results = [result for result in results if tuple(result[d] for d in dims) in kept]
         # Ties broken by the group itself, so that the order (and --top) is the same on every query path.
         results.sort(
-            key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), -r["requests"], [str(r[d]) for d in dims])
+            key=lambda r: (r.get("bucket") or 0, -(r["spend_usd"] or 0.0), -r["requests"], *(str(r[d]) for d in dims))
         )
         return results
 
@@ -622,4 +590,4 @@ class Store:
     ) -> dict[str, Any]:
         """All matching spans as one row of measures (zero requests when nothing matches)."""
         rows = self.spend_by([], since=since, until=until, env=env, where=where, percentiles=percentiles)
-        return rows[0] if rows else _Group().measures()
+        return rows[0] if rows else _measures((0, 0.0, 0, 0, 0, 0, None, 0, None))
