@@ -78,8 +78,18 @@ COMMANDS = [
     ),
     (
         "dashboard --since 30d --out {out}",
+        # The page's six questions: per feature (with p95), per feature and day, the totals, the top customers,
+        # routes and models.
+        "SELECT feature, count(*), sum(cost_usd), quantile_disc(input_tokens, 0.95) FROM {rows} "
+        "WHERE start_ns >= {since30} GROUP BY 1; "
         "SELECT feature, start_ns // 86400000000000, count(*), sum(cost_usd) FROM {rows} "
-        "WHERE start_ns >= {since30} GROUP BY 1, 2",
+        "WHERE start_ns >= {since30} GROUP BY 1, 2; "
+        "SELECT count(*), sum(cost_usd), sum(input_tokens) FROM {rows} WHERE start_ns >= {since30}; "
+        "SELECT customer_id, sum(cost_usd) FROM {rows} WHERE start_ns >= {since30} GROUP BY 1 ORDER BY 2 DESC "
+        "LIMIT 10; "
+        "SELECT route, sum(cost_usd) FROM {rows} WHERE start_ns >= {since30} GROUP BY 1 ORDER BY 2 DESC LIMIT 10; "
+        "SELECT response_model, sum(cost_usd) FROM {rows} WHERE start_ns >= {since30} GROUP BY 1 ORDER BY 2 DESC "
+        "LIMIT 10",
     ),
 ]
 
@@ -336,7 +346,14 @@ def main() -> None:
                         fresh([sys.executable, "-m", "costspan.cli", *argv, "--store", str(stores[name])], env)
                     )
                 runs["duckdb"].append(
-                    fresh([sys.executable, "-c", f"import duckdb; duckdb.sql({sql!r}).fetchall()"], dict(os.environ))
+                    fresh(
+                        [
+                            sys.executable,
+                            "-c",
+                            f"import duckdb\nfor q in {sql.split('; ')!r}: duckdb.sql(q).fetchall()",
+                        ],
+                        dict(os.environ),
+                    )
                 )
             label = command.split(" --out")[0]
             timings[label] = {

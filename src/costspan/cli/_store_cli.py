@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 from costspan import environment_variables as env
 from costspan.money import NONE_SHOWN, usd_column
-from costspan.store.compaction import LANDING_COMPACT_AT, compact
 from costspan.store.paths import COSTSPAN_STORE_PATH, default_store_path
+from costspan.store.segments import LANDING_COMPACT_AT
 from costspan.store.sqlite import Store, StoreError, dimension_names
 
 EXIT_ERROR = 2
@@ -153,6 +153,8 @@ def open_store(args: argparse.Namespace) -> Store:
     store = Store(args.store, create=False)
     try:
         if store.landed() >= LANDING_COMPACT_AT:
+            from costspan.store.compaction import compact  # DuckDB's writing side: only when needed
+
             total = store.landed()
             progress = Progress(f"compacting {total:,} new rows of {store.path}", total)
             compact(store, progress.show)

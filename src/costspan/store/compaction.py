@@ -34,13 +34,18 @@ from typing import TYPE_CHECKING, Final
 
 from costspan.store.errors import StoreError, on_read_only_filesystem, read_only_store
 from costspan.store.schema import STORED_COLUMNS
-from costspan.store.segments import RETRY_LOOKBACK_NS, landed_table, mark_retries, read_segments, segment_dir
+from costspan.store.segments import (
+    RETRY_LOOKBACK_NS,
+    landed_table,
+    mark_retries,
+    read_segments,
+    segment_dir,
+)
 from costspan.store.sqlite import Store
 
 if TYPE_CHECKING:
     import duckdb
 
-LANDING_COMPACT_AT: Final = 10_000  # landed rows that make a writer start a compaction
 COMPACT_CHUNK: Final = 25_000  # rows moved per landing-table transaction (writers wait for it)
 FANOUT: Final = 8  # segments of one level merged into one of the next
 RETIRED_GRACE_NS: Final = 60 * 1_000_000_000  # a query takes well under a second

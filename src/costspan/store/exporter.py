@@ -29,11 +29,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from costspan import semconv
 from costspan.config import attribution_keys_in_force
-from costspan.store.compaction import LANDING_COMPACT_AT, start_compaction
+from costspan.store.compaction import start_compaction
 from costspan.store.errors import FileIdentity, StoreDamaged, StoreError, file_identity
 from costspan.store.paths import default_store_path
 from costspan.store.schema import CostRow
-from costspan.store.segments import segment_dir
+from costspan.store.segments import LANDING_COMPACT_AT, segment_dir
 from costspan.store.sqlite import ATTRIBUTION_COLUMNS, Store, attribution_json
 
 logger = logging.getLogger(__name__)

@@ -87,7 +87,8 @@ class Snapshot:
         finally:
             db.execute("COMMIT")
         landed_table(self._duck, "landed", STORED_COLUMNS, landed)
-        mark_retries(self._duck, "landed", None)  # against stored rows too only once compacted
+        if landed:
+            mark_retries(self._duck, "landed", None)  # against stored rows too only once compacted
         if names and landed:
             # A span delivered again after its first copy was compacted waits in the landing table until the next
             # compaction drops it: count the stored copy only. The bounds (literals, so that DuckDB skips the

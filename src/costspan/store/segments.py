@@ -51,6 +51,9 @@ RETRIES: Final = """
         PARTITION BY trace_id, parent_span_id, request_model, operation, input_tokens ORDER BY start_ns, span_id
     ) > 1 THEN 1 ELSE 0 END
 """
+# Landed rows that make a writer start a compaction, and a reading command compact first: beyond it, reading
+# them beside the segments costs every query more than compacting them once.
+LANDING_COMPACT_AT: Final = 10_000
 # How far back a compaction looks in the segments for the first call of a retry it holds.
 RETRY_LOOKBACK_NS: Final = 3600 * 1_000_000_000
 
