@@ -15,7 +15,8 @@ ones flatter any index keyed by them).
 - **Bytes a row:** the store file plus its segments, over the rows.
 - **Queries:** each command runs as a fresh process (``python -m costspan.cli ...``), the way a user runs it, and
   so does its reference, a fresh ``python -c "import duckdb; ..."`` running the same aggregation over the same
-  rows (this store's own segment files). Median of ``--repeat`` runs each, interleaved.
+  rows (this store's own segment files) and writing the result rows out, as the command prints them (DuckDB's
+  own CSV writer: the cheapest way to put rows on stdout). Median of ``--repeat`` runs each, interleaved.
 - ``--before SRC`` builds a second store with the costspan source tree ``SRC`` (e.g. a checkout of an older
   commit) from the same rows, and times its commands too, in the same run.
 """
@@ -350,7 +351,7 @@ def main() -> None:
                         [
                             sys.executable,
                             "-c",
-                            f"import duckdb\nfor q in {sql.split('; ')!r}: duckdb.sql(q).fetchall()",
+                            f"import duckdb\nfor q in {sql.split('; ')!r}: duckdb.sql(q).write_csv('/dev/stdout')",
                         ],
                         dict(os.environ),
                     )
