@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from costspan.cli._store_cli import (
     parse_time,
 )
 from costspan.money import usd_column
-from costspan.store.compaction import compact, land_again
+from costspan.store.compaction import compact_under_lock, compaction_lock, land_again
 from costspan.store.sqlite import to_ns
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     pricer = Pricer(price_layers(args.pricing_file or os.environ.get(env.OTEL_COSTSPAN_PRICING_FILE)))
     tally = Tally()
     changed = "would change" if args.dry_run else "changed"
-    with open_store(args) as store:
+    with open_store(args) as store, ExitStack() as locked:
         total: int = store.query(
             "SELECT count(*) FROM spans WHERE start_ns >= ? AND start_ns < ? AND input_tokens IS NOT NULL",
             (to_ns(since), to_ns(until)),
@@ -136,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
         progress = Progress("re-pricing", total)
         # Rows are updated where they land: a real run first brings the period's compacted rows back there.
         read = store.query if args.dry_run else store.query_landed
+        # A real run holds the compaction lock throughout: no compaction may move a row away before it is updated.
         if not args.dry_run:
+            locked.enter_context(compaction_lock(store.path, wait=True))
             land_again(store, to_ns(since), to_ns(until))
         page_end: tuple[int, str] = (to_ns(since) - 1, "")
         while True:
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             progress.show(tally.examined, f" calls, {tally.changed:,} {changed}")
         progress.done()
         if not args.dry_run:
-            compact(store)
+            compact_under_lock(store)
     before, after, difference = usd_column([tally.before_usd, tally.after_usd, tally.after_usd - tally.before_usd])
     spend = f"spend {before} -> {after} ({difference})"
     period = f"since {since:%Y-%m-%d %H:%M} UTC"

@@ -83,63 +83,69 @@ def compaction_lock(store_path: Path, *, wait: bool = False) -> Iterator[bool]:
 def compact(store: Store, progress: Callable[[int], None] | None = None) -> int:
     """Move every landed row into segments, merge segments level by level, delete expired retired files.
     Returns the rows moved (0 when another process is compacting). ``progress`` gets the running total."""
+    with compaction_lock(store.path) as held:
+        return compact_under_lock(store, progress) if held else 0
+
+
+def compact_under_lock(store: Store, progress: Callable[[int], None] | None = None) -> int:
+    """``compact``, for a caller that holds ``compaction_lock`` already (``costspan reprice``)."""
     import duckdb
 
-    with compaction_lock(store.path) as held:
-        if not held:
-            return 0
-        con = duckdb.connect()
-        try:
-            moved = 0
-            while chunk := _compact_chunk(store, con):
-                moved += chunk
-                if progress is not None:
-                    progress(moved)
-            while _merge_one_level(store, con):
-                pass
-            _delete_retired(store)
-            store.reclaim_space()  # whoever compacted last may have had the file open beside a writer
-            return moved
-        finally:
-            con.close()
+    with duckdb.connect() as con:
+        moved = 0
+        while chunk := _compact_chunk(store, con):
+            moved += chunk
+            if progress is not None:
+                progress(moved)
+        while _merge_one_level(store, con):
+            pass
+        _delete_retired(store)
+        store.reclaim_space()  # whoever compacted last may have had the file open beside a writer
+        return moved
 
 
 def _compact_chunk(store: Store, con: duckdb.DuckDBPyConnection) -> int:
-    """Move up to COMPACT_CHUNK landed rows into one new segment, in one landing-table transaction."""
-    with store.write_transaction() as db:
+    """Move up to COMPACT_CHUNK landed rows into one new segment.
+
+    The rows are read in a read snapshot and written out with no lock on the landing table: writers never wait
+    for DuckDB. Only the commit (list the segment, delete the rows) is a write transaction. No row read can change
+    meanwhile: only a compaction deletes landed rows, one at a time (the lock), and a new row gets a rowid above
+    every row still there; reprice updates landed rows only while it holds the compaction lock itself."""
+    with store.read_transaction() as db:
         rows = db.execute(
             f"SELECT rowid, {', '.join(STORED_COLUMNS)} FROM spans ORDER BY rowid LIMIT ?", (COMPACT_CHUNK,)
         ).fetchall()
-        if not rows:
-            return 0
         segments = db.execute("SELECT name, first_ns, last_ns FROM segments").fetchall()
-        landed_table(con, "batch", STORED_COLUMNS, [row[1:] for row in rows])
-        first_ns, last_ns = con.execute("SELECT min(start_ns), max(start_ns) FROM batch").fetchone() or (0, 0)
-        folder = segment_dir(store.path)
-        overlapping = [folder / name for name, first, last in segments if first <= last_ns and last >= first_ns]
-        recent = [
-            folder / name for name, first, last in segments if first <= last_ns and last >= first_ns - RETRY_LOOKBACK_NS
-        ]
-        if overlapping:  # spans delivered again after their first copy was compacted
-            con.execute(
-                f"DELETE FROM batch USING (SELECT start_ns, span_id FROM {read_segments(overlapping)} "
-                "WHERE start_ns BETWEEN ? AND ?) AS stored "
-                "WHERE batch.start_ns = stored.start_ns AND batch.span_id = stored.span_id",
-                (first_ns, last_ns),
-            )
-        if segments and con.execute(f"SELECT count(*) FROM batch WHERE {BATCH_JOB}").fetchone() != (0,):
-            every = [folder / name for name, _, _ in segments]
-            con.execute(
-                f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN "
-                f"(SELECT batch_id FROM {read_segments(every)} WHERE {BATCH_JOB})"
-            )
-        earlier = f"SELECT * FROM {read_segments(recent)} WHERE start_ns >= {first_ns - RETRY_LOOKBACK_NS}"
-        mark_retries(con, "batch", earlier if recent else None)
-        written = _write_segment(con, "SELECT * FROM batch", folder, level=0)
+    if not rows:
+        return 0
+    landed_table(con, "batch", STORED_COLUMNS, [row[1:] for row in rows])
+    first_ns, last_ns = con.execute("SELECT min(start_ns), max(start_ns) FROM batch").fetchone() or (0, 0)
+    folder = segment_dir(store.path)
+    overlapping = [folder / name for name, first, last in segments if first <= last_ns and last >= first_ns]
+    recent = [
+        folder / name for name, first, last in segments if first <= last_ns and last >= first_ns - RETRY_LOOKBACK_NS
+    ]
+    if overlapping:  # spans delivered again after their first copy was compacted
+        con.execute(
+            f"DELETE FROM batch USING (SELECT start_ns, span_id FROM {read_segments(overlapping)} "
+            "WHERE start_ns BETWEEN ? AND ?) AS stored "
+            "WHERE batch.start_ns = stored.start_ns AND batch.span_id = stored.span_id",
+            (first_ns, last_ns),
+        )
+    if segments and con.execute(f"SELECT count(*) FROM batch WHERE {BATCH_JOB}").fetchone() != (0,):
+        every = [folder / name for name, _, _ in segments]
+        con.execute(
+            f"DELETE FROM batch WHERE {BATCH_JOB} AND batch_id IN "
+            f"(SELECT batch_id FROM {read_segments(every)} WHERE {BATCH_JOB})"
+        )
+    earlier = f"SELECT * FROM {read_segments(recent)} WHERE start_ns >= {first_ns - RETRY_LOOKBACK_NS}"
+    mark_retries(con, "batch", earlier if recent else None)
+    written = _write_segment(con, "SELECT * FROM batch", folder, level=0)
+    with store.write_transaction() as db:
         if written is not None:
             db.execute("INSERT INTO segments (name, level, rows, first_ns, last_ns) VALUES (?, ?, ?, ?, ?)", written)
         db.execute("DELETE FROM spans WHERE rowid <= ?", (rows[-1][0],))
-        return len(rows)
+    return len(rows)
 
 
 def _write_segment(
@@ -208,7 +214,8 @@ def _delete_retired(store: Store) -> None:
 
 def land_again(store: Store, since_ns: int, until_ns: int) -> int:
     """Move the compacted rows of [since_ns, until_ns) back into the landing table, where ``costspan reprice``
-    updates them in place (the next compaction writes them out again). Returns the rows moved.
+    updates them in place (the next compaction writes them out again). Returns the rows moved. The caller holds
+    ``compaction_lock`` until its updates are done, so that no compaction moves a row away before it is updated.
 
     Rows are landed in chunks of their own transactions first, so writers never wait long; readers count each
     once meanwhile (a landed row that is also in a segment is counted from the segment). Then one transaction
@@ -221,7 +228,7 @@ def land_again(store: Store, since_ns: int, until_ns: int) -> int:
     )
     folder = segment_dir(store.path)
     moved = 0
-    with compaction_lock(store.path, wait=True), duckdb.connect() as con:
+    with duckdb.connect() as con:
         with store.read_transaction() as db:
             catalog = db.execute(
                 "SELECT name, level FROM segments WHERE first_ns < ? AND last_ns >= ?", (until_ns, since_ns)

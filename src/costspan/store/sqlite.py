@@ -480,7 +480,7 @@ class Store:
     def checkpoint(self) -> None:
         """Copy the WAL's committed pages into the file and empty the WAL."""
         with self._lock, self._errors():
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never makes a writer wait
 
     def landed(self) -> int:
         """Rows in the landing table, not yet compacted into segments."""
