@@ -331,7 +331,10 @@ def main() -> None:
                 text=True,
             ).stdout.split()
             built[name] = Built(*map(float, out))
-        segment_files = sorted((stores["after"].parent / "bench.sqlite3.segments").glob("*.parquet"))
+        # The segments the store's catalog lists: the folder also holds retired ones for a minute after a merge.
+        with sqlite3.connect(stores["after"]) as catalog:
+            listed = [name for (name,) in catalog.execute("SELECT name FROM segments")]
+        segment_files = [stores["after"].parent / "bench.sqlite3.segments" / name for name in listed]
         rows_sql = "read_parquet([" + ", ".join(f"'{f}'" for f in segment_files) + "])"
         day_ns = 86400 * NS_PER_S
         bounds = {"since30": end_ns - 30 * day_ns, "since7": end_ns - 7 * day_ns, "since8": end_ns - 8 * day_ns}
