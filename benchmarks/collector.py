@@ -16,12 +16,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.client
-import os
 import random
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rotel_blackhole import rotel_blackhole
 
 from costspan.instrumentor import CostspanInstrumentor
 from costspan.providers.openai.fake import FakeOpenAI
@@ -132,61 +129,31 @@ def clickhouse_bytes_per_row(spans: list[ReadableSpan], rows: int) -> dict[str, 
     return {**{f"{r['table']}_bytes_per_row": int(r["bytes"]) / int(r["rows"]) for r in sizes}, **timings}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rotel_rate(spans: list[ReadableSpan], seconds: float, threads: int) -> dict[str, float]:
-    import rotel
-
-    binary = Path(rotel.__file__).parent / "rotel-agent"
     payload = encode_spans(spans[:BATCH]).SerializeToString()
     per_request = len(spans[:BATCH])
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")},
-        "ROTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{port}",
-        "ROTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "ROTEL_EXPORTER": "blackhole",
-    }
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([binary, "start"], env=env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            accepted = [0] * threads
-            stop = time.monotonic() + seconds
+    with rotel_blackhole() as (_, port):
+        accepted = [0] * threads
+        stop = time.monotonic() + seconds
 
-            def client(k: int) -> None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                headers = {"Content-Type": "application/x-protobuf"}
-                while time.monotonic() < stop:
-                    conn.request("POST", "/v1/traces", body=payload, headers=headers)
-                    response = conn.getresponse()
-                    response.read()
-                    if response.status == 200:
-                        accepted[k] += per_request
-                conn.close()
+        def client(k: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            headers = {"Content-Type": "application/x-protobuf"}
+            while time.monotonic() < stop:
+                conn.request("POST", "/v1/traces", body=payload, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    accepted[k] += per_request
+            conn.close()
 
-            started = time.monotonic()
-            workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            elapsed = time.monotonic() - started
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        started = time.monotonic()
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.monotonic() - started
     return {"rotel_spans_per_s": sum(accepted) / elapsed, "client_threads": threads, "seconds": elapsed}
 
 

@@ -30,7 +30,6 @@ import json
 import os
 import pickle
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext
+from rotel_blackhole import rotel_blackhole
 
 from costspan.cli import main as cli_main
 from costspan.instrumentor import CostspanInstrumentor
@@ -181,42 +181,14 @@ def proc_cpu_s(pid: int) -> float:
 def rotel_cpu(bodies_file: Path, spans: int, connections: int) -> float | None:
     """rotel's CPU µs per span receiving the same bodies (blackhole exporter); None without rotel."""
     try:
-        import rotel
+        import rotel  # noqa: F401  (the binary's package: optional)
     except ImportError:
         return None
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")},
-        "ROTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{port}",
-        "ROTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "ROTEL_EXPORTER": "blackhole",
-    }
-    binary = Path(rotel.__file__).parent / "rotel-agent"
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([binary, "start"], env=env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            before = proc_cpu_s(process.pid)
-            load(port, bodies_file, connections)
-            time.sleep(0.2)  # let the pipeline drain what it accepted
-            return (proc_cpu_s(process.pid) - before) / spans * 1e6
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with rotel_blackhole() as (process, port):
+        before = proc_cpu_s(process.pid)
+        load(port, bodies_file, connections)
+        time.sleep(0.2)  # let the pipeline drain what it accepted
+        return (proc_cpu_s(process.pid) - before) / spans * 1e6
 
 
 def receiver_figures(bodies_file: Path, spans: int, connections: int, store: Path | None = None) -> dict[str, float]:
