@@ -152,10 +152,10 @@ def open_store(args: argparse.Namespace) -> Store:
     costspan) are compacted first, with progress on stderr: read as they are, every query would pay for them."""
     store = Store(args.store, create=False)
     try:
-        if store.landed() >= LANDING_COMPACT_AT:
+        total = store.landed()
+        if total >= LANDING_COMPACT_AT:
             from costspan.store.compaction import compact  # DuckDB's writing side: only when needed
 
-            total = store.landed()
             progress = Progress(f"compacting {total:,} new rows of {store.path}", total)
             compact(store, progress.show)
             progress.done()
